@@ -1,0 +1,214 @@
+// THE contract: the asynchronous, inode-based file system interface that sources implement, the
+// wire carries and the FUSE layer mounts. Its semantics follow the FUSE low-level API (libfuse's
+// fuse_lowlevel.h), so a Vfs maps onto /dev/fuse one operation to one method. No I/O here.
+//
+// Conventions:
+// - Node ids are positive integers; ROOT_ID (1) is the root and is never forgotten. Every call that
+//   returns an Entry (lookup, mknod, mkdir, symlink, link, create, readdir with plus) counts one
+//   lookup on that node; forget(ino, n) drops n of them. A node may be dropped at zero.
+// - `Attr.ino` is the st_ino users see; it need not equal the node id.
+// - Modes, open flags, errnos and xattr flags use Linux values; they are also the wire's values.
+// - Failures are thrown as FsError(errno). Anything else thrown is a bug and becomes EIO.
+// - Buffers passed in (write data, xattr values) are views valid only during the call: copy to keep.
+
+export const ROOT_ID = 1;
+
+export interface Timespec {
+  sec: number;
+  nsec: number;
+}
+
+export interface Attr {
+  ino: number;
+  size: number;
+  blocks: number; // 512-byte units
+  atime: Timespec;
+  mtime: Timespec;
+  ctime: Timespec;
+  mode: number; // S_IFMT type bits | permission bits
+  nlink: number;
+  uid: number;
+  gid: number;
+  rdev: number;
+  blksize: number;
+}
+
+export interface Entry {
+  /** The node id for later calls; 0 is a negative entry (cacheable "does not exist"). */
+  nodeid: number;
+  generation: number;
+  attr: Attr;
+}
+
+/** Identity and cancellation of the caller. */
+export interface Ctx {
+  uid: number;
+  gid: number;
+  pid: number;
+  /** Aborted when the kernel interrupts the request or the connection goes away. */
+  signal?: AbortSignal;
+}
+
+/** A time to set: an explicit time, or the server's current time (UTIME_NOW). Absent = UTIME_OMIT. */
+export type SetTime = Timespec | 'now';
+
+export interface SetAttr {
+  mode?: number; // permission bits only
+  uid?: number;
+  gid?: number;
+  size?: number;
+  atime?: SetTime;
+  mtime?: SetTime;
+}
+
+export interface OpenResult {
+  fh: number;
+  /** Bypass the page cache for this open file (FOPEN_DIRECT_IO). */
+  directIo?: boolean;
+  /** Keep cached pages from a previous open (FOPEN_KEEP_CACHE). */
+  keepCache?: boolean;
+  /** The file is not seekable (FOPEN_NONSEEKABLE): pseudo files, fifos. */
+  nonSeekable?: boolean;
+}
+
+export interface CreateResult extends OpenResult {
+  entry: Entry;
+}
+
+export interface DirEntry {
+  name: string;
+  /** st_ino to show (d_ino). */
+  ino: number;
+  /** File type bits (S_IFMT part of the mode). */
+  type: number;
+  /** Cookie: pass it as `offset` to continue after this entry. Never 0. */
+  off: number;
+  /** Present only for readdir with `plus`; counts one lookup. */
+  entry?: Entry;
+}
+
+export interface StatFs {
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  bsize: number;
+  namelen: number;
+  frsize: number;
+}
+
+export interface Lock {
+  start: number;
+  end: number; // inclusive; Number.MAX_SAFE_INTEGER stands for "to end of file"
+  type: number; // F_RDLCK 0, F_WRLCK 1, F_UNLCK 2
+  pid: number;
+}
+
+/** What the served file system is, learnt at connect. */
+export interface FsInfo {
+  /** The negotiated type shown as fuse.<type>: "passthrough", "tmpfs", "ext4", "mem", ... */
+  type: string;
+  /** A source that refuses every change. */
+  readOnly: boolean;
+}
+
+/** A change pushed up from a source (or from a server to a client). */
+export type ChangeEvent =
+  /** The data and/or attributes of a node changed (off/len = -1/0: whole file). */
+  | { kind: 'inode'; nodeid: number; off: number; len: number }
+  /** A name in a directory appeared, vanished or now points elsewhere. */
+  | { kind: 'entry'; parent: number; name: string }
+  /** A name was deleted and the child node is known (FUSE notify_delete). */
+  | { kind: 'delete'; parent: number; child: number; name: string };
+
+export type ChangeListener = (ev: ChangeEvent) => void;
+
+export interface Vfs {
+  info(): FsInfo;
+
+  lookup(ctx: Ctx, parent: number, name: string): Promise<Entry>;
+  /** Drop `nlookup` lookups of a node. Never fails, never waits for I/O. */
+  forget(nodeid: number, nlookup: number): void;
+  getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr>;
+  setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr>;
+  readlink(ctx: Ctx, nodeid: number): Promise<string>;
+
+  mknod(ctx: Ctx, parent: number, name: string, mode: number, rdev: number): Promise<Entry>;
+  mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry>;
+  symlink(ctx: Ctx, parent: number, name: string, target: string): Promise<Entry>;
+  link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry>;
+  unlink(ctx: Ctx, parent: number, name: string): Promise<void>;
+  rmdir(ctx: Ctx, parent: number, name: string): Promise<void>;
+  /** flags: RENAME_NOREPLACE (1), RENAME_EXCHANGE (2). */
+  rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void>;
+
+  /** flags: Linux open(2) flags (O_ACCMODE, O_APPEND, O_TRUNC, ...). O_CREAT/O_EXCL never reach open. */
+  open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult>;
+  create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult>;
+  /** Returns at most `size` bytes; fewer only at end of file. */
+  read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer>;
+  /** Returns the count written. For O_APPEND opens, offset is ignored and data goes at the end. */
+  write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number>;
+  flush(ctx: Ctx, nodeid: number, fh: number): Promise<void>;
+  fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void>;
+  release(ctx: Ctx, nodeid: number, fh: number): Promise<void>;
+
+  opendir(ctx: Ctx, nodeid: number): Promise<OpenResult>;
+  /**
+   * Entries after cookie `offset` (0 = from the start, including "." and ".."). Cookies are stable
+   * for the life of the handle, whatever changes concurrently. `maxEntries` is a hint. With `plus`,
+   * each entry except "." and ".." carries an Entry that counts a lookup.
+   */
+  readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]>;
+  fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void>;
+  releasedir(ctx: Ctx, nodeid: number, fh: number): Promise<void>;
+
+  statfs(ctx: Ctx, nodeid: number): Promise<StatFs>;
+  /** flags: XATTR_CREATE (1), XATTR_REPLACE (2). */
+  setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void>;
+  /** ENODATA when absent. */
+  getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer>;
+  listxattr(ctx: Ctx, nodeid: number): Promise<string[]>;
+  removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void>;
+  /** mask: F_OK 0, X_OK 1, W_OK 2, R_OK 4. */
+  access(ctx: Ctx, nodeid: number, mask: number): Promise<void>;
+  /** mode: FALLOC_FL_KEEP_SIZE (1), FALLOC_FL_PUNCH_HOLE (2), ... */
+  fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void>;
+  /** whence: SEEK_DATA (3) or SEEK_HOLE (4); ENXIO past the end. */
+  lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number>;
+  copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number>;
+
+  /** Subscribe to changes; returns the unsubscribe function. Sources that never change by themselves may never call it. */
+  watch(listener: ChangeListener): () => void;
+  /** Release everything (fds, watchers, images); pending calls may fail with EIO afterwards. */
+  close(): Promise<void>;
+}
+
+// Linux mode and flag constants used across layers (values are the wire's values too).
+export const S_IFMT = 0o170000;
+export const S_IFSOCK = 0o140000;
+export const S_IFLNK = 0o120000;
+export const S_IFREG = 0o100000;
+export const S_IFBLK = 0o060000;
+export const S_IFDIR = 0o040000;
+export const S_IFCHR = 0o020000;
+export const S_IFIFO = 0o010000;
+
+export const O_ACCMODE = 0o3;
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_RDWR = 2;
+export const O_CREAT = 0o100;
+export const O_EXCL = 0o200;
+export const O_TRUNC = 0o1000;
+export const O_APPEND = 0o2000;
+export const O_DIRECT = 0o40000;
+export const O_NOFOLLOW = 0o400000;
+
+export const RENAME_NOREPLACE = 1;
+export const RENAME_EXCHANGE = 2;
+export const XATTR_CREATE = 1;
+export const XATTR_REPLACE = 2;
+export const SEEK_DATA = 3;
+export const SEEK_HOLE = 4;
