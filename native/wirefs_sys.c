@@ -1,0 +1,287 @@
+/*
+ * wirefs_sys: the few Linux system calls Node core lacks and the passthrough source needs
+ * (renameat2 flags, mknod, fallocate, SEEK_DATA/SEEK_HOLE, xattrs, nanosecond utimensat).
+ * Every call runs on the libuv pool through one generic async work item and returns a Promise;
+ * failures reject with an Error whose `code` is the errno name and `errno` the positive number,
+ * like Node's own fs errors, so the sources' toErrno() handles both the same way.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+#include <node_api.h>
+
+typedef enum {
+  OP_RENAMEAT2,
+  OP_MKNOD,
+  OP_FALLOCATE,
+  OP_LSEEK,
+  OP_LGETXATTR,
+  OP_LSETXATTR,
+  OP_LLISTXATTR,
+  OP_LREMOVEXATTR,
+  OP_FGETXATTR,
+  OP_FSETXATTR,
+  OP_FLISTXATTR,
+  OP_FREMOVEXATTR,
+  OP_UTIMENSAT,
+  OP_FUTIMENS,
+} op_t;
+
+static const char *const op_names[] = {
+  "renameat2", "mknod", "fallocate", "lseek", "lgetxattr", "lsetxattr", "llistxattr",
+  "lremovexattr", "fgetxattr", "fsetxattr", "flistxattr", "fremovexattr", "utimensat", "futimens",
+};
+
+/* One request: the inputs of any op, its result, and the errno it failed with (0 = success). */
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  op_t op;
+  char *path;
+  char *path2; /* renameat2's new path */
+  char *name;  /* xattr name */
+  int fd;
+  int flags;
+  int64_t a, b; /* offsets, lengths, modes, device numbers */
+  struct timespec ts[2];
+  char *buf; /* xattr value in, or value/name list out */
+  size_t buflen;
+  int64_t result;
+  int err;
+} req_t;
+
+static void req_free(req_t *r) {
+  free(r->path);
+  free(r->path2);
+  free(r->name);
+  free(r->buf);
+  free(r);
+}
+
+/* getxattr/listxattr with a buffer sized by asking first; retried if it grew in between. */
+static void sized_xattr(req_t *r) {
+  for (int attempt = 0; attempt < 8; attempt++) {
+    ssize_t n;
+    switch (r->op) {
+      case OP_LGETXATTR: n = lgetxattr(r->path, r->name, NULL, 0); break;
+      case OP_FGETXATTR: n = fgetxattr(r->fd, r->name, NULL, 0); break;
+      case OP_LLISTXATTR: n = llistxattr(r->path, NULL, 0); break;
+      default: n = flistxattr(r->fd, NULL, 0); break;
+    }
+    if (n < 0) { r->err = errno; return; }
+    free(r->buf);
+    r->buf = malloc(n > 0 ? (size_t)n : 1);
+    if (!r->buf) { r->err = ENOMEM; return; }
+    switch (r->op) {
+      case OP_LGETXATTR: n = lgetxattr(r->path, r->name, r->buf, (size_t)n); break;
+      case OP_FGETXATTR: n = fgetxattr(r->fd, r->name, r->buf, (size_t)n); break;
+      case OP_LLISTXATTR: n = llistxattr(r->path, r->buf, (size_t)n); break;
+      default: n = flistxattr(r->fd, r->buf, (size_t)n); break;
+    }
+    if (n >= 0) { r->buflen = (size_t)n; return; }
+    if (errno != ERANGE) { r->err = errno; return; }
+  }
+  r->err = ERANGE;
+}
+
+static void execute(napi_env env, void *data) {
+  (void)env;
+  req_t *r = data;
+  int rc = 0;
+  switch (r->op) {
+    case OP_RENAMEAT2: rc = renameat2(AT_FDCWD, r->path, AT_FDCWD, r->path2, (unsigned)r->flags); break;
+    case OP_MKNOD: rc = mknod(r->path, (mode_t)r->a, (dev_t)r->b); break;
+    case OP_FALLOCATE: rc = fallocate(r->fd, r->flags, (off_t)r->a, (off_t)r->b); break;
+    case OP_LSEEK: {
+      off_t off = lseek(r->fd, (off_t)r->a, r->flags);
+      if (off < 0) rc = -1; else r->result = off;
+      break;
+    }
+    case OP_LGETXATTR: case OP_FGETXATTR: case OP_LLISTXATTR: case OP_FLISTXATTR:
+      sized_xattr(r);
+      return;
+    case OP_LSETXATTR: rc = lsetxattr(r->path, r->name, r->buf, r->buflen, r->flags); break;
+    case OP_FSETXATTR: rc = fsetxattr(r->fd, r->name, r->buf, r->buflen, r->flags); break;
+    case OP_LREMOVEXATTR: rc = lremovexattr(r->path, r->name); break;
+    case OP_FREMOVEXATTR: rc = fremovexattr(r->fd, r->name); break;
+    case OP_UTIMENSAT: rc = utimensat(AT_FDCWD, r->path, r->ts, r->flags); break;
+    case OP_FUTIMENS: rc = futimens(r->fd, r->ts); break;
+  }
+  if (rc < 0) r->err = errno;
+}
+
+static napi_value make_error(napi_env env, int err, op_t op) {
+  const char *name = strerrorname_np(err);
+  char code[32];
+  if (name) snprintf(code, sizeof code, "%s", name); else snprintf(code, sizeof code, "E%d", err);
+  char msg[160];
+  snprintf(msg, sizeof msg, "%s: %s, %s", code, strerror(err), op_names[op]);
+  napi_value vcode, vmsg, error, verrno, vsys;
+  napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &vcode);
+  napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &vmsg);
+  napi_create_error(env, vcode, vmsg, &error);
+  napi_create_int32(env, err, &verrno);
+  napi_set_named_property(env, error, "errno", verrno);
+  napi_create_string_utf8(env, op_names[op], NAPI_AUTO_LENGTH, &vsys);
+  napi_set_named_property(env, error, "syscall", vsys);
+  return error;
+}
+
+static void complete(napi_env env, napi_status status, void *data) {
+  req_t *r = data;
+  napi_value value;
+  if (status != napi_ok) r->err = ECANCELED;
+  if (r->err) {
+    napi_reject_deferred(env, r->deferred, make_error(env, r->err, r->op));
+  } else {
+    switch (r->op) {
+      case OP_LSEEK: napi_create_int64(env, r->result, &value); break;
+      case OP_LGETXATTR: case OP_FGETXATTR: case OP_LLISTXATTR: case OP_FLISTXATTR:
+        napi_create_buffer_copy(env, r->buflen, r->buf, NULL, &value);
+        break;
+      default: napi_get_undefined(env, &value); break;
+    }
+    napi_resolve_deferred(env, r->deferred, value);
+  }
+  napi_delete_async_work(env, r->work);
+  req_free(r);
+}
+
+/* --- argument parsing: each getter throws a TypeError and returns 0 on bad input ------------- */
+
+static int arg_string(napi_env env, napi_value v, char **out) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected a string");
+    return 0;
+  }
+  *out = malloc(len + 1);
+  if (!*out) { napi_throw_error(env, NULL, "out of memory"); return 0; }
+  napi_get_value_string_utf8(env, v, *out, len + 1, &len);
+  /* An embedded NUL would silently shorten the path: refuse it. */
+  if (strlen(*out) != len) { napi_throw_type_error(env, NULL, "string contains NUL"); return 0; }
+  return 1;
+}
+
+static int arg_int64(napi_env env, napi_value v, int64_t *out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok || d != d || d < -9007199254740991.0 || d > 9007199254740991.0 ||
+      d != (double)(int64_t)d) {
+    napi_throw_type_error(env, NULL, "expected an integer");
+    return 0;
+  }
+  *out = (int64_t)d;
+  return 1;
+}
+
+static int arg_int(napi_env env, napi_value v, int *out) {
+  int64_t x;
+  if (!arg_int64(env, v, &x)) return 0;
+  if (x < INT32_MIN || x > INT32_MAX) { napi_throw_range_error(env, NULL, "integer out of range"); return 0; }
+  *out = (int)x;
+  return 1;
+}
+
+static int arg_buffer(napi_env env, napi_value v, char **out, size_t *len) {
+  bool is;
+  void *data;
+  if (napi_is_buffer(env, v, &is) != napi_ok || !is) { napi_throw_type_error(env, NULL, "expected a Buffer"); return 0; }
+  napi_get_buffer_info(env, v, &data, len);
+  *out = malloc(*len ? *len : 1);
+  if (!*out) { napi_throw_error(env, NULL, "out of memory"); return 0; }
+  memcpy(*out, data, *len);
+  return 1;
+}
+
+static int arg_times(napi_env env, napi_value *argv, struct timespec ts[2]) {
+  int64_t v[4];
+  for (int i = 0; i < 4; i++) if (!arg_int64(env, argv[i], &v[i])) return 0;
+  ts[0].tv_sec = (time_t)v[0];
+  ts[0].tv_nsec = (long)v[1];
+  ts[1].tv_sec = (time_t)v[2];
+  ts[1].tv_nsec = (long)v[3];
+  return 1;
+}
+
+/* Parses the op's arguments into r; returns 0 with a pending exception on bad input. */
+static int parse(napi_env env, req_t *r, size_t argc, napi_value *argv) {
+  static const size_t need[] = { 3, 3, 4, 3, 2, 4, 1, 2, 2, 4, 1, 2, 6, 5 };
+  if (argc < need[r->op]) { napi_throw_type_error(env, NULL, "too few arguments"); return 0; }
+  switch (r->op) {
+    case OP_RENAMEAT2:
+      return arg_string(env, argv[0], &r->path) && arg_string(env, argv[1], &r->path2) && arg_int(env, argv[2], &r->flags);
+    case OP_MKNOD:
+      return arg_string(env, argv[0], &r->path) && arg_int64(env, argv[1], &r->a) && arg_int64(env, argv[2], &r->b);
+    case OP_FALLOCATE:
+      return arg_int(env, argv[0], &r->fd) && arg_int(env, argv[1], &r->flags) && arg_int64(env, argv[2], &r->a) &&
+             arg_int64(env, argv[3], &r->b);
+    case OP_LSEEK:
+      return arg_int(env, argv[0], &r->fd) && arg_int64(env, argv[1], &r->a) && arg_int(env, argv[2], &r->flags);
+    case OP_LGETXATTR: case OP_LREMOVEXATTR:
+      return arg_string(env, argv[0], &r->path) && arg_string(env, argv[1], &r->name);
+    case OP_FGETXATTR: case OP_FREMOVEXATTR:
+      return arg_int(env, argv[0], &r->fd) && arg_string(env, argv[1], &r->name);
+    case OP_LSETXATTR:
+      return arg_string(env, argv[0], &r->path) && arg_string(env, argv[1], &r->name) &&
+             arg_buffer(env, argv[2], &r->buf, &r->buflen) && arg_int(env, argv[3], &r->flags);
+    case OP_FSETXATTR:
+      return arg_int(env, argv[0], &r->fd) && arg_string(env, argv[1], &r->name) &&
+             arg_buffer(env, argv[2], &r->buf, &r->buflen) && arg_int(env, argv[3], &r->flags);
+    case OP_LLISTXATTR:
+      return arg_string(env, argv[0], &r->path);
+    case OP_FLISTXATTR:
+      return arg_int(env, argv[0], &r->fd);
+    case OP_UTIMENSAT: {
+      bool nofollow;
+      if (!arg_string(env, argv[0], &r->path) || !arg_times(env, argv + 1, r->ts)) return 0;
+      if (napi_get_value_bool(env, argv[5], &nofollow) != napi_ok) { napi_throw_type_error(env, NULL, "expected a boolean"); return 0; }
+      r->flags = nofollow ? AT_SYMLINK_NOFOLLOW : 0;
+      return 1;
+    }
+    case OP_FUTIMENS:
+      return arg_int(env, argv[0], &r->fd) && arg_times(env, argv + 1, r->ts);
+  }
+  return 0;
+}
+
+static napi_value dispatch(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  void *opdata;
+  napi_get_cb_info(env, info, &argc, argv, NULL, &opdata);
+  req_t *r = calloc(1, sizeof *r);
+  if (!r) { napi_throw_error(env, NULL, "out of memory"); return NULL; }
+  r->op = (op_t)(intptr_t)opdata;
+  if (!parse(env, r, argc, argv)) { req_free(r); return NULL; }
+  napi_value promise, resource_name;
+  napi_create_promise(env, &r->deferred, &promise);
+  napi_create_string_utf8(env, op_names[r->op], NAPI_AUTO_LENGTH, &resource_name);
+  napi_create_async_work(env, NULL, resource_name, execute, complete, r, &r->work);
+  napi_queue_async_work(env, r->work);
+  return promise;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  for (size_t i = 0; i < sizeof op_names / sizeof op_names[0]; i++) {
+    napi_value fn;
+    napi_create_function(env, op_names[i], NAPI_AUTO_LENGTH, dispatch, (void *)(intptr_t)i, &fn);
+    napi_set_named_property(env, exports, op_names[i], fn);
+  }
+  napi_value v;
+  napi_create_int64(env, UTIME_NOW, &v);
+  napi_set_named_property(env, exports, "UTIME_NOW", v);
+  napi_create_int64(env, UTIME_OMIT, &v);
+  napi_set_named_property(env, exports, "UTIME_OMIT", v);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

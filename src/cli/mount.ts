@@ -1,0 +1,241 @@
+// `wirefs mount`, `wirefs umount` and `wirefs status`. A mount is served by a daemon process: by
+// default `mount` starts itself again in the foreground, detached, and returns once that daemon
+// reports the mount ready (or prints the daemon's one-line error). Each daemon keeps a small control
+// socket under /run/wirefs so `status` can ask it for live figures.
+
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { openSource } from '../sources/index.js';
+import { connect } from '../client/client.js';
+import { mountVfs, type FuseMount } from '../fuse/mount.js';
+import type { Vfs } from '../vfs/types.js';
+import { CliError, UsageError } from './errors.js';
+import { parseAddress, parseMountOptions } from './util.js';
+import { BIN } from './main.js';
+
+export const RUN_DIR = '/run/wirefs';
+
+const IGNORED_OPTIONS = new Set(['defaults', '_netdev', 'rw', 'auto', 'noauto', 'user', 'nouser', 'nofail', 'exec', 'noexec', 'suid', 'nosuid', 'dev', 'nodev', 'async', 'atime', 'noatime', 'relatime']);
+
+function escapeMountpoint(mp: string): string {
+  return mp.replace(/^\//, '').replace(/[^A-Za-z0-9._-]/g, '_') || 'root';
+}
+
+/** Mount points from /proc/self/mountinfo (field 5), with octal escapes decoded. */
+export async function mountedPaths(): Promise<Map<string, { source: string; fstype: string }>> {
+  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8');
+  const out = new Map<string, { source: string; fstype: string }>();
+  const unescape = (s: string): string => s.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+  for (const line of text.split('\n')) {
+    const [left, right] = line.split(' - ');
+    if (!left || !right) continue;
+    const mp = left.split(' ')[4];
+    const [fstype, source] = right.split(' ');
+    if (mp && fstype) out.set(unescape(mp), { source: unescape(source ?? ''), fstype });
+  }
+  return out;
+}
+
+export async function mountCommand(values: Record<string, unknown>, positionals: string[]): Promise<number> {
+  if (positionals.length !== 2) throw new UsageError('expected SOURCE and MOUNTPOINT');
+  const [spec, mpArg] = positionals as [string, string];
+  const mp = path.resolve(mpArg);
+  const opts = parseMountOptions(values['options'] as string[] | undefined);
+  for (const key of opts.keys()) {
+    if (!IGNORED_OPTIONS.has(key) && !['ro', 'entry_timeout', 'attr_timeout'].includes(key)) {
+      throw new UsageError(`unknown mount option "${key}"`);
+    }
+  }
+  const st = await fsp.stat(mp).catch(() => null);
+  if (!st) throw new CliError(`mount point ${mp} does not exist`);
+  if (!st.isDirectory()) throw new CliError(`mount point ${mp} is not a directory`);
+  if ((await mountedPaths()).get(mp)?.fstype.startsWith('fuse')) throw new CliError(`${mp} is already a FUSE mount`);
+  const timeoutS = Number(values['timeout']);
+  if (!(timeoutS > 0)) throw new UsageError(`bad --timeout "${String(values['timeout'])}"`);
+
+  if (!values['foreground']) return spawnDaemon(mp, process.argv.slice(3));
+
+  const readyFd = values['ready-fd'] !== undefined ? Number(values['ready-fd']) : undefined;
+  const report = (line: string): void => {
+    if (readyFd === undefined) return;
+    try {
+      fs.writeSync(readyFd, line + '\n');
+      fs.closeSync(readyFd);
+    } catch {
+      // the parent gave up waiting; nothing to tell
+    }
+  };
+
+  let vfs: Vfs;
+  let source: string;
+  let server: { stats(): object } | undefined;
+  try {
+    if (values['direct']) {
+      vfs = await openSource(spec);
+      source = spec;
+    } else {
+      const addr = parseAddress(spec);
+      source = `${addr.host}:${addr.port}`;
+      const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000 });
+      vfs = client;
+      server = client;
+    }
+  } catch (err) {
+    report(`error: ${(err as Error).message}`);
+    throw new CliError((err as Error).message);
+  }
+
+  let fuse: FuseMount;
+  try {
+    const num = (k: string): number | undefined => (typeof opts.get(k) === 'string' ? Number(opts.get(k)) : undefined);
+    const entryTimeoutS = num('entry_timeout');
+    const attrTimeoutS = num('attr_timeout');
+    fuse = await mountVfs(vfs, mp, {
+      source,
+      subtype: vfs.info().type,
+      readOnly: opts.has('ro') || vfs.info().readOnly,
+      ...(entryTimeoutS !== undefined ? { entryTimeoutS } : {}),
+      ...(attrTimeoutS !== undefined ? { attrTimeoutS } : {}),
+    });
+  } catch (err) {
+    await vfs.close().catch(() => {});
+    report(`error: ${(err as Error).message}`);
+    throw new CliError((err as Error).message);
+  }
+
+  const control = await startControl(mp, () => ({
+    mountpoint: mp,
+    server: source,
+    type: vfs.info().type,
+    pid: process.pid,
+    fuse: fuse.stats(),
+    ...(server ? { client: server.stats() } : {}),
+  }));
+  report('ok');
+
+  let stopping = false;
+  const stop = (): void => {
+    if (stopping) return;
+    stopping = true;
+    fuse.unmount().catch(() => fuse.unmount({ lazy: true })).catch(() => fuse.abort());
+  };
+  process.on('SIGINT', stop);
+  process.on('SIGTERM', stop);
+  await fuse.closed;
+  control.close();
+  await vfs.close().catch(() => {});
+  return 0;
+}
+
+/** Starts this command again as a detached foreground daemon and waits for its verdict. */
+async function spawnDaemon(mp: string, args: string[]): Promise<number> {
+  await fsp.mkdir(RUN_DIR, { recursive: true });
+  const logPath = path.join(RUN_DIR, `${escapeMountpoint(mp)}.log`);
+  const log = fs.openSync(logPath, 'a');
+  const child = spawn(process.execPath, [BIN, 'mount', '-f', '--ready-fd', '3', ...args.filter((a) => a !== '-f')], {
+    detached: true,
+    stdio: ['ignore', log, log, 'pipe'],
+  });
+  fs.closeSync(log);
+  const verdict = await new Promise<string>((resolve) => {
+    let text = '';
+    const pipe = child.stdio[3] as NodeJS.ReadableStream;
+    pipe.setEncoding('utf8');
+    pipe.on('data', (d: string) => {
+      text += d;
+      if (text.includes('\n')) resolve(text.trim());
+    });
+    pipe.on('end', () => resolve(text.trim() || 'error: the mount daemon exited before the mount was ready'));
+    child.on('exit', (code) => resolve(text.trim() || `error: the mount daemon exited with code ${code ?? 'signal'} (see ${logPath})`));
+  });
+  (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
+  child.unref();
+  if (verdict === 'ok') return 0;
+  throw new CliError(verdict.replace(/^error: /, ''));
+}
+
+interface Control {
+  close(): void;
+}
+
+async function startControl(mp: string, stats: () => object): Promise<Control> {
+  const dir = path.join(RUN_DIR, 'mounts');
+  await fsp.mkdir(dir, { recursive: true });
+  const sock = path.join(dir, `${escapeMountpoint(mp)}.sock`);
+  await fsp.rm(sock, { force: true });
+  const server = net.createServer((c) => {
+    c.end(JSON.stringify(stats()) + '\n');
+  });
+  server.on('error', () => {});
+  await new Promise<void>((resolve) => server.listen(sock, resolve));
+  server.unref();
+  return {
+    close: () => {
+      server.close();
+      fs.rmSync(sock, { force: true });
+    },
+  };
+}
+
+export async function umountCommand(values: Record<string, unknown>, positionals: string[]): Promise<number> {
+  if (positionals.length !== 1) throw new UsageError('expected MOUNTPOINT');
+  const mp = path.resolve(positionals[0]!);
+  const m = (await mountedPaths()).get(mp);
+  if (!m) throw new CliError(`${mp} is not mounted`);
+  if (!m.fstype.startsWith('fuse')) throw new CliError(`${mp} is not a wirefs mount (type ${m.fstype})`);
+  const args = values['lazy'] ? ['-l', mp] : [mp];
+  const { code, stderr } = await run('umount', args);
+  if (code === 0) return 0;
+  if (/busy/i.test(stderr)) throw new CliError(`${mp} is busy: files are open or a process is inside it (close them, or use -l)`);
+  throw new CliError(stderr.trim().split('\n').pop() ?? `umount failed with code ${code}`);
+}
+
+function run(cmd: string, args: string[]): Promise<{ code: number; stderr: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    c.on('error', (err) => resolve({ code: 127, stderr: err.message }));
+    c.on('close', (code) => resolve({ code: code ?? 1, stderr }));
+  });
+}
+
+export async function statusCommand(_values: Record<string, unknown>, positionals: string[]): Promise<number> {
+  if (positionals.length) throw new UsageError('status takes no arguments');
+  const dir = path.join(RUN_DIR, 'mounts');
+  const socks = (await fsp.readdir(dir).catch(() => [] as string[])).filter((f) => f.endsWith('.sock'));
+  const rows: string[] = [];
+  for (const s of socks) {
+    const text = await new Promise<string>((resolve) => {
+      const c = net.connect(path.join(dir, s));
+      let buf = '';
+      const timer = setTimeout(() => c.destroy(), 2000);
+      c.setEncoding('utf8').on('data', (d: string) => (buf += d));
+      c.on('close', () => {
+        clearTimeout(timer);
+        resolve(buf);
+      });
+      c.on('error', () => {});
+    });
+    if (!text) continue;
+    try {
+      rows.push(formatStatus(JSON.parse(text) as Record<string, unknown>));
+    } catch {
+      // a daemon mid-exit; skip it
+    }
+  }
+  process.stdout.write(rows.length ? rows.join('\n') + '\n' : 'no wirefs mounts\n');
+  return 0;
+}
+
+function formatStatus(s: Record<string, unknown>): string {
+  const flat = (o: unknown, prefix: string): string[] =>
+    o && typeof o === 'object'
+      ? Object.entries(o as Record<string, unknown>).flatMap(([k, v]) => flat(v, prefix ? `${prefix}.${k}` : k))
+      : [`${prefix}=${String(o)}`];
+  return `${String(s['mountpoint'])}  ${String(s['server'])}  fuse.${String(s['type'])}  pid=${String(s['pid'])}  ` +
+    flat({ fuse: s['fuse'], client: s['client'] }, '').filter((x) => !x.endsWith('=undefined')).join(' ');
+}

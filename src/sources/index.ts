@@ -1,0 +1,43 @@
+// The source registry: turns a source spec from the command line ("mem:", "/srv/data",
+// "passthrough:/srv/data", later "ext4:disk.img") into a Vfs. The one place that knows every type.
+
+import { FsError, Errno } from '../lib/errno.js';
+import type { Vfs } from '../vfs/types.js';
+import { MemoryFs } from './memory.js';
+import { PassthroughFs } from './passthrough.js';
+
+export interface SourceType {
+  name: string;
+  usage: string;
+  open(arg: string, opts: SourceOptions): Promise<Vfs>;
+}
+
+export interface SourceOptions {
+  readOnly?: boolean;
+}
+
+export const sourceTypes: readonly SourceType[] = [
+  {
+    name: 'passthrough',
+    usage: 'passthrough:DIR or just DIR   a local directory (any file system: tmpfs, /proc, several devices)',
+    open: (arg, opts) => PassthroughFs.open(arg, opts.readOnly ? { readOnly: true } : {}),
+  },
+  {
+    name: 'mem',
+    usage: 'mem:                          an empty in-memory file system',
+    open: async () => new MemoryFs(),
+  },
+];
+
+/** Parses and opens a source spec; failures are one-line FsErrors fit to print. */
+export async function openSource(spec: string, opts: SourceOptions = {}): Promise<Vfs> {
+  const m = /^([a-z0-9]+):(.*)$/s.exec(spec);
+  // A bare path, or a Windows-free "name:" prefix that is not a known type but an existing path.
+  const typeName = m?.[1];
+  const known = sourceTypes.find((t) => t.name === typeName || (typeName === 'memory' && t.name === 'mem'));
+  if (m && known) return known.open(m[2] ?? '', opts);
+  if (m && !spec.startsWith('/') && !spec.startsWith('.')) {
+    throw new FsError(Errno.EINVAL, `unknown source type "${typeName}" (known types: ${sourceTypes.map((t) => t.name).join(', ')})`);
+  }
+  return sourceTypes[0]!.open(spec, opts);
+}

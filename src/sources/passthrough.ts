@@ -1,0 +1,958 @@
+// PassthroughFs: serves a local directory (any file system: ext4, tmpfs, /proc, trees spanning several
+// mounts). Node has no openat/O_PATH, so a node is known by its names (parent node + name), kept up
+// to date on rename and unlink; open files hold real fds, bounded by an LRU that closes idle ones
+// and reopens them by path on demand (the machine's hard fd limit is 20 000).
+//
+// Inode numbers: st_ino of the exported root's device is shown as is; the n-th other device seen
+// gets (n << 44) | st_ino, so a tree spanning several mounts never shows two files with one number.
+// Numbers that do not fit (>= 2^44, or more than 510 devices) get synthetic numbers from the top
+// device slot (511 << 44), allocated once per (dev, ino) for the life of the source.
+//
+// Known limits: names must be valid UTF-8 (Node's string paths); a local process that swaps a path
+// component for a symlink between lookup and use can redirect a path-based call (there is no openat
+// here; calls on open files use the fd, and creations use O_NOFOLLOW/lchown where Node allows).
+
+import type { BigIntStats } from 'node:fs';
+import fsp, { type FileHandle } from 'node:fs/promises';
+import { constants as C } from 'node:fs';
+import path from 'node:path';
+import { Errno, FsError } from '../lib/errno.js';
+import { logger } from '../lib/log.js';
+import { nativeSys, requireSys, splitXattrList } from '../lib/sys.js';
+import {
+  O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID,
+  RENAME_EXCHANGE, SEEK_DATA, SEEK_HOLE, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
+  type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
+  type OpenResult, type SetAttr, type SetTime, type StatFs, type Vfs,
+} from '../vfs/types.js';
+import { HandleTable, NAME_MAX, W_OK, checkAccess, checkName, checkRenameFlags, checkTimespec, checkXattr, nsToTimespec } from './common.js';
+
+const log = logger('sources');
+
+const S_ISGID = 0o2000;
+const O_NONBLOCK = 0o4000;
+const DEV_SHIFT = 2 ** 44;
+const SYNTHETIC_SLOT = 511;
+/** How much copyFileRange moves per call when it falls back to read + write. */
+const COPY_CHUNK = 1 << 20;
+const DEFAULT_MAX_FDS = 8192;
+
+/** statfs f_type values (linux/magic.h) of file systems worth naming in info().type. */
+const FS_TYPES = new Map<number, string>([
+  [0xef53, 'ext4'], [0x58465342, 'xfs'], [0x9123683e, 'btrfs'], [0x01021994, 'tmpfs'], [0x9fa0, 'proc'],
+  [0x62656572, 'sysfs'], [0x794c7630, 'overlay'], [0x6969, 'nfs'], [0x2fc12fc1, 'zfs'], [0xf2f52010, 'f2fs'],
+  [0x4d44, 'vfat'], [0x2011bab0, 'exfat'], [0x65735546, 'fuse'], [0x858458f6, 'ramfs'], [0x73717368, 'squashfs'],
+  [0x9660, 'iso9660'], [0x5346544e, 'ntfs'], [0xff534d42, 'cifs'], [0xfe534d42, 'smb2'], [0xca451a4e, 'bcachefs'],
+  [0x64626720, 'debugfs'], [0x74726163, 'tracefs'], [0x63677270, 'cgroup2'], [0x1cd1, 'devpts'],
+]);
+/**
+ * Pseudo file systems whose files report a size unrelated to what read returns (0 in /proc, 4096
+ * in /sys): their files are opened with direct I/O so the kernel reads until EOF, not up to st_size.
+ */
+const PSEUDO_FS = new Set([0x9fa0, 0x62656572, 0x64626720, 0x74726163, 0x63677270, 0x27e0eb, 0x73636673, 0x62656570]);
+
+interface Link {
+  parent: PNode;
+  name: string;
+}
+
+interface PNode {
+  readonly id: number;
+  readonly key: string; // `${dev}:${ino}`
+  readonly type: number;
+  readonly dev: bigint;
+  /** The names the kernel knows this node by; the first gives its path. Empty once all are unlinked. */
+  links: Link[];
+  /** Known children (links whose parent is this node): a parent outlives its known children. */
+  kids: number;
+  lookups: number;
+  handles: Set<PHandle>;
+}
+
+interface PHandle {
+  fh: number;
+  node: PNode;
+  flags: number;
+  file: FileHandle | undefined;
+  /** A reopen in progress, shared by concurrent callers. */
+  opening: Promise<FileHandle> | undefined;
+  busy: number;
+  closed: boolean;
+}
+
+interface DirHandle {
+  node: PNode;
+  /** Names listed at opendir (and again at each readdir from offset 0): cookie = index + 1. */
+  snapshot: string[];
+}
+
+export interface PassthroughOptions {
+  /** Refuse every change with EROFS. */
+  readOnly?: boolean;
+  /** The most file descriptors open files may hold at once (default 8192); idle ones beyond are closed. */
+  maxFds?: number;
+  /** The type info() reports; PassthroughFs.open() sets it to the underlying file system's name. */
+  type?: string;
+}
+
+/** Converts a Node system error to FsError; anything else is a bug and is rethrown unchanged. */
+function sysError(err: unknown): unknown {
+  if (err instanceof FsError) return err;
+  const code = (err as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && code in Errno) return new FsError(Errno[code as keyof typeof Errno]);
+  return err;
+}
+
+
+function modeOfType(st: BigIntStats): number {
+  return Number(st.mode) & S_IFMT;
+}
+
+export class PassthroughFs implements Vfs {
+  readonly root: string;
+  private readonly readOnly: boolean;
+  private readonly maxFds: number;
+  private readonly type: string;
+  private readonly nodes = new Map<number, PNode>();
+  private readonly byKey = new Map<string, PNode>();
+  /** `${parentId}/${name}` -> the node known under that name. */
+  private readonly index = new Map<string, PNode>();
+  private nextId = ROOT_ID;
+  /** The exported root's device, learnt asynchronously at construction (see `ready`). */
+  private rootDev = -1n;
+  private readonly ready: Promise<void>;
+  private readonly devIndex = new Map<bigint, number>();
+  private readonly synthetic = new Map<string, number>();
+  private readonly devFsType = new Map<bigint, Promise<number>>();
+  private readonly files = new HandleTable<PHandle>();
+  private readonly dirs = new HandleTable<DirHandle>();
+  /** Handles holding an fd, least recently used first. */
+  private readonly lru = new Map<PHandle, true>();
+  private openFds = 0;
+  /** Change listeners; nothing reports yet (a local-change watcher, inotify, is to come). */
+  private readonly listeners = new Set<ChangeListener>();
+  private closed = false;
+
+  constructor(root: string, opts: PassthroughOptions = {}) {
+    this.root = path.resolve(root);
+    this.readOnly = opts.readOnly ?? false;
+    this.maxFds = Math.max(1, opts.maxFds ?? DEFAULT_MAX_FDS);
+    this.type = opts.type ?? 'passthrough';
+    const rootNode: PNode = {
+      id: this.nextId++, key: '', type: S_IFDIR, dev: -1n, links: [], kids: 0, lookups: 1, handles: new Set(),
+    };
+    this.nodes.set(rootNode.id, rootNode);
+    // No sync stat here: the root may sit under a FUSE mount this very process serves.
+    this.ready = fsp.stat(this.root, { bigint: true }).then(
+      (st) => { this.rootDev = st.dev; },
+      () => undefined, // a missing root shows up as ENOENT on every call instead
+    );
+  }
+
+  /** Checks that root is a directory and names the type after the file system it lives on. */
+  static async open(root: string, opts: Omit<PassthroughOptions, 'type'> = {}): Promise<PassthroughFs> {
+    const abs = path.resolve(root);
+    let st;
+    try {
+      st = await fsp.stat(abs);
+    } catch (err) {
+      const e = sysError(err);
+      const why = e instanceof FsError && e.errno === Errno.ENOENT ? 'no such directory' : e instanceof Error ? e.message : String(e);
+      throw new FsError(e instanceof FsError ? e.errno : Errno.EIO, `cannot export ${abs}: ${why}`);
+    }
+    if (!st.isDirectory()) throw new FsError(Errno.ENOTDIR, `cannot export ${abs}: not a directory`);
+    let type = 'passthrough';
+    try {
+      type = FS_TYPES.get((await fsp.statfs(abs)).type) ?? 'passthrough';
+    } catch {
+      // statfs can fail on odd mounts; the generic name is still right.
+    }
+    return new PassthroughFs(abs, { ...opts, type });
+  }
+
+  /** Every operation runs through here: waits for the root's device, converts Node errors. */
+  private async run<T>(fn: () => Promise<T>): Promise<T> {
+    await this.ready;
+    try {
+      return await fn();
+    } catch (err) {
+      throw sysError(err);
+    }
+  }
+
+  info(): FsInfo {
+    return { type: this.type, readOnly: this.readOnly };
+  }
+
+  // --- nodes, paths and inode numbers ----------------------------------------------------------
+
+  private node(id: number): PNode {
+    if (this.closed) throw new FsError(Errno.EIO);
+    const n = this.nodes.get(id);
+    if (!n) throw new FsError(Errno.ESTALE);
+    return n;
+  }
+
+  /** The node's current path, or undefined once every name it was known by is gone. */
+  private pathOf(n: PNode): string | undefined {
+    if (n.id === ROOT_ID) return this.root;
+    const link = n.links[0];
+    if (!link) return undefined;
+    const dir = this.pathOf(link.parent);
+    if (dir === undefined) return undefined;
+    return dir === '/' ? `/${link.name}` : `${dir}/${link.name}`;
+  }
+
+  private pathOrStale(n: PNode): string {
+    const p = this.pathOf(n);
+    if (p === undefined) throw new FsError(Errno.ENOENT);
+    return p;
+  }
+
+  private childPath(dir: PNode, name: string): string {
+    const d = this.pathOrStale(dir);
+    return d === '/' ? `/${name}` : `${d}/${name}`;
+  }
+
+  private mapIno(dev: bigint, ino: bigint): number {
+    let slot = 0;
+    if (dev !== this.rootDev) {
+      slot = this.devIndex.get(dev) ?? 0;
+      if (slot === 0) {
+        slot = this.devIndex.size + 1;
+        this.devIndex.set(dev, slot);
+      }
+    }
+    if (slot < SYNTHETIC_SLOT && ino < BigInt(DEV_SHIFT)) return slot * DEV_SHIFT + Number(ino);
+    const key = `${dev}:${ino}`;
+    let n = this.synthetic.get(key);
+    if (n === undefined) {
+      n = SYNTHETIC_SLOT * DEV_SHIFT + this.synthetic.size + 1;
+      this.synthetic.set(key, n);
+    }
+    return n;
+  }
+
+  private toAttr(st: BigIntStats): Attr {
+    return {
+      ino: this.mapIno(st.dev, st.ino),
+      size: Number(st.size),
+      blocks: Number(st.blocks),
+      atime: nsToTimespec(st.atimeNs),
+      mtime: nsToTimespec(st.mtimeNs),
+      ctime: nsToTimespec(st.ctimeNs),
+      mode: Number(st.mode),
+      nlink: Number(st.nlink),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      // glibc's dev_t and the kernel's new_encode_dev() agree for majors < 4096, minors < 2^20.
+      rdev: Number(st.rdev),
+      blksize: Number(st.blksize),
+    };
+  }
+
+  private linkKey(parent: PNode, name: string): string {
+    return `${parent.id}/${name}`;
+  }
+
+  private addLink(n: PNode, parent: PNode, name: string): void {
+    const key = this.linkKey(parent, name);
+    const prev = this.index.get(key);
+    if (prev === n) return;
+    if (prev) this.removeLink(prev, parent, name);
+    n.links.push({ parent, name });
+    parent.kids++;
+    this.index.set(key, n);
+  }
+
+  private removeLink(n: PNode, parent: PNode, name: string): void {
+    const i = n.links.findIndex((l) => l.parent === parent && l.name === name);
+    if (i < 0) return;
+    n.links.splice(i, 1);
+    parent.kids--;
+    this.index.delete(this.linkKey(parent, name));
+    this.maybeDrop(parent);
+  }
+
+  private maybeDrop(n: PNode): void {
+    if (n.id === ROOT_ID || n.lookups > 0 || n.handles.size > 0 || n.kids > 0) return;
+    this.nodes.delete(n.id);
+    if (this.byKey.get(n.key) === n) this.byKey.delete(n.key);
+    for (const l of [...n.links]) this.removeLink(n, l.parent, l.name);
+  }
+
+  /** The node for a stat seen under parent/name (reusing the one for this dev:ino), with one lookup counted. */
+  private entryFor(parent: PNode, name: string, st: BigIntStats): Entry {
+    const key = `${st.dev}:${st.ino}`;
+    let n = this.byKey.get(key);
+    if (n && n.type !== modeOfType(st)) {
+      // The inode number was reused by a different file since: a new node.
+      this.byKey.delete(key);
+      n = undefined;
+    }
+    if (!n) {
+      n = { id: this.nextId++, key, type: modeOfType(st), dev: st.dev, links: [], kids: 0, lookups: 0, handles: new Set() };
+      this.nodes.set(n.id, n);
+      this.byKey.set(key, n);
+    }
+    // Directories have one name: a directory seen elsewhere was moved there.
+    if (n.type === S_IFDIR) for (const l of [...n.links]) if (l.parent !== parent || l.name !== name) this.removeLink(n, l.parent, l.name);
+    this.addLink(n, parent, name);
+    n.lookups++;
+    return { nodeid: n.id, generation: 0, attr: this.toAttr(st) };
+  }
+
+  private async lookupPath(parent: PNode, name: string): Promise<Entry> {
+    const st = await fsp.lstat(this.childPath(parent, name), { bigint: true });
+    return this.entryFor(parent, name, st);
+  }
+
+  /** The stat of a node: through an open fd when it has one and no name (unlinked while open). */
+  private async statNode(n: PNode, h?: PHandle): Promise<BigIntStats> {
+    const p = this.pathOf(n);
+    if (h && h.node === n) return this.withFile(h, (f) => f.stat({ bigint: true }));
+    if (p === undefined) {
+      const any = n.handles.values().next().value;
+      if (!any) throw new FsError(Errno.ENOENT);
+      return this.withFile(any, (f) => f.stat({ bigint: true }));
+    }
+    if (n.id === ROOT_ID) return fsp.stat(p, { bigint: true });
+    return fsp.lstat(p, { bigint: true });
+  }
+
+  private writable(): void {
+    if (this.readOnly) throw new FsError(Errno.EROFS);
+  }
+
+  /** Makes a new file the caller's, as if the caller had created it (the server runs as root). */
+  private async ownAs(ctx: Ctx, parent: PNode, p: string): Promise<void> {
+    if (process.getuid?.() !== 0) return;
+    const pst = await this.statNode(parent);
+    // In a set-group-ID directory the group comes from the directory (the kernel already did that).
+    const gid = Number(pst.mode) & S_ISGID ? -1 : ctx.gid;
+    await fsp.lchown(p, ctx.uid, gid);
+  }
+
+  // --- open files and the fd bound -------------------------------------------------------------
+
+  /** Makes room for one more fd by closing the least recently used idle, reopenable file. */
+  private async reserveFd(): Promise<void> {
+    while (this.openFds >= this.maxFds) {
+      let victim: PHandle | undefined;
+      for (const h of this.lru.keys()) {
+        if (h.busy === 0 && h.file && h.node.links.length > 0) {
+          victim = h;
+          break;
+        }
+      }
+      if (!victim) throw new FsError(Errno.EMFILE);
+      const f = victim.file!;
+      victim.file = undefined;
+      this.lru.delete(victim);
+      this.openFds--;
+      await f.close().catch((err: unknown) => log.warn(`closing an idle fd: ${String(err)}`));
+    }
+  }
+
+  private async openFd(p: string, flags: number, mode?: number): Promise<FileHandle> {
+    await this.reserveFd();
+    this.openFds++;
+    try {
+      return await fsp.open(p, flags, mode);
+    } catch (err) {
+      this.openFds--;
+      throw err;
+    }
+  }
+
+  /** Runs fn on the handle's fd, reopening it by path if the LRU closed it. */
+  private async withFile<T>(h: PHandle, fn: (f: FileHandle) => Promise<T>): Promise<T> {
+    if (h.closed || this.closed) throw new FsError(Errno.EBADF);
+    h.busy++;
+    try {
+      let f = h.file;
+      if (!f) {
+        if (!h.opening) {
+          const reopenFlags = (h.flags & ~(O_TRUNC | O_CREAT | O_EXCL)) | O_NOFOLLOW;
+          h.opening = this.openFd(this.pathOrStale(h.node), reopenFlags).finally(() => {
+            h.opening = undefined;
+          });
+        }
+        f = await h.opening;
+        if (h.closed) {
+          this.openFds--;
+          await f.close();
+          throw new FsError(Errno.EBADF);
+        }
+        if (!h.file) h.file = f;
+      }
+      this.lru.delete(h);
+      this.lru.set(h, true);
+      return await fn(h.file ?? f);
+    } finally {
+      h.busy--;
+    }
+  }
+
+  /** Open flags as passed to open(2): no create bits, no O_DIRECT (our buffers are not aligned),
+   *  and write-only widened to read-write, since the kernel's writeback cache reads through any handle. */
+  private hostFlags(flags: number): number {
+    let f = flags & ~(O_CREAT | O_EXCL | O_DIRECT | 0o400 /* O_NOCTTY */);
+    if ((f & O_ACCMODE) === O_WRONLY) f = (f & ~O_ACCMODE) | O_RDWR;
+    return f | O_NOFOLLOW;
+  }
+
+  private async fsTypeOf(dev: bigint, p: string): Promise<number> {
+    let t = this.devFsType.get(dev);
+    if (!t) {
+      t = fsp.statfs(p).then((s) => s.type, () => 0);
+      this.devFsType.set(dev, t);
+    }
+    return t;
+  }
+
+  private async openNode(n: PNode, flags: number, file?: FileHandle): Promise<OpenResult> {
+    const p = this.pathOrStale(n);
+    if ((flags & O_ACCMODE) !== O_RDONLY || (flags & O_TRUNC)) this.writable();
+    if (n.type === S_IFDIR) throw new FsError(Errno.EISDIR);
+    if (n.type === S_IFLNK) throw new FsError(Errno.ELOOP);
+    // Fifos, sockets and devices are opened by the client's kernel itself, never through FUSE.
+    if (n.type !== S_IFREG) throw new FsError(Errno.ENXIO);
+    let f = file;
+    if (!f) {
+      try {
+        f = await this.openFd(p, this.hostFlags(flags));
+      } catch (err) {
+        // A read-only file may still be opened write-only as asked: retry without the widening.
+        if ((flags & O_ACCMODE) !== O_WRONLY || (err as { code?: string }).code !== 'EACCES') throw err;
+        f = await this.openFd(p, (flags & ~(O_CREAT | O_EXCL | O_DIRECT)) | O_NOFOLLOW);
+      }
+    }
+    const h: PHandle = { fh: 0, node: n, flags, file: f, opening: undefined, busy: 0, closed: false };
+    h.fh = this.files.add(h);
+    this.lru.set(h, true);
+    n.handles.add(h);
+    const res: OpenResult = { fh: h.fh };
+    if (PSEUDO_FS.has(await this.fsTypeOf(n.dev, p))) res.directIo = true;
+    return res;
+  }
+
+  // --- Vfs: names ------------------------------------------------------------------------------
+
+  async lookup(_ctx: Ctx, parent: number, name: string): Promise<Entry> {
+    return this.run(async () => {
+      const d = this.node(parent);
+      if (name === '.' || name === '..') {
+        const target = name === '..' ? (d.links[0]?.parent ?? d) : d;
+        const st = await this.statNode(target);
+        target.lookups++;
+        return { nodeid: target.id, generation: 0, attr: this.toAttr(st) };
+      }
+      checkName(name);
+      return this.lookupPath(d, name);
+    });
+  }
+
+  forget(nodeid: number, nlookup: number): void {
+    const n = this.nodes.get(nodeid);
+    if (!n || n.id === ROOT_ID) return;
+    n.lookups = Math.max(0, n.lookups - nlookup);
+    this.maybeDrop(n);
+  }
+
+  async getattr(_ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
+    return this.run(async () => this.toAttr(await this.statNode(this.node(nodeid), this.files.find(fh))));
+  }
+
+  async setattr(_ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
+    return this.run(async () => {
+      this.writable();
+      const n = this.node(nodeid);
+      const p = this.pathOf(n);
+      // An open file's own fd when the caller names it, or when the file has no name left.
+      const given = this.files.find(fh);
+      const h = given?.node === n ? given : p === undefined ? n.handles.values().next().value : undefined;
+      if (!h && p === undefined) throw new FsError(Errno.ENOENT);
+      if (set.atime && set.atime !== 'now') checkTimespec(set.atime);
+      if (set.mtime && set.mtime !== 'now') checkTimespec(set.mtime);
+      if (set.uid !== undefined || set.gid !== undefined) {
+        const uid = set.uid ?? -1;
+        const gid = set.gid ?? -1;
+        if (h) await this.withFile(h, (f) => f.chown(uid, gid));
+        else await fsp.lchown(p!, uid, gid);
+      }
+      if (set.mode !== undefined) {
+        const mode = set.mode & 0o7777;
+        if (h) await this.withFile(h, (f) => f.chmod(mode));
+        else if (n.type === S_IFLNK) throw new FsError(Errno.EOPNOTSUPP);
+        else await this.onPath(p!, n.type, (f) => f.chmod(mode), () => fsp.chmod(p!, mode));
+      }
+      if (set.size !== undefined) {
+        const size = set.size;
+        if (!Number.isSafeInteger(size) || size < 0) throw new FsError(Errno.EINVAL);
+        if (n.type === S_IFDIR) throw new FsError(Errno.EISDIR);
+        if (n.type !== S_IFREG) throw new FsError(Errno.EINVAL);
+        if (h) await this.withFile(h, (f) => f.truncate(size));
+        else await this.onPath(p!, n.type, (f) => f.truncate(size), undefined, O_WRONLY);
+      }
+      if (set.atime !== undefined || set.mtime !== undefined) {
+        await this.setTimes(n, h, p, set.atime, set.mtime);
+      }
+      return this.toAttr(await this.statNode(n, h));
+    });
+  }
+
+  /**
+   * Runs fn on a short-lived fd opened with O_NOFOLLOW, so a symlink swapped in under the name is
+   * not followed; other types than files and directories (devices, fifos) use the path call.
+   */
+  private async onPath(p: string, type: number, fn: (f: FileHandle) => Promise<void>, byPath?: () => Promise<void>, acc = O_RDONLY): Promise<void> {
+    if (type !== S_IFREG && type !== S_IFDIR) {
+      if (!byPath) throw new FsError(Errno.EINVAL);
+      return byPath();
+    }
+    const f = await this.openFd(p, acc | O_NOFOLLOW | O_NONBLOCK);
+    try {
+      await fn(f);
+    } finally {
+      this.openFds--;
+      await f.close();
+    }
+  }
+
+  private async setTimes(n: PNode, h: PHandle | undefined, p: string | undefined, atime?: SetTime, mtime?: SetTime): Promise<void> {
+    const sys = nativeSys();
+    if (sys) {
+      const conv = (t: SetTime | undefined): [number, number] =>
+        t === undefined ? [0, sys.UTIME_OMIT] : t === 'now' ? [0, sys.UTIME_NOW] : [t.sec, t.nsec];
+      const [as, an] = conv(atime);
+      const [ms, mn] = conv(mtime);
+      if (h) await this.withFile(h, (f) => sys.futimens(f.fd, as, an, ms, mn));
+      else await sys.utimensat(p!, as, an, ms, mn, true);
+      return;
+    }
+    // Without the addon: millisecond precision, and an omitted time is kept by reading it first.
+    const st = await this.statNode(n);
+    const sec = (t: SetTime | undefined, old: bigint): number =>
+      t === undefined ? Number(old) / 1e9 : t === 'now' ? Date.now() / 1000 : t.sec + t.nsec / 1e9;
+    const a = sec(atime, st.atimeNs);
+    const m = sec(mtime, st.mtimeNs);
+    if (h) await this.withFile(h, (f) => f.utimes(a, m));
+    else await fsp.lutimes(p!, a, m);
+  }
+
+  async readlink(_ctx: Ctx, nodeid: number): Promise<string> {
+    return this.run(async () => {
+      const n = this.node(nodeid);
+      if (n.type !== S_IFLNK) throw new FsError(Errno.EINVAL);
+      return fsp.readlink(this.pathOrStale(n));
+    });
+  }
+
+  async mknod(ctx: Ctx, parent: number, name: string, mode: number, rdev: number): Promise<Entry> {
+    return this.run(async () => {
+      this.writable();
+      checkName(name);
+      const d = this.node(parent);
+      const p = this.childPath(d, name);
+      const type = mode & S_IFMT || S_IFREG;
+      if (type === S_IFDIR) throw new FsError(Errno.EPERM);
+      if (type === S_IFREG && !nativeSys()) {
+        const f = await this.openFd(p, C.O_CREAT | C.O_EXCL | C.O_WRONLY | C.O_NOFOLLOW, mode & 0o7777);
+        this.openFds--;
+        await f.close();
+      } else {
+        await requireSys().mknod(p, type | (mode & 0o7777), rdev);
+      }
+      await this.ownAs(ctx, d, p);
+      // The server's umask must not narrow the mode the caller's kernel already masked.
+      await fsp.chmod(p, mode & 0o7777);
+      return this.lookupPath(d, name);
+    });
+  }
+
+  async mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry> {
+    return this.run(async () => {
+      this.writable();
+      checkName(name);
+      const d = this.node(parent);
+      const p = this.childPath(d, name);
+      await fsp.mkdir(p, mode & 0o7777);
+      await this.ownAs(ctx, d, p);
+      // The server's umask must not narrow the mode the caller's kernel already masked; keep an
+      // inherited set-group-ID bit.
+      const st = await fsp.lstat(p);
+      await fsp.chmod(p, (mode & 0o7777) | (st.mode & S_ISGID));
+      return this.lookupPath(d, name);
+    });
+  }
+
+  async symlink(ctx: Ctx, parent: number, name: string, target: string): Promise<Entry> {
+    return this.run(async () => {
+      this.writable();
+      checkName(name);
+      const d = this.node(parent);
+      const p = this.childPath(d, name);
+      await fsp.symlink(target, p);
+      await this.ownAs(ctx, d, p);
+      return this.lookupPath(d, name);
+    });
+  }
+
+  async link(_ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
+    return this.run(async () => {
+      this.writable();
+      checkName(newname);
+      const n = this.node(nodeid);
+      const d = this.node(newparent);
+      await fsp.link(this.pathOrStale(n), this.childPath(d, newname));
+      return this.lookupPath(d, newname);
+    });
+  }
+
+  async unlink(_ctx: Ctx, parent: number, name: string): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      checkName(name);
+      const d = this.node(parent);
+      await fsp.unlink(this.childPath(d, name));
+      this.forgetName(d, name);
+    });
+  }
+
+  async rmdir(_ctx: Ctx, parent: number, name: string): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      checkName(name);
+      const d = this.node(parent);
+      await fsp.rmdir(this.childPath(d, name));
+      this.forgetName(d, name);
+    });
+  }
+
+  private forgetName(d: PNode, name: string): void {
+    const n = this.index.get(this.linkKey(d, name));
+    if (!n) return;
+    this.removeLink(n, d, name);
+    this.maybeDrop(n);
+  }
+
+  async rename(_ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      checkRenameFlags(flags);
+      checkName(name);
+      checkName(newname);
+      const sd = this.node(parent);
+      const dd = this.node(newparent);
+      const from = this.childPath(sd, name);
+      const to = this.childPath(dd, newname);
+      if (flags === 0) await fsp.rename(from, to);
+      else await requireSys().renameat2(from, to, flags);
+      const src = this.index.get(this.linkKey(sd, name));
+      const dst = this.index.get(this.linkKey(dd, newname));
+      if (src) this.removeLink(src, sd, name);
+      if (dst) this.removeLink(dst, dd, newname);
+      // Add before any drop check so the parents keep their known-children count.
+      if (src) this.addLink(src, dd, newname);
+      if (dst && flags & RENAME_EXCHANGE) this.addLink(dst, sd, name);
+      if (src) this.maybeDrop(src);
+      if (dst) this.maybeDrop(dst);
+    });
+  }
+
+  // --- Vfs: files ------------------------------------------------------------------------------
+
+  async open(_ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
+    return this.run(async () => this.openNode(this.node(nodeid), flags));
+  }
+
+  async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
+    return this.run(async () => {
+      this.writable();
+      checkName(name);
+      const d = this.node(parent);
+      const p = this.childPath(d, name);
+      const f = await this.openFd(p, this.hostFlags(flags) | C.O_CREAT | C.O_EXCL, mode & 0o7777);
+      let entry: Entry;
+      try {
+        await this.ownAs(ctx, d, p);
+        await f.chmod(mode & 0o7777);
+        entry = this.entryFor(d, name, await f.stat({ bigint: true }));
+      } catch (err) {
+        this.openFds--;
+        await f.close();
+        throw err;
+      }
+      const r = await this.openNode(this.node(entry.nodeid), flags, f);
+      return { ...r, entry };
+    });
+  }
+
+  private handle(nodeid: number, fh: number): PHandle {
+    const h = this.files.get(fh);
+    if (h.node.id !== nodeid) throw new FsError(Errno.EBADF);
+    return h;
+  }
+
+  async read(_ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
+    return this.run(async () => {
+      const h = this.handle(nodeid, fh);
+      if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(size) || size < 0) throw new FsError(Errno.EINVAL);
+      const buf = Buffer.allocUnsafe(size);
+      let got = 0;
+      await this.withFile(h, async (f) => {
+        // pread may return short before EOF (pseudo files, signals): read on until EOF or full.
+        while (got < size) {
+          const { bytesRead } = await f.read(buf, got, size - got, offset + got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+      });
+      return got === size ? buf : buf.subarray(0, got);
+    });
+  }
+
+  async write(_ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
+    return this.run(async () => {
+      this.writable();
+      const h = this.handle(nodeid, fh);
+      if ((h.flags & O_ACCMODE) === O_RDONLY) throw new FsError(Errno.EBADF);
+      if (!Number.isSafeInteger(offset) || offset < 0) throw new FsError(Errno.EINVAL);
+      let done = 0;
+      await this.withFile(h, async (f) => {
+        // On an O_APPEND fd Linux's pwrite appends whatever the position: exactly the contract.
+        while (done < data.length) {
+          const { bytesWritten } = await f.write(data, done, data.length - done, offset + done);
+          if (bytesWritten === 0) break;
+          done += bytesWritten;
+        }
+      });
+      return done;
+    });
+  }
+
+  async flush(_ctx: Ctx, nodeid: number, fh: number): Promise<void> {
+    return this.run(async () => {
+      this.handle(nodeid, fh);
+    });
+  }
+
+  async fsync(_ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
+    return this.run(async () => {
+      const h = this.handle(nodeid, fh);
+      await this.withFile(h, (f) => (datasync ? f.datasync() : f.sync()));
+    });
+  }
+
+  async release(_ctx: Ctx, _nodeid: number, fh: number): Promise<void> {
+    return this.run(async () => {
+      const h = this.files.delete(fh);
+      if (!h) throw new FsError(Errno.EBADF);
+      h.closed = true;
+      h.node.handles.delete(h);
+      this.lru.delete(h);
+      const f = h.file;
+      h.file = undefined;
+      this.maybeDrop(h.node);
+      if (f) {
+        this.openFds--;
+        await f.close();
+      }
+    });
+  }
+
+  // --- Vfs: directories ------------------------------------------------------------------------
+
+  async opendir(_ctx: Ctx, nodeid: number): Promise<OpenResult> {
+    return this.run(async () => {
+      const n = this.node(nodeid);
+      if (n.type !== S_IFDIR) throw new FsError(Errno.ENOTDIR);
+      const snapshot = await fsp.readdir(this.pathOrStale(n));
+      // A directory handle keeps its node alive, like an open file.
+      n.lookups++;
+      return { fh: this.dirs.add({ node: n, snapshot }) };
+    });
+  }
+
+  async readdir(_ctx: Ctx, _nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
+    return this.run(async () => {
+      const h = this.dirs.get(fh);
+      if (this.closed) throw new FsError(Errno.EIO);
+      if (!Number.isSafeInteger(offset) || offset < 0) throw new FsError(Errno.EINVAL);
+      const dir = h.node;
+      const p = this.pathOrStale(dir);
+      // A rewind sees the directory as it is now (rewinddir(3) must show later changes).
+      if (offset === 0) h.snapshot = await fsp.readdir(p);
+      const names = ['.', '..', ...h.snapshot];
+      const slice = names.slice(offset, offset + Math.max(1, maxEntries));
+      const stats = await Promise.all(slice.map(async (name) => {
+        try {
+          if (name === '.') return await this.statNode(dir);
+          if (name === '..') return await this.statNode(dir.links[0]?.parent ?? dir);
+          return await fsp.lstat(p === '/' ? `/${name}` : `${p}/${name}`, { bigint: true });
+        } catch {
+          return undefined; // vanished since the snapshot: skipped
+        }
+      }));
+      const out: DirEntry[] = [];
+      slice.forEach((name, i) => {
+        const st = stats[i];
+        if (!st) return;
+        const de: DirEntry = { name, ino: this.mapIno(st.dev, st.ino), type: modeOfType(st), off: offset + i + 1 };
+        if (plus && name !== '.' && name !== '..') de.entry = this.entryFor(dir, name, st);
+        out.push(de);
+      });
+      return out;
+    });
+  }
+
+  async fsyncdir(_ctx: Ctx, _nodeid: number, fh: number, _datasync: boolean): Promise<void> {
+    return this.run(async () => {
+      const h = this.dirs.get(fh);
+      const f = await this.openFd(this.pathOrStale(h.node), O_RDONLY);
+      try {
+        await f.sync();
+      } finally {
+        this.openFds--;
+        await f.close();
+      }
+    });
+  }
+
+  async releasedir(_ctx: Ctx, _nodeid: number, fh: number): Promise<void> {
+    const h = this.dirs.delete(fh);
+    if (!h) throw new FsError(Errno.EBADF);
+    this.forget(h.node.id, 1);
+  }
+
+  // --- Vfs: the rest ---------------------------------------------------------------------------
+
+  async statfs(_ctx: Ctx, nodeid: number): Promise<StatFs> {
+    return this.run(async () => {
+      const s = await fsp.statfs(this.pathOf(this.node(nodeid)) ?? this.root);
+      return {
+        blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree,
+        bsize: s.bsize, namelen: NAME_MAX, frsize: s.bsize,
+      };
+    });
+  }
+
+  /** A handle to use for an xattr call on a node that has lost all its names. */
+  private orphanHandle(n: PNode): PHandle | undefined {
+    return this.pathOf(n) === undefined ? n.handles.values().next().value : undefined;
+  }
+
+  async setxattr(_ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      checkXattr(name, value);
+      const sys = requireSys();
+      const n = this.node(nodeid);
+      const h = this.orphanHandle(n);
+      if (h) await this.withFile(h, (f) => sys.fsetxattr(f.fd, name, value, flags));
+      else await sys.lsetxattr(this.pathOrStale(n), name, value, flags);
+    });
+  }
+
+  async getxattr(_ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
+    return this.run(async () => {
+      checkXattr(name);
+      const sys = requireSys();
+      const n = this.node(nodeid);
+      const h = this.orphanHandle(n);
+      if (h) return this.withFile(h, (f) => sys.fgetxattr(f.fd, name));
+      return sys.lgetxattr(this.pathOrStale(n), name);
+    });
+  }
+
+  async listxattr(_ctx: Ctx, nodeid: number): Promise<string[]> {
+    return this.run(async () => {
+      const sys = requireSys();
+      const n = this.node(nodeid);
+      const h = this.orphanHandle(n);
+      const raw = h ? await this.withFile(h, (f) => sys.flistxattr(f.fd)) : await sys.llistxattr(this.pathOrStale(n));
+      return splitXattrList(raw);
+    });
+  }
+
+  async removexattr(_ctx: Ctx, nodeid: number, name: string): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      checkXattr(name);
+      const sys = requireSys();
+      const n = this.node(nodeid);
+      const h = this.orphanHandle(n);
+      if (h) await this.withFile(h, (f) => sys.fremovexattr(f.fd, name));
+      else await sys.lremovexattr(this.pathOrStale(n), name);
+    });
+  }
+
+  async access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
+    return this.run(async () => {
+      const st = await this.statNode(this.node(nodeid));
+      if (mask & W_OK && this.readOnly) throw new FsError(Errno.EROFS);
+      checkAccess({ mode: Number(st.mode), uid: Number(st.uid), gid: Number(st.gid) }, ctx, mask);
+    });
+  }
+
+  async fallocate(_ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
+    return this.run(async () => {
+      this.writable();
+      const h = this.handle(nodeid, fh);
+      const sys = requireSys();
+      await this.withFile(h, (f) => sys.fallocate(f.fd, mode, offset, length));
+    });
+  }
+
+  async lseek(_ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
+    return this.run(async () => {
+      if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw new FsError(Errno.EINVAL);
+      const h = this.handle(nodeid, fh);
+      const sys = requireSys();
+      // The fd's own position moves, which nothing else uses: reads and writes are positional.
+      return this.withFile(h, (f) => sys.lseek(f.fd, offset, whence));
+    });
+  }
+
+  async copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
+    return this.run(async () => {
+      this.writable();
+      const src = this.handle(nodeIn, fhIn);
+      const dst = this.handle(nodeOut, fhOut);
+      if ((dst.flags & O_ACCMODE) === O_RDONLY || (dst.flags & O_APPEND)) throw new FsError(Errno.EBADF);
+      if (![offIn, offOut, len].every((v) => Number.isSafeInteger(v) && v >= 0)) throw new FsError(Errno.EINVAL);
+      if (src.node === dst.node && offIn < offOut + len && offOut < offIn + len) throw new FsError(Errno.EINVAL);
+      // Node has no copy_file_range with offsets: one bounded read + write per call (the caller loops).
+      const data = await this.read(ctx, nodeIn, fhIn, offIn, Math.min(len, COPY_CHUNK));
+      if (data.length === 0) return 0;
+      return this.write(ctx, nodeOut, fhOut, offOut, data);
+    });
+  }
+
+  watch(listener: ChangeListener): () => void {
+    this.listeners.add(listener);
+    return () => {
+      this.listeners.delete(listener);
+    };
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    const open = [...this.files.values()];
+    this.files.clear();
+    this.dirs.clear();
+    this.lru.clear();
+    await Promise.all(open.map(async (h) => {
+      h.closed = true;
+      const f = h.file;
+      h.file = undefined;
+      if (f) await f.close().catch(() => undefined);
+    }));
+    this.openFds = 0;
+    this.listeners.clear();
+    this.nodes.clear();
+    this.byKey.clear();
+    this.index.clear();
+  }
+}

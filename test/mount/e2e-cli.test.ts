@@ -1,0 +1,148 @@
+// The user's path through the CLI: serve, mount (daemon and helper), the mount line, status,
+// umount, several clients, what NFS cannot export, and the clear failures the core issue asks for.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import net from 'node:net';
+import { sh, tmpdir, isMounted, teardownMount } from '../helpers/mount.js';
+import { serve, mount, BIN } from '../helpers/wirefs.js';
+
+const wirefs = `${process.execPath} ${BIN}`;
+
+async function ok(cmd: string, timeoutMs = 30000): Promise<string> {
+  const r = await sh(cmd, { timeoutMs });
+  assert.equal(r.code, 0, `${cmd}\nexit ${r.code}\n${r.stderr}\n${r.stdout}`);
+  return r.stdout;
+}
+
+test('wirefs mount as a daemon, the mount line, status, umount', async (t) => {
+  const exported = await tmpdir('wirefs-export-');
+  await ok(`echo hello > ${exported}/greeting`);
+  const server = await serve(t, exported);
+  const mnt = await tmpdir('wirefs-mnt-');
+  t.after(() => teardownMount(mnt));
+  await ok(`${wirefs} mount ${server.addr} ${mnt}`);
+  assert.ok(await isMounted(mnt));
+  const line = (await ok('mount')).split('\n').find((l) => l.includes(` on ${mnt} `));
+  assert.match(line ?? '', new RegExp(`^${server.addr} on ${mnt} type fuse\\.(ext4|tmpfs|xfs|btrfs|overlay|passthrough)`));
+  assert.equal(await ok(`timeout 10 cat ${mnt}/greeting`), 'hello\n');
+  const status = await ok(`${wirefs} status`);
+  assert.match(status, new RegExp(`${mnt}\\s+${server.addr}`));
+
+  // busy: a process sits inside the mount
+  const busy = await sh(`cd ${mnt} && ${wirefs} umount ${mnt}`, { timeoutMs: 15000 });
+  assert.notEqual(busy.code, 0);
+  assert.match(busy.stderr, /busy/);
+  assert.equal(busy.stderr.trim().split('\n').length, 1, busy.stderr);
+
+  await ok(`${wirefs} umount ${mnt}`);
+  assert.equal(await isMounted(mnt), false);
+});
+
+test('the mount(8) helper', async (t) => {
+  const server = await serve(t, 'mem:');
+  const dir = await tmpdir('wirefs-helper-');
+  await ok(`${wirefs} install-helper --prefix ${dir}`);
+  const mnt = await tmpdir('wirefs-mnt-');
+  t.after(() => teardownMount(mnt));
+  // exactly how mount(8) calls a helper: mount.TYPE SPEC DIR [-sfnv] [-o OPTIONS]
+  await ok(`${dir}/mount.wirefs ${server.addr} ${mnt} -o rw,_netdev`);
+  const line = (await ok('cat /proc/mounts')).split('\n').find((l) => l.split(' ')[1] === mnt);
+  assert.match(line ?? '', new RegExp(`^${server.addr} ${mnt} fuse\\.mem `));
+  await ok(`${wirefs} umount ${mnt}`);
+});
+
+test('two clients of one server see each other', async (t) => {
+  const exported = await tmpdir('wirefs-export-');
+  const server = await serve(t, exported);
+  const a = await mount(t, server.addr);
+  const b = await mount(t, server.addr);
+  await ok(`timeout 10 ls ${b.mnt}`); // B has listed (and cached) the directory
+  await ok(`echo one > ${a.mnt}/f && mkdir ${a.mnt}/d`);
+  assert.equal(await ok(`timeout 10 cat ${b.mnt}/f`), 'one\n');
+  assert.match(await ok(`timeout 10 ls ${b.mnt}`), /d\nf/);
+  await ok(`echo two-two > ${a.mnt}/f`);
+  assert.equal(await ok(`timeout 10 cat ${b.mnt}/f`), 'two-two\n');
+  await ok(`mv ${a.mnt}/f ${a.mnt}/d/g`);
+  assert.equal(await ok(`timeout 10 cat ${b.mnt}/d/g`), 'two-two\n');
+  assert.notEqual((await sh(`timeout 10 stat ${b.mnt}/f`)).code, 0);
+  await ok(`rm ${b.mnt}/d/g && rmdir ${b.mnt}/d`);
+  assert.equal((await ok(`timeout 10 ls -A ${a.mnt}`)).trim(), '');
+});
+
+test('exports what NFS cannot: tmpfs, several devices, /proc', async (t) => {
+  const exported = await tmpdir('wirefs-multi-');
+  await ok(`mkdir ${exported}/tmp1 ${exported}/tmp2 && mount -t tmpfs none ${exported}/tmp1 && mount -t tmpfs none ${exported}/tmp2`);
+  t.after(async () => {
+    await sh(`umount -l ${exported}/tmp1; umount -l ${exported}/tmp2`);
+  });
+  await ok(`echo a > ${exported}/tmp1/a && echo b > ${exported}/tmp2/b && echo c > ${exported}/c`);
+  const server = await serve(t, exported);
+  const { mnt } = await mount(t, server.addr);
+  assert.equal(await ok(`timeout 10 cat ${mnt}/tmp1/a ${mnt}/tmp2/b ${mnt}/c`), 'a\nb\nc\n');
+  // inode numbers stay unique across the three file systems (each tmpfs numbers from the same start)
+  const inos = (await ok(`timeout 10 find ${mnt} -printf '%i\\n'`)).trim().split('\n');
+  assert.equal(new Set(inos).size, inos.length, `duplicate inode numbers: ${inos.join(' ')}`);
+  await ok(`echo written > ${mnt}/tmp2/new`);
+  assert.equal(await ok(`cat ${exported}/tmp2/new`), 'written\n');
+
+  const shm = await tmpdir('wirefs-shm-', '/dev/shm');
+  await ok(`echo in-ram > ${shm}/r`);
+  const s2 = await serve(t, shm);
+  const m2 = await mount(t, s2.addr);
+  assert.equal(await ok(`timeout 10 cat ${m2.mnt}/r`), 'in-ram\n');
+  assert.match((await ok('cat /proc/mounts')).split('\n').find((l) => l.split(' ')[1] === m2.mnt) ?? '', / fuse\.tmpfs /);
+
+  const s3 = await serve(t, '/proc');
+  const m3 = await mount(t, s3.addr);
+  const status = await ok(`timeout 10 cat ${m3.mnt}/${s3.pid}/status`);
+  assert.match(status, new RegExp(`^Pid:\\s+${s3.pid}$`, 'm'));
+  assert.match(await ok(`timeout 10 cat ${m3.mnt}/version`), /^Linux version/);
+});
+
+test('clear failures: unreachable, not wirefs, missing path, server death', async (t) => {
+  const mnt = await tmpdir('wirefs-mnt-');
+  t.after(() => teardownMount(mnt));
+
+  // a closed port
+  const closed = net.createServer();
+  await new Promise<void>((r) => closed.listen(0, '127.0.0.1', r));
+  const port = (closed.address() as net.AddressInfo).port;
+  await new Promise((r) => closed.close(r));
+  const t0 = Date.now();
+  const r1 = await sh(`${wirefs} mount 127.0.0.1:${port} ${mnt}`, { timeoutMs: 20000 });
+  assert.notEqual(r1.code, 0);
+  assert.match(r1.stderr, /refused/);
+  assert.equal(r1.stderr.trim().split('\n').length, 1, r1.stderr);
+  assert.ok(Date.now() - t0 < 10000);
+  assert.equal(await isMounted(mnt), false);
+
+  // something that is not wirefs (an SSH-like banner)
+  const fake = net.createServer((c) => c.end('SSH-2.0-OpenSSH_9.2\r\n'));
+  await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
+  t.after(() => new Promise((r) => fake.close(r)));
+  const r2 = await sh(`${wirefs} mount 127.0.0.1:${(fake.address() as net.AddressInfo).port} ${mnt}`, { timeoutMs: 20000 });
+  assert.notEqual(r2.code, 0);
+  assert.equal(r2.stderr.trim().split('\n').length, 1, r2.stderr);
+  assert.match(r2.stderr, /wirefs/);
+  assert.equal(await isMounted(mnt), false);
+
+  // serving a missing path fails at start
+  const r3 = await sh(`${wirefs} serve -p 0 --bind 127.0.0.1 /nonexistent/path`, { timeoutMs: 15000 });
+  assert.notEqual(r3.code, 0);
+  assert.match(r3.stderr, /nonexistent/);
+  assert.equal(r3.stderr.trim().split('\n').length, 1, r3.stderr);
+  const r4 = await sh(`${wirefs} serve -p 0 --bind 127.0.0.1 bogus:thing`, { timeoutMs: 15000 });
+  assert.match(r4.stderr, /unknown source type "bogus".*passthrough/);
+
+  // the server dies: operations fail instead of hanging
+  const server = await serve(t, 'mem:');
+  const m = await mount(t, server.addr);
+  await ok(`echo x > ${m.mnt}/f`);
+  process.kill(server.pid, 'SIGKILL');
+  const r5 = await sh(`timeout 30 cat ${m.mnt}/f; echo rc=$?`, { timeoutMs: 40000 });
+  // either an error from the file system, or served from the kernel's cache: never the timeout (124)
+  assert.doesNotMatch(r5.stdout, /rc=124/);
+  const r6 = await sh(`timeout 30 touch ${m.mnt}/g; echo rc=$?`, { timeoutMs: 40000 });
+  assert.match(r6.stdout, /rc=1\b/);
+});
