@@ -106,15 +106,7 @@ export class HandleTable<T> {
   values(): IterableIterator<T> {
     return this.map.values();
   }
-  get size(): number {
-    return this.map.size;
-  }
   clear(): void {
     this.map.clear();
   }
-}
-
-/** The `d_type`-style file type of a mode: its S_IFMT bits. */
-export function typeOf(mode: number): number {
-  return mode & S_IFMT;
 }

@@ -129,6 +129,7 @@ export class PassthroughFs implements Vfs {
   /** Handles holding an fd, least recently used first. */
   private readonly lru = new Map<PHandle, true>();
   private openFds = 0;
+  private readonly fdWaiters: Array<() => void> = [];
   /** Change listeners; nothing reports yet (a local-change watcher, inotify, is to come). */
   private readonly listeners = new Set<ChangeListener>();
   private closed = false;
@@ -335,28 +336,59 @@ export class PassthroughFs implements Vfs {
 
   // --- open files and the fd bound -------------------------------------------------------------
 
-  /** Makes room for one more fd by closing the least recently used idle, reopenable file. */
+  /**
+   * Counts one more fd, first closing the least recently used idle, reopenable file if at the
+   * bound. When every fd is in use it waits for one to go idle; when none ever can (all held by
+   * files unlinked while open) it fails with EMFILE.
+   */
   private async reserveFd(): Promise<void> {
     while (this.openFds >= this.maxFds) {
       let victim: PHandle | undefined;
+      let busy = false;
+      let held = 0;
       for (const h of this.lru.keys()) {
-        if (h.busy === 0 && h.file && h.node.links.length > 0) {
+        if (!h.file) continue;
+        held++;
+        if (h.node.links.length === 0) continue;
+        if (h.busy === 0) {
           victim = h;
           break;
         }
+        busy = true;
       }
-      if (!victim) throw new FsError(Errno.EMFILE);
+      if (!victim) {
+        // Fds not held by any handle are transient (opening, or short-lived): they come back.
+        if (!busy && held >= this.openFds) throw new FsError(Errno.EMFILE);
+        await new Promise<void>((resolve) => this.fdWaiters.push(resolve));
+        continue;
+      }
       const f = victim.file!;
       victim.file = undefined;
       this.lru.delete(victim);
-      this.openFds--;
       await f.close().catch((err: unknown) => log.warn(`closing an idle fd: ${String(err)}`));
+      this.openFds--;
+    }
+    this.openFds++;
+  }
+
+  /** Wakes the callers waiting for an fd to go idle; they look again. */
+  private wakeFdWaiters(): void {
+    const waiters = this.fdWaiters.splice(0);
+    for (const w of waiters) w();
+  }
+
+  /** Closes an fd counted by reserveFd. */
+  private async closeFd(f: FileHandle): Promise<void> {
+    try {
+      await f.close();
+    } finally {
+      this.openFds--;
+      this.wakeFdWaiters();
     }
   }
 
   private async openFd(p: string, flags: number, mode?: number): Promise<FileHandle> {
     await this.reserveFd();
-    this.openFds++;
     try {
       return await fsp.open(p, flags, mode);
     } catch (err) {
@@ -380,8 +412,7 @@ export class PassthroughFs implements Vfs {
         }
         f = await h.opening;
         if (h.closed) {
-          this.openFds--;
-          await f.close();
+          await this.closeFd(f);
           throw new FsError(Errno.EBADF);
         }
         if (!h.file) h.file = f;
@@ -391,6 +422,7 @@ export class PassthroughFs implements Vfs {
       return await fn(h.file ?? f);
     } finally {
       h.busy--;
+      if (h.busy === 0 && this.fdWaiters.length > 0) this.wakeFdWaiters();
     }
   }
 
@@ -431,6 +463,7 @@ export class PassthroughFs implements Vfs {
     const h: PHandle = { fh: 0, node: n, flags, file: f, opening: undefined, busy: 0, closed: false };
     h.fh = this.files.add(h);
     this.lru.set(h, true);
+    this.wakeFdWaiters();
     n.handles.add(h);
     const res: OpenResult = { fh: h.fh };
     if (PSEUDO_FS.has(await this.fsTypeOf(n.dev, p))) res.directIo = true;
@@ -515,8 +548,7 @@ export class PassthroughFs implements Vfs {
     try {
       await fn(f);
     } finally {
-      this.openFds--;
-      await f.close();
+      await this.closeFd(f);
     }
   }
 
@@ -559,8 +591,7 @@ export class PassthroughFs implements Vfs {
       if (type === S_IFDIR) throw new FsError(Errno.EPERM);
       if (type === S_IFREG && !nativeSys()) {
         const f = await this.openFd(p, C.O_CREAT | C.O_EXCL | C.O_WRONLY | C.O_NOFOLLOW, mode & 0o7777);
-        this.openFds--;
-        await f.close();
+        await this.closeFd(f);
       } else {
         await requireSys().mknod(p, type | (mode & 0o7777), rdev);
       }
@@ -680,8 +711,7 @@ export class PassthroughFs implements Vfs {
         await f.chmod(mode & 0o7777);
         entry = this.entryFor(d, name, await f.stat({ bigint: true }));
       } catch (err) {
-        this.openFds--;
-        await f.close();
+        await this.closeFd(f);
         throw err;
       }
       const r = await this.openNode(this.node(entry.nodeid), flags, f);
@@ -756,8 +786,7 @@ export class PassthroughFs implements Vfs {
       h.file = undefined;
       this.maybeDrop(h.node);
       if (f) {
-        this.openFds--;
-        await f.close();
+        await this.closeFd(f);
       }
     });
   }
@@ -814,8 +843,7 @@ export class PassthroughFs implements Vfs {
       try {
         await f.sync();
       } finally {
-        this.openFds--;
-        await f.close();
+        await this.closeFd(f);
       }
     });
   }

@@ -1,0 +1,167 @@
+// `npm run bench`: the same workloads on the local directory (the limit), on a wirefs mount and on
+// an sshfs mount of that directory (Debian's sshfs against a throwaway openssh-server on loopback),
+// then on both mounts again through a proxy that adds 1 ms each way. Prints one table with ratios.
+// Not part of `npm test`: timings are measured here, never asserted in tests.
+//
+// BENCH_BIG_MB (default 1024) sizes the sequential file; BENCH_FILES (default 5000) the small files;
+// BENCH_ONLY=local,wirefs,... picks targets; BENCH_TREE (default /usr/include) is the source tree.
+
+import { spawn } from 'node:child_process';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { sh, startChild, teardownMount, tmpdir } from '../test/helpers/mount.js';
+import { startProxy, type Proxy } from '../test/helpers/proxy.js';
+import { BIN } from '../test/helpers/wirefs.js';
+
+const BIG_MB = Number(process.env['BENCH_BIG_MB'] ?? 1024);
+const FILES = Number(process.env['BENCH_FILES'] ?? 5000);
+const TREE = process.env['BENCH_TREE'] ?? '/usr/include';
+const ONLY = process.env['BENCH_ONLY']?.split(',');
+
+interface Target {
+  name: string;
+  dir: string;
+  teardown(): Promise<void>;
+}
+
+async function must(cmd: string, timeoutMs = 600000): Promise<string> {
+  const r = await sh(cmd, { timeoutMs });
+  if (r.code !== 0) throw new Error(`${cmd}: exit ${r.code}: ${r.stderr.trim()}`);
+  return r.stdout;
+}
+
+async function timed(cmd: string, timeoutMs = 900000): Promise<number> {
+  const t0 = process.hrtime.bigint();
+  await must(cmd, timeoutMs);
+  return Number(process.hrtime.bigint() - t0) / 1e6;
+}
+
+const dropCaches = (): Promise<string> => must('sync; echo 3 > /proc/sys/vm/drop_caches');
+
+interface Row {
+  name: string;
+  run(dir: string): Promise<number>; // milliseconds
+}
+
+const MANY = `import os, sys
+d = sys.argv[1]; n = int(sys.argv[2]); os.mkdir(d)
+for i in range(n):
+    with open(f"{d}/f{i}", "w") as f: f.write("x")
+for i in range(n): os.stat(f"{d}/f{i}")
+for i in range(n): os.unlink(f"{d}/f{i}")
+os.rmdir(d)`;
+
+function rows(tarball: string): Row[] {
+  return [
+    { name: `seq write ${BIG_MB} MiB`, run: (d) => timed(`dd if=/dev/zero of=${d}/big bs=1M count=${BIG_MB} conv=fsync status=none`) },
+    { name: `seq read ${BIG_MB} MiB cold`, run: async (d) => { await dropCaches(); return timed(`dd if=${d}/big of=/dev/null bs=1M status=none`); } },
+    { name: `seq read ${BIG_MB} MiB warm`, run: (d) => timed(`dd if=${d}/big of=/dev/null bs=1M status=none`) },
+    { name: 'random 4 KiB reads (20000)', run: (d) => timed(`fio --name=r --filename=${d}/big --rw=randread --bs=4k --io_size=80m --size=${Math.min(BIG_MB, 512)}m --ioengine=psync --output=/dev/null`) },
+    { name: `create+stat+unlink ${FILES} files`, run: (d) => timed(`python3 -c '${MANY}' ${d}/many ${FILES}`) },
+    { name: 'tar extract source tree', run: (d) => timed(`mkdir ${d}/tree && tar -C ${d}/tree -xf ${tarball}`) },
+    { name: 'find over tree (warm)', run: async (d) => { await must(`find ${d}/tree > /dev/null`); return timed(`find ${d}/tree > /dev/null`); } },
+    { name: 'ls -l large dir (warm)', run: async (d) => { const big = `${d}/tree/${path.basename(TREE)}/linux`; await must(`ls -l ${big} > /dev/null`); return timed(`ls -l ${big} > /dev/null`); } },
+    { name: 'git status (warm)', run: async (d) => { await must(`cd ${d}/tree && git init -q && git add -A && git -c user.email=b@b -c user.name=b commit -qm x && git status > /dev/null`); return timed(`cd ${d}/tree && git status > /dev/null`); } },
+    { name: 'rm -rf tree', run: (d) => timed(`rm -rf ${d}/tree ${d}/big`) },
+  ];
+}
+
+async function wirefsTarget(name: string, exported: string, delayMs: number): Promise<Target> {
+  const server = await startChild([process.execPath, BIN, 'serve', '-p', '0', '--bind', '127.0.0.1', exported], { readyPattern: /on ([\d.]+):(\d+)/ });
+  const port = Number(/on [\d.]+:(\d+)/.exec(server.stdout())![1]);
+  let proxy: Proxy | undefined;
+  if (delayMs) proxy = await startProxy({ host: '127.0.0.1', port }, { delayMs });
+  const mnt = await tmpdir('wirefs-bench-mnt-');
+  const client = await startChild([process.execPath, BIN, 'mount', '-f', `127.0.0.1:${proxy?.port ?? port}`, mnt], { waitMount: mnt, timeoutMs: 20000 });
+  return {
+    name, dir: mnt,
+    teardown: async () => { await teardownMount(mnt, client.child); await proxy?.close(); await server.stop(); },
+  };
+}
+
+async function sshd(): Promise<{ port: number; key: string; stop(): Promise<void> }> {
+  const dir = await tmpdir('wirefs-bench-ssh-');
+  await must(`ssh-keygen -q -t ed25519 -N '' -f ${dir}/host && ssh-keygen -q -t ed25519 -N '' -f ${dir}/client && cp ${dir}/client.pub ${dir}/authorized_keys && chmod 600 ${dir}/authorized_keys`);
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  await fsp.writeFile(`${dir}/sshd_config`, [
+    `Port ${port}`, 'ListenAddress 127.0.0.1', `HostKey ${dir}/host`, `AuthorizedKeysFile ${dir}/authorized_keys`,
+    'PermitRootLogin yes', 'UsePAM no', 'StrictModes no', `PidFile ${dir}/pid`, 'Subsystem sftp internal-sftp', '',
+  ].join('\n'));
+  await fsp.mkdir('/run/sshd', { recursive: true });
+  const child = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', `${dir}/sshd_config`], { stdio: 'ignore' });
+  for (let i = 0; i < 50; i++) {
+    if ((await sh(`bash -c 'echo > /dev/tcp/127.0.0.1/${port}' 2>/dev/null`)).code === 0) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { port, key: `${dir}/client`, stop: async () => { child.kill('SIGTERM'); } };
+}
+
+async function sshfsTarget(name: string, exported: string, ssh: { port: number; key: string }, delayMs: number): Promise<Target> {
+  let proxy: Proxy | undefined;
+  if (delayMs) proxy = await startProxy({ host: '127.0.0.1', port: ssh.port }, { delayMs });
+  const mnt = await tmpdir('wirefs-bench-sshfs-');
+  await must(`sshfs -p ${proxy?.port ?? ssh.port} -o IdentityFile=${ssh.key},StrictHostKeyChecking=no,UserKnownHostsFile=/dev/null,allow_other root@127.0.0.1:${exported} ${mnt}`, 30000);
+  return { name, dir: mnt, teardown: async () => { await teardownMount(mnt); await proxy?.close(); } };
+}
+
+function fmt(ms: number | undefined): string {
+  if (ms === undefined) return '-';
+  return ms >= 10000 ? `${(ms / 1000).toFixed(1)}s` : `${ms.toFixed(0)}ms`;
+}
+
+async function main(): Promise<void> {
+  const work = await tmpdir('wirefs-bench-');
+  const tarball = path.join(work, 'tree.tar');
+  await must(`tar -C ${path.dirname(TREE)} -cf ${tarball} ${path.basename(TREE)}`);
+  const ssh = await sshd();
+  const plan: Array<{ name: string; make(exported: string): Promise<Target> }> = [
+    { name: 'local', make: async (e) => ({ name: 'local', dir: e, teardown: async () => {} }) },
+    { name: 'wirefs', make: (e) => wirefsTarget('wirefs', e, 0) },
+    { name: 'sshfs', make: (e) => sshfsTarget('sshfs', e, ssh, 0) },
+    { name: 'wirefs+1ms', make: (e) => wirefsTarget('wirefs+1ms', e, 1) },
+    { name: 'sshfs+1ms', make: (e) => sshfsTarget('sshfs+1ms', e, ssh, 1) },
+  ].filter((p) => !ONLY || ONLY.includes(p.name));
+  const results = new Map<string, Map<string, number>>();
+  try {
+    for (const p of plan) {
+      const exported = await tmpdir('wirefs-bench-export-');
+      const target = await p.make(exported);
+      const res = new Map<string, number>();
+      results.set(p.name, res);
+      try {
+        for (const row of rows(tarball)) {
+          try {
+            res.set(row.name, await row.run(target.dir));
+          } catch (err) {
+            process.stderr.write(`bench: ${p.name}: ${row.name}: ${(err as Error).message.split('\n')[0]}\n`);
+          }
+          process.stderr.write(`bench: ${p.name}: ${row.name}: ${fmt(res.get(row.name))}\n`);
+        }
+      } finally {
+        await target.teardown();
+        await fsp.rm(exported, { recursive: true, force: true });
+      }
+    }
+  } finally {
+    await ssh.stop();
+  }
+  const names = [...results.keys()];
+  const header = ['workload', ...names, 'sshfs/wirefs', 'wirefs/local', 'sshfs/wirefs +1ms', 'wirefs+1ms/wirefs'];
+  const table = rows(tarball).map((row) => {
+    const get = (n: string): number | undefined => results.get(n)?.get(row.name);
+    const ratio = (a: number | undefined, b: number | undefined): string => (a && b ? (a / b).toFixed(2) + 'x' : '-');
+    return [row.name, ...names.map((n) => fmt(get(n))), ratio(get('sshfs'), get('wirefs')), ratio(get('wirefs'), get('local')),
+      ratio(get('sshfs+1ms'), get('wirefs+1ms')), ratio(get('wirefs+1ms'), get('wirefs'))];
+  });
+  const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => r[i]!.length)));
+  const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
+  process.stdout.write(`\nwirefs benchmark on ${os.hostname()} (${os.cpus().length} cpus), times in wall clock; ratios > 1 favour wirefs for sshfs/wirefs\n\n`);
+  process.stdout.write([line(header), ...table.map(line)].join('\n') + '\n');
+  await fsp.rm(work, { recursive: true, force: true });
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench: ${(err as Error).message}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,203 @@
+// PassthroughFs specifics beyond the shared POSIX table: inode numbers across several devices (two
+// tmpfs mounted inside the export, both with root inode 1), exporting /proc (size 0 but data, so
+// direct I/O), the bound on open fds, read-only exports and the one-line errors of open().
+
+import { after, before, describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { FsError, Errno } from '../../src/lib/errno.js';
+import { PassthroughFs } from '../../src/sources/passthrough.js';
+import { O_RDONLY, O_RDWR, ROOT_ID, S_IFLNK, S_IFMT, S_IFREG, type Ctx, type Vfs } from '../../src/vfs/types.js';
+import { rejectsWith } from '../conformance/posix-cases.js';
+
+const run = promisify(execFile);
+const ctx: Ctx = { uid: 0, gid: 0, pid: process.pid };
+const isRoot = process.getuid?.() === 0;
+
+async function openFdCount(): Promise<number> {
+  return (await fsp.readdir('/proc/self/fd')).length;
+}
+
+async function allInos(vfs: Vfs, dir: number, out: Map<number, string>, where: string): Promise<void> {
+  const o = await vfs.opendir(ctx, dir);
+  const list = await vfs.readdir(ctx, dir, o.fh, 0, 1000, true);
+  await vfs.releasedir(ctx, dir, o.fh);
+  for (const e of list) {
+    if (!e.entry) continue;
+    const prev = out.get(e.entry.attr.ino);
+    assert.ok(prev === undefined, `st_ino ${e.entry.attr.ino} shown for both ${prev} and ${where}/${e.name}`);
+    out.set(e.entry.attr.ino, `${where}/${e.name}`);
+    assert.equal(e.ino, e.entry.attr.ino, 'd_ino agrees with st_ino');
+    if (e.entry.attr.mode >> 12 === 4) await allInos(vfs, e.entry.nodeid, out, `${where}/${e.name}`);
+  }
+}
+
+void describe('PassthroughFs across devices', { skip: isRoot ? false : 'needs root to mount tmpfs' }, () => {
+  let top = '';
+  const mounted: string[] = [];
+  before(async () => {
+    top = await fsp.mkdtemp(path.join(os.tmpdir(), 'wirefs-sources-dev-'));
+    for (const name of ['a', 'b']) {
+      const mp = path.join(top, name);
+      await fsp.mkdir(mp);
+      await run('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mp], { timeout: 10000 });
+      mounted.push(mp);
+      await fsp.writeFile(path.join(mp, 'file'), name);
+      await fsp.mkdir(path.join(mp, 'dir'));
+      await fsp.writeFile(path.join(mp, 'dir', 'inner'), name);
+    }
+    await fsp.writeFile(path.join(top, 'onroot'), 'root');
+  });
+  after(async () => {
+    for (const mp of mounted) {
+      await run('umount', [mp], { timeout: 10000 }).catch(() => run('umount', ['-l', mp], { timeout: 10000 }));
+    }
+    await fsp.rm(top, { recursive: true, force: true });
+  });
+
+  void it('shows unique inode numbers over two tmpfs with the same raw numbers', async () => {
+    const vfs = await PassthroughFs.open(top);
+    try {
+      const inos = new Map<number, string>();
+      inos.set((await vfs.getattr(ctx, ROOT_ID)).ino, '.');
+      await allInos(vfs, ROOT_ID, inos, '.');
+      assert.ok(inos.size >= 8);
+      const a = await vfs.lookup(ctx, ROOT_ID, 'a');
+      const b = await vfs.lookup(ctx, ROOT_ID, 'b');
+      assert.notEqual(a.attr.ino, b.attr.ino);
+      assert.notEqual(a.nodeid, b.nodeid);
+      // The root's own device keeps its numbers as they are.
+      const raw = await fsp.stat(path.join(top, 'onroot'));
+      assert.equal((await vfs.lookup(ctx, ROOT_ID, 'onroot')).attr.ino, raw.ino);
+      // Moving between devices is refused as rename(2) does.
+      const f = await vfs.lookup(ctx, a.nodeid, 'file');
+      assert.equal(f.attr.mode & S_IFMT, S_IFREG);
+      await rejectsWith(vfs.rename(ctx, a.nodeid, 'file', b.nodeid, 'moved', 0), 'EXDEV');
+    } finally {
+      await vfs.close();
+    }
+  });
+});
+
+void describe('PassthroughFs exporting /proc', () => {
+  void it('reads pseudo files whose size is 0, with direct I/O', async () => {
+    const vfs = await PassthroughFs.open('/proc', { readOnly: true });
+    try {
+      assert.equal(vfs.info().type, 'proc');
+      const self = await vfs.lookup(ctx, ROOT_ID, 'self');
+      assert.equal(self.attr.mode & S_IFMT, S_IFLNK);
+      const pid = await vfs.readlink(ctx, self.nodeid);
+      assert.equal(pid, String(process.pid));
+      const dir = await vfs.lookup(ctx, ROOT_ID, pid);
+      const status = await vfs.lookup(ctx, dir.nodeid, 'status');
+      assert.equal(status.attr.size, 0);
+      const o = await vfs.open(ctx, status.nodeid, O_RDONLY);
+      assert.equal(o.directIo, true);
+      const text = (await vfs.read(ctx, status.nodeid, o.fh, 0, 65536)).toString();
+      assert.match(text, /^Name:\s+\S+/m);
+      assert.match(text, new RegExp(`^Pid:\\s+${process.pid}$`, 'm'));
+      await vfs.release(ctx, status.nodeid, o.fh);
+      await rejectsWith(vfs.open(ctx, status.nodeid, O_RDWR), 'EROFS');
+    } finally {
+      await vfs.close();
+    }
+  });
+});
+
+void describe('PassthroughFs fd bound', () => {
+  let top = '';
+  before(async () => {
+    top = await fsp.mkdtemp(path.join(os.tmpdir(), 'wirefs-sources-fd-'));
+  });
+  after(async () => {
+    await fsp.rm(top, { recursive: true, force: true });
+  });
+
+  void it('keeps at most maxFds descriptors open and reopens evicted files', async () => {
+    const maxFds = 8;
+    const vfs = new PassthroughFs(top, { maxFds });
+    try {
+      const base = await openFdCount();
+      const files: Array<{ id: number; fh: number }> = [];
+      for (let i = 0; i < 40; i++) {
+        const c = await vfs.create(ctx, ROOT_ID, `f${i}`, S_IFREG | 0o644, O_RDWR);
+        files.push({ id: c.entry.nodeid, fh: c.fh });
+        await vfs.write(ctx, c.entry.nodeid, c.fh, 0, Buffer.from(`content ${i}`));
+        assert.ok((await openFdCount()) - base <= maxFds, 'over the bound while creating');
+      }
+      // Interleaved use, in an order unlike the LRU's, touches evicted handles again.
+      for (let round = 0; round < 3; round++) {
+        await Promise.all(files.map(async (_, i) => {
+          const j = (i * 7 + round) % files.length;
+          const other = files[j]!;
+          const got = (await vfs.read(ctx, other.id, other.fh, 0, 100)).toString();
+          assert.equal(got, `content ${j}`);
+        }));
+        assert.ok((await openFdCount()) - base <= maxFds, 'over the bound while reading');
+      }
+      for (const { id, fh } of files) await vfs.release(ctx, id, fh);
+      assert.equal(await openFdCount(), base);
+    } finally {
+      await vfs.close();
+    }
+  });
+
+  void it('fails with EMFILE rather than evict an unlinked open file', async () => {
+    const vfs = new PassthroughFs(top, { maxFds: 2 });
+    try {
+      const held = [];
+      for (const name of ['u1', 'u2']) {
+        const c = await vfs.create(ctx, ROOT_ID, name, S_IFREG | 0o644, O_RDWR);
+        await vfs.write(ctx, c.entry.nodeid, c.fh, 0, Buffer.from(name));
+        await vfs.unlink(ctx, ROOT_ID, name);
+        held.push(c);
+      }
+      await rejectsWith(vfs.create(ctx, ROOT_ID, 'u3', S_IFREG | 0o644, O_RDWR), 'EMFILE');
+      for (const c of held) {
+        assert.equal((await vfs.read(ctx, c.entry.nodeid, c.fh, 0, 10)).length, 2);
+        await vfs.release(ctx, c.entry.nodeid, c.fh);
+      }
+    } finally {
+      await vfs.close();
+    }
+  });
+});
+
+void describe('PassthroughFs.open and read-only exports', () => {
+  void it('refuses a missing path or a file with one line', async () => {
+    await assert.rejects(PassthroughFs.open('/nonexistent/wirefs'), (err: unknown) => {
+      assert.ok(err instanceof FsError);
+      assert.equal(err.errno, Errno.ENOENT);
+      assert.doesNotMatch(err.message, /\n/);
+      assert.match(err.message, /nonexistent/);
+      return true;
+    });
+    await assert.rejects(PassthroughFs.open('/etc/hostname'), (err: unknown) => err instanceof FsError && err.errno === Errno.ENOTDIR);
+  });
+
+  void it('refuses every change when read-only', async () => {
+    const top = await fsp.mkdtemp(path.join(os.tmpdir(), 'wirefs-sources-ro-'));
+    await fsp.writeFile(path.join(top, 'f'), 'x');
+    const vfs = await PassthroughFs.open(top, { readOnly: true });
+    try {
+      assert.equal(vfs.info().readOnly, true);
+      const f = await vfs.lookup(ctx, ROOT_ID, 'f');
+      await rejectsWith(vfs.create(ctx, ROOT_ID, 'g', S_IFREG | 0o644, O_RDWR), 'EROFS');
+      await rejectsWith(vfs.mkdir(ctx, ROOT_ID, 'd', 0o755), 'EROFS');
+      await rejectsWith(vfs.unlink(ctx, ROOT_ID, 'f'), 'EROFS');
+      await rejectsWith(vfs.setattr(ctx, f.nodeid, { size: 0 }), 'EROFS');
+      await rejectsWith(vfs.setxattr(ctx, f.nodeid, 'user.a', Buffer.from('1'), 0), 'EROFS');
+      await rejectsWith(vfs.access(ctx, f.nodeid, 2), 'EROFS');
+      const o = await vfs.open(ctx, f.nodeid, O_RDONLY);
+      assert.equal((await vfs.read(ctx, f.nodeid, o.fh, 0, 10)).toString(), 'x');
+      await vfs.release(ctx, f.nodeid, o.fh);
+    } finally {
+      await vfs.close();
+      await fsp.rm(top, { recursive: true, force: true });
+    }
+  });
+});
