@@ -115,13 +115,14 @@ async function main(): Promise<void> {
   const tarball = path.join(work, 'tree.tar');
   await must(`tar -C ${path.dirname(TREE)} -cf ${tarball} ${path.basename(TREE)}`);
   const ssh = await sshd();
-  const plan: Array<{ name: string; make(exported: string): Promise<Target> }> = [
+  const all: Array<{ name: string; make: (exported: string) => Promise<Target> }> = [
     { name: 'local', make: async (e) => ({ name: 'local', dir: e, teardown: async () => {} }) },
     { name: 'wirefs', make: (e) => wirefsTarget('wirefs', e, 0) },
     { name: 'sshfs', make: (e) => sshfsTarget('sshfs', e, ssh, 0) },
     { name: 'wirefs+1ms', make: (e) => wirefsTarget('wirefs+1ms', e, 1) },
     { name: 'sshfs+1ms', make: (e) => sshfsTarget('sshfs+1ms', e, ssh, 1) },
-  ].filter((p) => !ONLY || ONLY.includes(p.name));
+  ];
+  const plan = all.filter((p) => !ONLY || ONLY.includes(p.name));
   const results = new Map<string, Map<string, number>>();
   try {
     for (const p of plan) {

@@ -19,7 +19,7 @@ interface Command {
   usage: string;
   options: NonNullable<ParseArgsConfig['options']>;
   help: string;
-  run(values: Record<string, string | boolean | string[] | undefined>, positionals: string[]): Promise<number>;
+  run(values: Record<string, unknown>, positionals: string[]): Promise<number>;
 }
 
 const commands: Record<string, Command> = {

@@ -67,6 +67,7 @@ export class Writer {
   constructor(initial = 256) {
     this.buf = Buffer.allocUnsafe(initial);
   }
+  // Callers must call room() before reading this.buf: it may swap in a bigger buffer.
   private room(n: number): number {
     if (this.pos + n > this.buf.length) {
       const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
@@ -77,14 +78,46 @@ export class Writer {
     this.pos += n;
     return p;
   }
-  u8(v: number): this { this.buf.writeUInt8(v, this.room(1)); return this; }
-  u16(v: number): this { this.buf.writeUInt16LE(v, this.room(2)); return this; }
-  u32(v: number): this { this.buf.writeUInt32LE(v >>> 0, this.room(4)); return this; }
-  i32(v: number): this { this.buf.writeInt32LE(v, this.room(4)); return this; }
-  u64(v: number | bigint): this { this.buf.writeBigUInt64LE(BigInt(v), this.room(8)); return this; }
-  i64(v: number | bigint): this { this.buf.writeBigInt64LE(BigInt(v), this.room(8)); return this; }
-  zeros(n: number): this { this.buf.fill(0, this.room(n), this.pos); return this; }
-  bytes(b: Uint8Array): this { this.buf.set(b, this.room(b.length)); return this; }
+  u8(v: number): this {
+    const p = this.room(1);
+    this.buf.writeUInt8(v, p);
+    return this;
+  }
+  u16(v: number): this {
+    const p = this.room(2);
+    this.buf.writeUInt16LE(v, p);
+    return this;
+  }
+  u32(v: number): this {
+    const p = this.room(4);
+    this.buf.writeUInt32LE(v >>> 0, p);
+    return this;
+  }
+  i32(v: number): this {
+    const p = this.room(4);
+    this.buf.writeInt32LE(v, p);
+    return this;
+  }
+  u64(v: number | bigint): this {
+    const p = this.room(8);
+    this.buf.writeBigUInt64LE(BigInt(v), p);
+    return this;
+  }
+  i64(v: number | bigint): this {
+    const p = this.room(8);
+    this.buf.writeBigInt64LE(BigInt(v), p);
+    return this;
+  }
+  zeros(n: number): this {
+    const p = this.room(n);
+    this.buf.fill(0, p, this.pos);
+    return this;
+  }
+  bytes(b: Uint8Array): this {
+    const p = this.room(b.length);
+    this.buf.set(b, p);
+    return this;
+  }
   cstring(s: string): this {
     const n = Buffer.byteLength(s);
     const p = this.room(n + 1);

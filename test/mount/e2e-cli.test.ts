@@ -3,6 +3,7 @@
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fsp from 'node:fs/promises';
 import net from 'node:net';
 import { sh, tmpdir, isMounted, teardownMount } from '../helpers/mount.js';
 import { serve, mount, BIN } from '../helpers/wirefs.js';
@@ -86,7 +87,8 @@ test('exports what NFS cannot: tmpfs, several devices, /proc', async (t) => {
   await ok(`echo written > ${mnt}/tmp2/new`);
   assert.equal(await ok(`cat ${exported}/tmp2/new`), 'written\n');
 
-  const shm = await tmpdir('wirefs-shm-', '/dev/shm');
+  const shm = await fsp.mkdtemp('/dev/shm/wirefs-shm-');
+  t.after(() => fsp.rm(shm, { recursive: true, force: true }));
   await ok(`echo in-ram > ${shm}/r`);
   const s2 = await serve(t, shm);
   const m2 = await mount(t, s2.addr);

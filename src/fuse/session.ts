@@ -1,0 +1,500 @@
+// The FUSE session: turns each kernel request into one call on a Vfs and its result into exactly
+// one reply (or none, for the ops that take none), and turns the Vfs's change events into notify
+// messages. Every request runs as its own async task and is answered whenever it finishes.
+// Semantics of each op follow the kernel (fs/fuse/*.c) and libfuse's fuse_lowlevel.c.
+
+import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
+import { Errno, errnoName, toErrno } from '../lib/errno.js';
+import { logger } from '../lib/log.js';
+import type { ChangeEvent, Ctx, Entry, SetAttr, Vfs } from '../vfs/types.js';
+import {
+  ATTR_OUT_SIZE, DIRENT_NAME_OFFSET, DIRENTPLUS_NAME_OFFSET, ENTRY_OUT_SIZE, FATTR, FOPEN, FUSE_GETATTR_FH,
+  FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, FUSE_NAME_MAX, FUSE_ROOT_ID,
+  IN_HEADER_SIZE, INIT_OUT_SIZE, Init, KSTATFS_SIZE, NOTIFY_DELETE_SIZE, Notify, OPEN_OUT_SIZE, OPS, OUT_HEADER_SIZE, Op,
+  decodeInHeader, decoders, direntSize, direntplusSize, encodeAttrOut, encodeDirent, encodeDirentplus,
+  encodeEntryOut, encodeGetxattrOut, encodeInitOut, encodeLseekOut, encodeNotifyDelete, encodeNotifyInvalEntry,
+  encodeNotifyInvalInode, encodeOpenOut, encodeOutHeader, encodeStatfs, encodeWriteOut,
+  type Decoded, type HandlerKey, type InHeader, type OpSpec,
+} from './abi.js';
+import type { FuseTransport } from './channel.js';
+
+const log = logger('fuse');
+
+export const DEFAULT_MAX_WRITE = 1 << 20;
+/** 256 pages of 4 KiB: lets one request carry max_write (FUSE_MAX_PAGES, 7.28). */
+export const DEFAULT_MAX_PAGES = 256;
+
+/** The INIT flags we ask for; the reply carries their intersection with what the kernel offers. */
+const WANTED_FLAGS =
+  Init.ASYNC_READ | Init.ATOMIC_O_TRUNC | Init.BIG_WRITES | Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO |
+  Init.ASYNC_DIO | Init.PARALLEL_DIROPS | Init.MAX_PAGES | Init.CACHE_SYMLINKS | Init.AUTO_INVAL_DATA;
+
+export interface SessionOptions {
+  /** How long the kernel may cache a name (and a negative lookup). Default 1 s. */
+  entryTimeoutS?: number;
+  /** How long the kernel may cache attributes. Default 1 s. */
+  attrTimeoutS?: number;
+  /** Largest WRITE the kernel sends; the read buffers must hold it plus 4 KiB. Default 1 MiB. */
+  maxWrite?: number;
+  /** Ask for FUSE_EXPORT_SUPPORT: the Vfs answers lookups of "." and "..", so NFS export works. */
+  exportSupport?: boolean;
+}
+
+export interface InitInfo {
+  /** The protocol minor in use: min(kernel's, ours). */
+  minor: number;
+  /** The INIT flags in force (our reply's). */
+  flags: number;
+  maxWrite: number;
+}
+
+interface Answer {
+  error?: number;
+  chunks?: Buffer[];
+  /** Told whether the kernel took the reply: undo what it would have owned (lookups, handles). */
+  after?: (delivered: boolean) => void;
+}
+/** Returned by handlers of ops the kernel expects no answer to. */
+const NO_REPLY = Symbol('no reply');
+type Reply = Answer | typeof NO_REPLY;
+
+type Handler<K extends HandlerKey> = (h: InHeader, req: Decoded<K>, ctx: Ctx) => Promise<Reply>;
+type Handlers = { [K in HandlerKey]: Handler<K> };
+
+function one(build: (w: Writer) => void, size: number): Buffer[] {
+  const w = new Writer(size);
+  build(w);
+  return [w.done()];
+}
+
+export class FuseSession {
+  /** Resolves once INIT has been answered and delivered; rejects if the kernel cannot be served. */
+  readonly initialized: Promise<InitInfo>;
+  private resolveInit!: (info: InitInfo) => void;
+  private rejectInit!: (err: Error) => void;
+  private readonly entryT: number;
+  private readonly attrT: number;
+  private readonly maxWrite: number;
+  private readonly inflight = new Map<bigint, AbortController>();
+  private requests = 0;
+  private initDone = false;
+  private ended = false;
+  private unwatch: (() => void) | undefined;
+
+  constructor(private readonly vfs: Vfs, private readonly transport: FuseTransport, private readonly opts: SessionOptions = {}) {
+    this.entryT = opts.entryTimeoutS ?? 1;
+    this.attrT = opts.attrTimeoutS ?? 1;
+    this.maxWrite = opts.maxWrite ?? DEFAULT_MAX_WRITE;
+    this.initialized = new Promise((resolve, reject) => {
+      this.resolveInit = resolve;
+      this.rejectInit = reject;
+    });
+    // A session that never initializes must not leave an unhandled rejection behind.
+    this.initialized.catch(() => {});
+  }
+
+  stats(): { inFlight: number; requests: number } {
+    return { inFlight: this.inflight.size, requests: this.requests };
+  }
+
+  /** The connection is gone: cancel what is running, stop notifying. */
+  close(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.unwatch?.();
+    for (const ac of this.inflight.values()) ac.abort();
+    this.rejectInit(new Error('FUSE connection closed before INIT'));
+  }
+
+  /** Handles one request frame read from the device; the frame is the session's to keep. */
+  dispatch(frame: Buffer): void {
+    this.requests++;
+    let h: InHeader;
+    let spec: OpSpec | undefined;
+    let req: unknown;
+    try {
+      const r = new Reader(frame);
+      h = decodeInHeader(r);
+      if (h.len !== frame.length) throw new ProtocolError(`header says ${h.len} bytes, read ${frame.length}`);
+      const end = h.len - h.totalExtlen * 8;
+      if (end < IN_HEADER_SIZE) throw new ProtocolError(`extensions (${h.totalExtlen * 8} bytes) longer than the request`);
+      spec = OPS[h.opcode];
+      if (!spec || !spec.handler) {
+        // ENOSYS only for what we truly do not implement; the kernel remembers it for some ops.
+        if (!spec?.noReply) void this.send(h.unique, { error: Errno.ENOSYS }, spec?.name ?? `opcode ${h.opcode}`);
+        return;
+      }
+      if (!this.initDone && h.opcode !== Op.INIT) throw new ProtocolError(`${spec.name} before INIT`);
+      const body = new Reader(frame, IN_HEADER_SIZE, end);
+      if (body.remaining < spec.inSize) throw new ProtocolError(`${spec.name} body of ${body.remaining} bytes, need ${spec.inSize}`);
+      req = decoders[spec.handler](body);
+    } catch (err) {
+      this.malformed(frame, err);
+      return;
+    }
+    void this.run(h, spec, spec.handler, req);
+  }
+
+  /** A request we could not decode: answer EIO if we can tell which one it was, never crash. */
+  private malformed(frame: Buffer, err: unknown): void {
+    const what = err instanceof ProtocolError ? err.message : `decoder bug: ${err instanceof Error ? err.message : String(err)}`;
+    if (frame.length < OUT_HEADER_SIZE) {
+      log.error(`malformed request (${frame.length} bytes): ${what}`);
+      return;
+    }
+    const opcode = frame.readUInt32LE(4);
+    const unique = frame.readBigUInt64LE(8);
+    log.error(`malformed request ${OPS[opcode]?.name ?? opcode} #${unique}: ${what}`);
+    if (!OPS[opcode]?.noReply) void this.send(unique, { error: Errno.EIO }, 'malformed');
+  }
+
+  private async run(h: InHeader, spec: OpSpec, key: HandlerKey, req: unknown): Promise<void> {
+    const ac = spec.noReply ? undefined : new AbortController();
+    if (ac) this.inflight.set(h.unique, ac);
+    const ctx: Ctx = ac ? { uid: h.uid, gid: h.gid, pid: h.pid, signal: ac.signal } : { uid: h.uid, gid: h.gid, pid: h.pid };
+    if (log.debugEnabled) log.debug(`<- ${spec.name} #${h.unique} node ${h.nodeid}`);
+    let reply: Reply;
+    try {
+      reply = await (this.handlers[key] as Handler<HandlerKey>)(h, req as never, ctx);
+    } catch (err) {
+      reply = { error: ac?.signal.aborted && !(err as { errno?: unknown })?.errno ? Errno.EINTR : this.errnoOf(err, spec.name) };
+    } finally {
+      if (ac) this.inflight.delete(h.unique);
+    }
+    if (reply !== NO_REPLY) await this.send(h.unique, reply, spec.name);
+  }
+
+  private errnoOf(err: unknown, op: string): number {
+    const e = toErrno(err, `FUSE ${op}`);
+    return e > 0 && e < 4096 ? e : Errno.EIO;
+  }
+
+  /** Writes one reply; resolves whether the kernel took it (ENOENT: the request was interrupted). */
+  private async send(unique: bigint, a: Answer, op: string): Promise<void> {
+    const chunks = a.error ? [] : (a.chunks ?? []);
+    const len = OUT_HEADER_SIZE + chunks.reduce((n, c) => n + c.length, 0);
+    const w = new Writer(OUT_HEADER_SIZE);
+    encodeOutHeader(w, len, a.error ? -a.error : 0, unique);
+    if (log.debugEnabled) log.debug(`-> ${op} #${unique} ${a.error ? errnoName(a.error) : `${len} bytes`}`);
+    let delivered = true;
+    try {
+      await this.transport.send([w.done(), ...chunks]);
+    } catch (err) {
+      delivered = false;
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') log.debug(`reply to ${op} #${unique} dropped: request was interrupted`);
+      else if (!this.ended && code !== 'ENODEV') log.warn(`reply to ${op} #${unique} failed: ${(err as Error).message}`);
+    }
+    a.after?.(delivered);
+  }
+
+  // --- replies ----------------------------------------------------------------------------------
+
+  private entry(e: Entry): Answer {
+    return {
+      chunks: one((w) => encodeEntryOut(w, e, this.entryT, this.attrT), ENTRY_OUT_SIZE),
+      // The lookup was counted by the Vfs; if the kernel never saw it, give it back.
+      after: (ok) => { if (!ok && e.nodeid !== 0) this.vfs.forget(e.nodeid, 1); },
+    };
+  }
+
+  private attr(a: Parameters<typeof encodeAttrOut>[1]): Answer {
+    return { chunks: one((w) => encodeAttrOut(w, a, this.attrT), ATTR_OUT_SIZE) };
+  }
+
+  private static openFlags(r: { directIo?: boolean; keepCache?: boolean; nonSeekable?: boolean }): number {
+    return (r.directIo ? FOPEN.DIRECT_IO : 0) | (r.keepCache ? FOPEN.KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN.NONSEEKABLE : 0);
+  }
+
+  /** The xattr size protocol: size 0 asks for the length; a smaller buffer than the value is ERANGE. */
+  private static xattrAnswer(value: Buffer, size: number): Answer {
+    if (size === 0) return { chunks: one((w) => encodeGetxattrOut(w, value.length), 8) };
+    if (value.length > size) return { error: Errno.ERANGE };
+    return { chunks: [value] };
+  }
+
+  private static ok: Answer = { chunks: [] };
+
+  // --- handlers, one per HandlerKey (exhaustive by type) -----------------------------------------
+
+  private readonly handlers: Handlers = {
+    init: async (_h, req) => this.init(req),
+    destroy: async () => FuseSession.ok,
+    lookup: async (h, req, ctx) => this.entry(await this.vfs.lookup(ctx, h.nodeid, req.name)),
+    forget: async (h, req) => {
+      this.forget(h.nodeid, req.nlookup);
+      return NO_REPLY;
+    },
+    batchForget: async (_h, req) => {
+      for (const f of req.items) this.forget(f.nodeid, f.nlookup);
+      return NO_REPLY;
+    },
+    interrupt: async (h, req) => {
+      const ac = this.inflight.get(req.target);
+      if (ac) {
+        ac.abort();
+        return NO_REPLY;
+      }
+      // Not (yet) seen: EAGAIN makes the kernel queue the interrupt again if the request is still
+      // pending, and is dropped (ENOENT on our write) if it was answered (fuse.h, 7.12 rules).
+      return { error: Errno.EAGAIN };
+    },
+    getattr: async (h, req, ctx) =>
+      this.attr(await this.vfs.getattr(ctx, h.nodeid, req.flags & FUSE_GETATTR_FH ? req.fh : undefined)),
+    setattr: async (h, req, ctx) => {
+      const v = req.valid;
+      const set: SetAttr = {};
+      if (v & FATTR.MODE) set.mode = req.mode & 0o7777;
+      if (v & FATTR.UID) set.uid = req.uid;
+      if (v & FATTR.GID) set.gid = req.gid;
+      if (v & FATTR.SIZE) set.size = req.size;
+      // The kernel sets ATIME together with ATIME_NOW for utimensat(UTIME_NOW) (7.9+).
+      if (v & FATTR.ATIME_NOW) set.atime = 'now';
+      else if (v & FATTR.ATIME) set.atime = req.atime;
+      if (v & FATTR.MTIME_NOW) set.mtime = 'now';
+      else if (v & FATTR.MTIME) set.mtime = req.mtime;
+      // FATTR_CTIME (7.23) only accompanies other changes, which move ctime anyway.
+      return this.attr(await this.vfs.setattr(ctx, h.nodeid, set, v & FATTR.FH ? req.fh : undefined));
+    },
+    readlink: async (h, _req, ctx) => ({ chunks: [Buffer.from(await this.vfs.readlink(ctx, h.nodeid))] }),
+    symlink: async (h, req, ctx) => this.entry(await this.vfs.symlink(ctx, h.nodeid, req.name, req.target)),
+    // Without FUSE_DONT_MASK the kernel has applied the umask to mode already.
+    mknod: async (h, req, ctx) => this.entry(await this.vfs.mknod(ctx, h.nodeid, req.name, req.mode, req.rdev)),
+    mkdir: async (h, req, ctx) => this.entry(await this.vfs.mkdir(ctx, h.nodeid, req.name, req.mode)),
+    unlink: async (h, req, ctx) => {
+      await this.vfs.unlink(ctx, h.nodeid, req.name);
+      return FuseSession.ok;
+    },
+    rmdir: async (h, req, ctx) => {
+      await this.vfs.rmdir(ctx, h.nodeid, req.name);
+      return FuseSession.ok;
+    },
+    rename: async (h, req, ctx) => {
+      await this.vfs.rename(ctx, h.nodeid, req.name, req.newdir, req.newname, req.flags);
+      return FuseSession.ok;
+    },
+    rename2: async (h, req, ctx) => {
+      await this.vfs.rename(ctx, h.nodeid, req.name, req.newdir, req.newname, req.flags);
+      return FuseSession.ok;
+    },
+    link: async (h, req, ctx) => this.entry(await this.vfs.link(ctx, req.oldnodeid, h.nodeid, req.name)),
+    // With ATOMIC_O_TRUNC the kernel passes O_TRUNC here instead of a SETATTR of size 0.
+    open: async (h, req, ctx) => {
+      const r = await this.vfs.open(ctx, h.nodeid, req.flags);
+      return {
+        chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r)), OPEN_OUT_SIZE),
+        after: (ok) => { if (!ok) this.releaseQuietly(h.nodeid, r.fh, false); },
+      };
+    },
+    read: async (h, req, ctx) => {
+      const data = await this.vfs.read(ctx, h.nodeid, req.fh, req.offset, req.size);
+      return { chunks: [data.length > req.size ? data.subarray(0, req.size) : data] };
+    },
+    write: async (h, req, ctx) => {
+      const n = await this.vfs.write(ctx, h.nodeid, req.fh, req.offset, req.data);
+      return { chunks: one((w) => encodeWriteOut(w, n), 8) };
+    },
+    statfs: async (h, _req, ctx) => {
+      const s = await this.vfs.statfs(ctx, h.nodeid);
+      return { chunks: one((w) => encodeStatfs(w, s), KSTATFS_SIZE) };
+    },
+    release: async (h, req, ctx) => {
+      await this.vfs.release(ctx, h.nodeid, req.fh);
+      return FuseSession.ok;
+    },
+    fsync: async (h, req, ctx) => {
+      await this.vfs.fsync(ctx, h.nodeid, req.fh, req.datasync);
+      return FuseSession.ok;
+    },
+    setxattr: async (h, req, ctx) => {
+      await this.vfs.setxattr(ctx, h.nodeid, req.name, req.value, req.flags);
+      return FuseSession.ok;
+    },
+    getxattr: async (h, req, ctx) => FuseSession.xattrAnswer(await this.vfs.getxattr(ctx, h.nodeid, req.name), req.size),
+    listxattr: async (h, req, ctx) => {
+      const names = await this.vfs.listxattr(ctx, h.nodeid);
+      return FuseSession.xattrAnswer(Buffer.from(names.map((n) => `${n}\0`).join('')), req.size);
+    },
+    removexattr: async (h, req, ctx) => {
+      await this.vfs.removexattr(ctx, h.nodeid, req.name);
+      return FuseSession.ok;
+    },
+    flush: async (h, req, ctx) => {
+      await this.vfs.flush(ctx, h.nodeid, req.fh);
+      return FuseSession.ok;
+    },
+    opendir: async (h, _req, ctx) => {
+      const r = await this.vfs.opendir(ctx, h.nodeid);
+      return {
+        chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r)), OPEN_OUT_SIZE),
+        after: (ok) => { if (!ok) this.releaseQuietly(h.nodeid, r.fh, true); },
+      };
+    },
+    readdir: async (h, req, ctx) => this.readdir(h, req, ctx, h.opcode === Op.READDIRPLUS),
+    releasedir: async (h, req, ctx) => {
+      await this.vfs.releasedir(ctx, h.nodeid, req.fh);
+      return FuseSession.ok;
+    },
+    fsyncdir: async (h, req, ctx) => {
+      await this.vfs.fsyncdir(ctx, h.nodeid, req.fh, req.datasync);
+      return FuseSession.ok;
+    },
+    access: async (h, req, ctx) => {
+      await this.vfs.access(ctx, h.nodeid, req.mask);
+      return FuseSession.ok;
+    },
+    create: async (h, req, ctx) => {
+      const r = await this.vfs.create(ctx, h.nodeid, req.name, req.mode, req.flags);
+      const w = new Writer(ENTRY_OUT_SIZE + OPEN_OUT_SIZE);
+      encodeEntryOut(w, r.entry, this.entryT, this.attrT);
+      encodeOpenOut(w, r.fh, FuseSession.openFlags(r));
+      return {
+        chunks: [w.done()],
+        after: (ok) => {
+          if (ok) return;
+          this.releaseQuietly(r.entry.nodeid, r.fh, false);
+          this.vfs.forget(r.entry.nodeid, 1);
+        },
+      };
+    },
+    fallocate: async (h, req, ctx) => {
+      await this.vfs.fallocate(ctx, h.nodeid, req.fh, req.mode, req.offset, req.length);
+      return FuseSession.ok;
+    },
+    lseek: async (h, req, ctx) => {
+      const off = await this.vfs.lseek(ctx, h.nodeid, req.fh, req.offset, req.whence);
+      return { chunks: one((w) => encodeLseekOut(w, off), 8) };
+    },
+    copyFileRange: async (h, req, ctx) => {
+      // The reply's size is a u32: ask for no more than fits (the kernel loops for the rest).
+      const len = Math.min(req.len, 0xffff_f000);
+      const n = await this.vfs.copyFileRange(ctx, h.nodeid, req.fhIn, req.offIn, req.nodeOut, req.fhOut, req.offOut, len);
+      return { chunks: one((w) => encodeWriteOut(w, n), 8) };
+    },
+  };
+
+  private forget(nodeid: number, nlookup: number): void {
+    // The root is never forgotten (kernel never sends it; a Vfs must not drop it either).
+    if (nodeid === FUSE_ROOT_ID || nlookup === 0) return;
+    try {
+      this.vfs.forget(nodeid, nlookup);
+    } catch (err) {
+      toErrno(err, 'FUSE FORGET');
+    }
+  }
+
+  private releaseQuietly(nodeid: number, fh: number, dir: boolean): void {
+    const ctx: Ctx = { uid: 0, gid: 0, pid: 0 };
+    const p = dir ? this.vfs.releasedir(ctx, nodeid, fh) : this.vfs.release(ctx, nodeid, fh);
+    p.catch((err: unknown) => toErrno(err, 'FUSE release after lost reply'));
+  }
+
+  private init(req: Decoded<'init'>): Reply {
+    if (req.major !== FUSE_KERNEL_VERSION || req.minor < FUSE_MIN_MINOR_VERSION) {
+      // A newer major would get our version back and retry (fuse.h); there is no such kernel.
+      const msg = `kernel FUSE protocol ${req.major}.${req.minor} not supported (need 7.${FUSE_MIN_MINOR_VERSION}+)`;
+      log.error(msg);
+      return { error: Errno.EPROTO, after: () => this.rejectInit(new Error(msg)) };
+    }
+    const minor = Math.min(req.minor, FUSE_KERNEL_MINOR_VERSION);
+    let flags = req.flags & (WANTED_FLAGS | (this.opts.exportSupport ? Init.EXPORT_SUPPORT : 0));
+    // flags2 is read only when we echo INIT_EXT (7.36); we want none of its bits (SECURITY_CTX,
+    // HAS_INODE_DAX, HAS_EXPIRE_ONLY), so it is zero, but the bit says we understand the layout.
+    if (req.flags & Init.INIT_EXT) flags |= Init.INIT_EXT;
+    const info: InitInfo = { minor, flags, maxWrite: this.maxWrite };
+    // Other requests may be read before our write's callback runs: accept them from now on.
+    this.initDone = true;
+    return {
+      chunks: one((w) => encodeInitOut(w, {
+        major: FUSE_KERNEL_VERSION, minor, maxReadahead: req.maxReadahead, flags, flags2: 0,
+        // Room for readahead and async direct I/O in parallel; the kernel's default is 12.
+        maxBackground: 64, congestionThreshold: 48,
+        maxWrite: this.maxWrite, timeGran: 1, maxPages: Math.ceil(this.maxWrite / 4096),
+      }), INIT_OUT_SIZE),
+      after: (ok) => {
+        if (!ok) return this.rejectInit(new Error('INIT reply not accepted by the kernel'));
+        log.debug(`INIT 7.${minor} flags 0x${flags.toString(16)}`);
+        this.resolveInit(info);
+        if (!this.ended) this.unwatch = this.vfs.watch((ev) => this.notify(ev));
+      },
+    };
+  }
+
+  private async readdir(h: InHeader, req: Decoded<'readdir'>, ctx: Ctx, plus: boolean): Promise<Reply> {
+    // A hint only: names average well under 16 bytes; entries that do not fit are dropped.
+    const hint = Math.max(1, Math.floor(req.size / ((plus ? DIRENTPLUS_NAME_OFFSET : DIRENT_NAME_OFFSET) + 16)));
+    const list = await this.vfs.readdir(ctx, h.nodeid, req.fh, req.offset, hint, plus);
+    // The kernel asks for a page or so; never trust a size beyond what a request may carry.
+    const limit = Math.min(req.size, this.maxWrite);
+    const w = new Writer(Math.max(limit, 1));
+    const given: number[] = [];
+    let full = false;
+    for (const e of list) {
+      // Plus entries carry a lookup the kernel will own only if it gets the entry with its nodeid.
+      const counted = plus && e.entry && e.entry.nodeid !== 0 ? e.entry.nodeid : 0;
+      const nameBytes = Buffer.from(e.name);
+      const dot = e.name === '.' || e.name === '..';
+      // The kernel fails the whole READDIR with EIO on an empty or over-long name, and READDIRPLUS on
+      // an entry naming the root (invalid_nodeid in fs/fuse/readdir.c): leave such entries out.
+      const bad = nameBytes.length === 0 || nameBytes.length > FUSE_NAME_MAX || e.name.includes('/') || e.name.includes('\0');
+      const size = plus ? direntplusSize(nameBytes.length) : direntSize(nameBytes.length);
+      if (!full && !bad && w.pos + size <= limit) {
+        if (plus) {
+          const entry = counted > FUSE_ROOT_ID && !dot ? e.entry! : null;
+          encodeDirentplus(w, entry, this.entryT, this.attrT, e.ino, e.off, e.type, nameBytes);
+          if (entry) given.push(entry.nodeid);
+          else if (counted) this.forget(counted, 1);
+        } else {
+          encodeDirent(w, e.ino, e.off, e.type, nameBytes);
+        }
+        continue;
+      }
+      if (bad) log.warn(`readdir of node ${h.nodeid}: left out unusable name ${JSON.stringify(e.name)}`);
+      else full = true;
+      if (counted) this.forget(counted, 1);
+    }
+    return {
+      chunks: [w.done()],
+      after: (ok) => { if (!ok) for (const id of given) this.forget(id, 1); },
+    };
+  }
+
+  // --- notifications ---------------------------------------------------------------------------
+
+  /**
+   * Sends one change to the kernel. Never awaited by a request handler: the kernel may hold a page
+   * or directory lock for a request that is waiting on us while it processes the notify.
+   */
+  private notify(ev: ChangeEvent): void {
+    if (this.ended) return;
+    const nb = ev.kind === 'inode' ? Buffer.alloc(0) : Buffer.from(ev.name);
+    if (ev.kind !== 'inode' && (nb.length === 0 || nb.length > FUSE_NAME_MAX)) return;
+    // Sized to fit: the message is built once and never grows.
+    const w = new Writer(NOTIFY_DELETE_SIZE + nb.length + 1);
+    let code: number;
+    switch (ev.kind) {
+      case 'inode':
+        // off < 0 means the whole file: the kernel reads off 0, len 0 as "all pages" and always
+        // drops the cached attributes too (fuse_reverse_inval_inode).
+        code = Notify.INVAL_INODE;
+        encodeNotifyInvalInode(w, ev.nodeid, ev.off < 0 ? 0 : ev.off, ev.off < 0 ? 0 : ev.len);
+        break;
+      case 'entry':
+        code = Notify.INVAL_ENTRY;
+        encodeNotifyInvalEntry(w, ev.parent, nb);
+        break;
+      case 'delete':
+        code = Notify.DELETE;
+        encodeNotifyDelete(w, ev.parent, ev.child, nb);
+        break;
+    }
+    const body = w.done();
+    const hdr = new Writer(OUT_HEADER_SIZE);
+    encodeOutHeader(hdr, OUT_HEADER_SIZE + body.length, code, 0n);
+    this.transport.send([hdr.done(), body]).catch((err: NodeJS.ErrnoException) => {
+      // ENOENT: the kernel does not have that node or name cached, so there is nothing to drop.
+      if (err.code === 'ENOENT' || err.code === 'ENOTDIR' || this.ended) return;
+      log.warn(`notify ${ev.kind} failed: ${err.message}`);
+    });
+  }
+}
