@@ -27,8 +27,6 @@ export interface MountOptions {
   readOnly?: boolean;
   entryTimeoutS?: number;
   attrTimeoutS?: number;
-  /** Reads kept outstanding on /dev/fuse (each takes a libuv pool thread). Default 4. */
-  maxReads?: number;
 }
 
 export interface FuseMount {
@@ -154,7 +152,7 @@ export async function mountVfs(vfs: Vfs, mountpoint: string, opts: MountOptions)
     throw new Error(`cannot open /dev/fuse: ${(err as Error).message}`);
   }
   const maxWrite = DEFAULT_MAX_WRITE;
-  const channel = new FuseChannel(fd, { bufferSize: maxWrite + 4096, ...(opts.maxReads !== undefined ? { maxReads: opts.maxReads } : {}) });
+  const channel = new FuseChannel(fd, { bufferSize: maxWrite + 4096 });
   const session = new FuseSession(vfs, channel, {
     maxWrite,
     ...(opts.entryTimeoutS !== undefined ? { entryTimeoutS: opts.entryTimeoutS } : {}),
