@@ -5,6 +5,8 @@ import { FsError, Errno } from '../lib/errno.js';
 import type { Vfs } from '../vfs/types.js';
 import { MemoryFs } from './memory.js';
 import { PassthroughFs } from './passthrough.js';
+import { ExtFs } from './ext.js';
+import { IsoFs } from './iso9660.js';
 
 export interface SourceType {
   name: string;
@@ -26,6 +28,16 @@ export const sourceTypes: readonly SourceType[] = [
     name: 'mem',
     usage: 'mem:                          an empty in-memory file system',
     open: async () => new MemoryFs(),
+  },
+  ...(['ext2', 'ext3', 'ext4'] as const).map((name) => ({
+    name,
+    usage: `${name}:IMAGE|DEVICE`.padEnd(30) + 'an ext2/3/4 image or block device (read-only for now; the type shown comes from the superblock)',
+    open: (arg: string, opts: SourceOptions) => ExtFs.open(arg, opts.readOnly ? { readOnly: true } : {}),
+  })),
+  {
+    name: 'iso9660',
+    usage: 'iso9660:IMAGE|DEVICE          an ISO 9660 image or optical device (Rock Ridge, Joliet), read-only',
+    open: (arg) => IsoFs.open(arg),
   },
 ];
 
