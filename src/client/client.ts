@@ -1,27 +1,26 @@
-// The wirefs client: RemoteVfs is a Vfs whose every call crosses the network to a server. Many
-// requests are in flight at once, each registered under its id before it is written and settled by
-// the reply with that id, in any order. Pushed change events reach watch() listeners. When the
-// connection is lost, every pending and later call fails with EIO (reconnection is layered on the
-// same request table later: requests are kept apart from the socket).
+// The wirefs client: RemoteVfs is a Vfs whose every call crosses the network to a server. Each
+// request is registered under its id before it is written and settled by the reply with that id, in
+// any order; many are in flight at once. Pushed change events reach watch() listeners. The request
+// table and session id live here, the socket in a Link (link.ts): today a lost link fails every
+// pending and later call with EIO; a reconnect loop will open a new link and resend instead.
 
-import net from 'node:net';
-import { Reader, ProtocolError } from '../lib/bytes.js';
-import { Errno, FsError, errnoName } from '../lib/errno.js';
+import { ProtocolError, Reader } from '../lib/bytes.js';
+import { Errno, FsError } from '../lib/errno.js';
 import { logger, type Logger } from '../lib/log.js';
 import type {
   Attr, ChangeListener, CreateResult, Ctx, DirEntry, Entry, FsInfo, OpenResult, SetAttr, StatFs, Vfs,
 } from '../vfs/types.js';
+import { EncodeError, type WireCtx } from '../wire/codec.js';
 import {
-  DEFAULT_MAX_FRAME, Flag, HEADER_SIZE, MIN_MAX_FRAME, OP_HELLO, OP_PUSH_EVENT, OPS_BY_NAME, OPS_BY_NUMBER, OUR_FEATURES,
-  VERSION_MAJOR, VERSION_MINOR, decodeEvent, decodeReply, decodeWelcome, encodeHello, encodeRequest, readHeader,
-  type OpName, type OpSpec,
-} from '../wire/protocol.js';
-import { FrameSplitter } from '../wire/framing.js';
+  FEATURE_CANCEL, FLAG_PUSH, FLAG_REPLY, READ_OVERHEAD, decodeHeader, encodeRequestFrame,
+} from '../wire/frame.js';
+import { OPS, decodeRep, decodeReq, opLabel, type OpName, type Rep, type Req } from '../wire/ops.js';
+import { openLink, type Link } from './link.js';
 
 export interface ConnectOptions {
   host: string;
   port: number;
-  /** Give up connecting (and waiting for the server's HELLO answer) after this long. Default 5 s. */
+  /** Give up connecting and negotiating after this long (default 5000 ms). */
   timeoutMs?: number;
   log?: Logger;
   /** Shown in the server's log. */
@@ -29,247 +28,333 @@ export interface ConnectOptions {
 }
 
 export interface ClientStats {
-  state: 'connected' | 'closed';
+  state: 'open' | 'closed';
+  /** Requests awaiting their reply now. */
   inFlight: number;
+  /** Requests sent since connect. */
   requests: number;
+  /** Requests that ended in an errno. */
   errors: number;
+  /** CHANGE frames received. */
   pushes: number;
 }
 
+type CallOp = { [N in OpName]: (typeof OPS)[N]['kind'] extends 'call' ? N : never }[OpName];
+
 interface Pending {
-  spec: OpSpec;
-  resolve(v: unknown): void;
-  reject(e: Error): void;
-  onAbort?: () => void;
-  signal?: AbortSignal;
+  op: OpName;
+  resolve(rep: unknown): void;
+  reject(err: Error): void;
+  /** Detaches the abort listener. */
+  done(): void;
 }
 
-/** Why a connection attempt failed, as one line fit to print. */
-function connectError(where: string, err: NodeJS.ErrnoException): Error {
-  const reasons: Record<string, string> = {
-    ECONNREFUSED: 'connection refused',
-    ENOTFOUND: 'unknown host',
-    EAI_AGAIN: 'host name lookup failed',
-    EHOSTUNREACH: 'host unreachable',
-    ENETUNREACH: 'network unreachable',
-    ETIMEDOUT: 'timed out',
-    ECONNRESET: 'connection reset by the server',
-  };
-  return new Error(`cannot connect to ${where}: ${reasons[err.code ?? ''] ?? err.message}`);
-}
+/** Bytes of a write request besides its data: header, ctx, nodeid, fh, offset, blob length. */
+const WRITE_OVERHEAD = 128;
 
 export async function connect(opts: ConnectOptions): Promise<RemoteVfs> {
-  const where = `${opts.host}:${opts.port}`;
-  const timeoutMs = opts.timeoutMs ?? 5000;
-  const sock = net.connect({ host: opts.host, port: opts.port });
-  sock.setNoDelay(true);
-  const splitter = new FrameSplitter(MIN_MAX_FRAME);
-  const welcome = await new Promise<{ fsType: string; readOnly: boolean; maxFrame: number; rest: Buffer[] }>((resolve, reject) => {
-    const timer = setTimeout(() => fail(new Error(`cannot connect to ${where}: no wirefs answer within ${timeoutMs / 1000} s (is it a wirefs server?)`)), timeoutMs);
-    const fail = (err: Error): void => {
-      clearTimeout(timer);
-      sock.destroy();
-      reject(err);
-    };
-    const notWirefs = (): Error => {
-      const text = splitter.preview().toString('latin1').replace(/[^\x20-\x7e]+/g, ' ').trim().slice(0, 40);
-      return new Error(`${where} is not a wirefs server${text ? ` (it said "${text}")` : ''}`);
-    };
-    sock.once('connect', () => {
-      sock.write(encodeHello({ major: VERSION_MAJOR, minor: VERSION_MINOR, features: OUR_FEATURES, maxFrame: DEFAULT_MAX_FRAME, name: opts.name ?? `wirefs-client/${process.pid}`, session: 0n }));
-    });
-    sock.on('error', (err: NodeJS.ErrnoException) => fail(connectError(where, err)));
-    sock.on('close', () => fail(splitter.preview().length ? notWirefs() : new Error(`cannot connect to ${where}: the server closed the connection`)));
-    sock.on('data', (d: Buffer) => {
-      let frames: Buffer[];
-      try {
-        frames = splitter.push(d);
-      } catch {
-        return fail(notWirefs());
-      }
-      if (!frames.length) return;
-      const [first, ...rest] = frames as [Buffer, ...Buffer[]];
-      try {
-        const h = readHeader(first);
-        if (h.op !== OP_HELLO || !(h.flags & Flag.REPLY)) return fail(notWirefs());
-        const w = decodeWelcome(new Reader(first, HEADER_SIZE));
-        if ('reason' in w) return fail(new Error(`${where} refused the connection: ${w.reason}`));
-        if (w.major !== VERSION_MAJOR) return fail(new Error(`${where} speaks wirefs protocol ${w.major}.${w.minor}, this client ${VERSION_MAJOR}.${VERSION_MINOR}`));
-        clearTimeout(timer);
-        sock.removeAllListeners('error');
-        sock.removeAllListeners('close');
-        sock.removeAllListeners('data');
-        sock.removeAllListeners('connect');
-        resolve({ fsType: w.fsType, readOnly: w.readOnly, maxFrame: w.maxFrame, rest });
-      } catch {
-        fail(notWirefs());
-      }
-    });
+  const link = await openLink({
+    host: opts.host, port: opts.port, timeoutMs: opts.timeoutMs ?? 5000,
+    ...(opts.name !== undefined ? { name: opts.name } : {}),
   });
-  splitter.maxFrame = welcome.maxFrame;
-  return new RemoteVfs(sock, splitter, where, { type: welcome.fsType, readOnly: welcome.readOnly }, opts.log ?? logger('client'), welcome.rest);
+  return new RemoteVfs(`${opts.host}:${opts.port}`, link, opts.log ?? logger('client'));
+}
+
+function wireCtx(ctx: Ctx): WireCtx {
+  return { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid };
 }
 
 export class RemoteVfs implements Vfs {
+  /** 'host:port' as given to connect(). */
+  readonly server: string;
+  /** Resolves once the connection is gone (closed by either side or lost). */
   readonly closed: Promise<void>;
-  private resolveClosed!: () => void;
+  /** The session the server gave us; a reconnect asks to resume it. */
+  readonly sessionId: bigint;
+  /** The root's attributes as of the HELLO. */
+  readonly rootAttr: Attr;
+  private readonly fsInfo: FsInfo;
   private readonly pending = new Map<number, Pending>();
   private readonly listeners = new Set<ChangeListener>();
   private nextId = 1;
-  private state: 'connected' | 'closed' = 'connected';
-  private counters = { requests: 0, errors: 0, pushes: 0 };
+  private nextSeq = 1;
+  private state: 'open' | 'closed' = 'open';
+  private readonly counters = { requests: 0, errors: 0, pushes: 0 };
+  private markClosed!: () => void;
 
-  constructor(
-    private readonly sock: net.Socket,
-    private readonly splitter: FrameSplitter,
-    readonly server: string,
-    private readonly fsInfo: FsInfo,
-    private readonly log: Logger,
-    early: Buffer[],
-  ) {
-    this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
-    sock.on('data', (d: Buffer) => this.onData(d));
-    sock.on('error', (err) => this.log.warn(`connection to ${server}: ${err.message}`));
-    sock.on('close', () => this.onClose());
-    for (const f of early) this.onFrame(f);
+  constructor(server: string, private readonly conn: Link, private readonly log: Logger) {
+    this.server = server;
+    this.closed = new Promise((resolve) => (this.markClosed = resolve));
+    this.sessionId = conn.welcome.sessionId;
+    this.rootAttr = conn.welcome.root;
+    this.fsInfo = { type: conn.welcome.fsType, readOnly: conn.welcome.readOnly };
+    const { socket } = conn;
+    socket.on('data', (chunk: Buffer) => {
+      conn.splitter.push(chunk);
+      this.drain();
+    });
+    socket.on('error', (err) => this.log.debug(`${server}: ${err.message}`));
+    socket.on('close', () => this.lost(`connection to ${server} closed`));
+    this.drain();
   }
 
   stats(): ClientStats {
     return { state: this.state, inFlight: this.pending.size, ...this.counters };
   }
 
-  info(): FsInfo {
-    return this.fsInfo;
-  }
+  // --- the request table -----------------------------------------------------------------------
 
-  watch(listener: ChangeListener): () => void {
-    this.listeners.add(listener);
-    return () => this.listeners.delete(listener);
-  }
-
-  async close(): Promise<void> {
-    this.sock.end();
-    this.sock.destroySoon();
-    await this.closed;
-  }
-
-  private onData(d: Buffer): void {
+  private drain(): void {
     try {
-      for (const f of this.splitter.push(d)) this.onFrame(f);
+      for (let frame = this.conn.splitter.next(); frame; frame = this.conn.splitter.next()) this.onFrame(frame);
     } catch (err) {
-      this.log.error(`protocol error from ${this.server}, closing the connection: ${(err as Error).message}`);
-      this.sock.destroy();
+      if (!(err instanceof ProtocolError)) throw err;
+      this.log.warn(`${this.server}: protocol error, closing the connection: ${err.message}`);
+      this.conn.socket.destroy();
     }
   }
 
   private onFrame(frame: Buffer): void {
-    const h = readHeader(frame);
-    const body = new Reader(frame, HEADER_SIZE);
-    if (h.flags & Flag.PUSH) {
-      if (h.op !== OP_PUSH_EVENT) return; // a push we do not know: newer server, ignore
-      const ev = decodeEvent(body);
+    const r = new Reader(frame);
+    const h = decodeHeader(r);
+    if (h.flags & FLAG_PUSH) {
+      if (h.op !== OPS.change.code) return; // a push from a newer server: not for us
+      const { event } = decodeReq(r, 'change');
       this.counters.pushes++;
-      for (const l of this.listeners) l(ev);
+      for (const l of this.listeners) {
+        try {
+          l(event);
+        } catch (err) {
+          this.log.warn(`a change listener failed: ${(err as Error).message}`);
+        }
+      }
       return;
     }
-    if (!(h.flags & Flag.REPLY)) throw new ProtocolError(`unexpected request frame op ${h.op}`);
+    if (!(h.flags & FLAG_REPLY)) throw new ProtocolError(`the server sent a request (op ${h.op})`);
     const p = this.pending.get(h.id);
-    if (!p) throw new ProtocolError(`reply to unknown request id ${h.id}`);
-    const spec = OPS_BY_NUMBER.get(h.op);
-    if (spec !== p.spec) throw new ProtocolError(`reply op ${h.op} does not match request ${p.spec.name}`);
+    // No one waits for it: the caller gave up (abort) before the reply came.
+    if (!p) return;
+    if (h.op !== OPS[p.op].code) throw new ProtocolError(`reply to request ${h.id} has op ${h.op}, expected ${OPS[p.op].code}`);
+    const status = r.i32();
+    if (status < 0) throw new ProtocolError(`negative status ${status}`);
+    const rep = status === 0 ? decodeRep(r, p.op) : undefined;
     this.pending.delete(h.id);
-    if (p.onAbort) p.signal?.removeEventListener('abort', p.onAbort);
-    const r = decodeReply(spec, body);
-    if (r.status) {
+    p.done();
+    if (status === 0) p.resolve(rep);
+    else {
       this.counters.errors++;
-      p.reject(new FsError(r.status, `${spec.name}: ${errnoName(r.status)}`));
-    } else {
-      p.resolve(r.result);
+      p.reject(new FsError(status));
     }
   }
 
-  private onClose(): void {
-    if (this.state === 'closed') return;
-    this.state = 'closed';
-    if (this.pending.size) this.log.warn(`connection to ${this.server} lost with ${this.pending.size} requests in flight`);
-    else this.log.warn(`connection to ${this.server} lost`);
-    for (const p of this.pending.values()) p.reject(new FsError(Errno.EIO, `connection to ${this.server} lost`));
-    this.pending.clear();
-    this.resolveClosed();
+  private allocId(): number {
+    // u32 ids, skipping 0 (HELLO and pushes) and any still pending after a wrap.
+    do {
+      this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    } while (this.pending.has(this.nextId));
+    return this.nextId;
   }
 
-  /** Sends one request and settles with its reply. */
-  private call<T>(name: OpName, ctx: Ctx, ...args: unknown[]): Promise<T> {
-    const spec = OPS_BY_NAME.get(name)!;
-    if (this.state !== 'connected') return Promise.reject(new FsError(Errno.EIO, `not connected to ${this.server}`));
-    if (ctx.signal?.aborted) return Promise.reject(new FsError(Errno.EINTR));
-    const id = this.nextId;
-    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
-    this.counters.requests++;
-    const frame = encodeRequest(spec, id, ctx, args);
-    if (frame.length > this.splitter.maxFrame) return Promise.reject(new FsError(Errno.E2BIG, `${name} of ${frame.length} bytes exceeds the frame limit`));
-    return new Promise<T>((resolve, reject) => {
-      const p: Pending = { spec, resolve: resolve as (v: unknown) => void, reject };
-      if (ctx.signal) {
-        // Interrupted: stop waiting. The server still answers; the reply is then dropped.
-        p.signal = ctx.signal;
-        p.onAbort = () => {
-          if (this.pending.get(id) === p) {
-            this.pending.set(id, { spec, resolve: () => {}, reject: () => {} });
-            reject(new FsError(Errno.EINTR));
-          }
-        };
-        ctx.signal.addEventListener('abort', p.onAbort, { once: true });
-      }
-      this.pending.set(id, p);
-      this.sock.write(frame);
+  /** Sends one request and waits for its reply. Rejects with FsError; EIO when the link is gone. */
+  private call<N extends CallOp>(op: N, req: Req<N>, signal?: AbortSignal): Promise<Rep<N>> {
+    if (this.state !== 'open') return Promise.reject(new FsError(Errno.EIO, `not connected to ${this.server}`));
+    if (signal?.aborted) return Promise.reject(new FsError(Errno.EINTR));
+    const id = this.allocId();
+    // Non-idempotent requests carry a session sequence number: the key of the future reply cache.
+    let seq = 0;
+    if (!OPS[op].idempotent) {
+      seq = this.nextSeq;
+      this.nextSeq = this.nextSeq >= 0xffffffff ? 1 : this.nextSeq + 1;
+    }
+    let frame: Buffer;
+    try {
+      frame = encodeRequestFrame(op, id, seq, req);
+    } catch (err) {
+      if (err instanceof EncodeError) return Promise.reject(new FsError(Errno.EINVAL, `${opLabel(op)}: ${err.message}`));
+      throw err;
+    }
+    if (frame.length > this.conn.maxFrame) {
+      return Promise.reject(new FsError(Errno.E2BIG, `${opLabel(op)} request of ${frame.length} bytes is over the frame limit`));
+    }
+    return new Promise<Rep<N>>((resolve, reject) => {
+      const onAbort = (): void => {
+        if (!this.pending.delete(id)) return;
+        reject(new FsError(Errno.EINTR));
+        if (this.conn.features & FEATURE_CANCEL) this.sendOneway('cancel', { id });
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.pending.set(id, {
+        op,
+        resolve: resolve as (rep: unknown) => void,
+        reject,
+        done: () => signal?.removeEventListener('abort', onAbort),
+      });
+      this.counters.requests++;
+      this.conn.socket.write(frame);
     });
   }
 
-  private send(name: OpName, ctx: Ctx, ...args: unknown[]): void {
-    if (this.state !== 'connected') return;
-    const spec = OPS_BY_NAME.get(name)!;
-    this.sock.write(encodeRequest(spec, 0, ctx, args));
+  private sendOneway<N extends 'forget' | 'cancel'>(op: N, req: Req<N>): void {
+    if (this.state === 'open') this.conn.socket.write(encodeRequestFrame(op, 0, 0, req));
   }
 
-  lookup(ctx: Ctx, parent: number, name: string): Promise<Entry> { return this.call('lookup', ctx, parent, name); }
-  forget(nodeid: number, nlookup: number): void { this.send('forget', { uid: 0, gid: 0, pid: 0 }, nodeid, nlookup); }
-  getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> { return this.call('getattr', ctx, nodeid, fh ?? 0); }
-  setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> { return this.call('setattr', ctx, nodeid, set, fh ?? 0); }
-  readlink(ctx: Ctx, nodeid: number): Promise<string> { return this.call('readlink', ctx, nodeid); }
-  mknod(ctx: Ctx, parent: number, name: string, mode: number, rdev: number): Promise<Entry> { return this.call('mknod', ctx, parent, name, mode, rdev); }
-  mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry> { return this.call('mkdir', ctx, parent, name, mode); }
-  symlink(ctx: Ctx, parent: number, name: string, target: string): Promise<Entry> { return this.call('symlink', ctx, parent, name, target); }
-  link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> { return this.call('link', ctx, nodeid, newparent, newname); }
-  unlink(ctx: Ctx, parent: number, name: string): Promise<void> { return this.call('unlink', ctx, parent, name); }
-  rmdir(ctx: Ctx, parent: number, name: string): Promise<void> { return this.call('rmdir', ctx, parent, name); }
-  rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
-    return this.call('rename', ctx, parent, name, newparent, newname, flags);
+  /** The link is gone: every waiting call fails with EIO (later: hand them to a reconnect loop). */
+  private lost(why: string): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    const waiting = [...this.pending.values()];
+    this.pending.clear();
+    for (const p of waiting) {
+      p.done();
+      p.reject(new FsError(Errno.EIO, why));
+    }
+    if (waiting.length) this.log.debug(`${why}; failed ${waiting.length} pending requests with EIO`);
+    this.markClosed();
   }
-  open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> { return this.call('open', ctx, nodeid, flags); }
-  create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> { return this.call('create', ctx, parent, name, mode, flags); }
-  read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> { return this.call('read', ctx, nodeid, fh, offset, size); }
-  write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> { return this.call('write', ctx, nodeid, fh, offset, data); }
-  flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> { return this.call('flush', ctx, nodeid, fh); }
-  fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> { return this.call('fsync', ctx, nodeid, fh, datasync); }
-  release(ctx: Ctx, nodeid: number, fh: number): Promise<void> { return this.call('release', ctx, nodeid, fh); }
-  opendir(ctx: Ctx, nodeid: number): Promise<OpenResult> { return this.call('opendir', ctx, nodeid); }
-  readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    return this.call('readdir', ctx, nodeid, fh, offset, maxEntries, plus);
+
+  // --- the Vfs -----------------------------------------------------------------------------------
+
+  info(): FsInfo {
+    return { ...this.fsInfo };
   }
-  fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> { return this.call('fsyncdir', ctx, nodeid, fh, datasync); }
-  releasedir(ctx: Ctx, nodeid: number, fh: number): Promise<void> { return this.call('releasedir', ctx, nodeid, fh); }
-  statfs(ctx: Ctx, nodeid: number): Promise<StatFs> { return this.call('statfs', ctx, nodeid); }
-  setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> { return this.call('setxattr', ctx, nodeid, name, value, flags); }
-  getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> { return this.call('getxattr', ctx, nodeid, name); }
-  listxattr(ctx: Ctx, nodeid: number): Promise<string[]> { return this.call('listxattr', ctx, nodeid); }
-  removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> { return this.call('removexattr', ctx, nodeid, name); }
-  access(ctx: Ctx, nodeid: number, mask: number): Promise<void> { return this.call('access', ctx, nodeid, mask); }
-  fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
-    return this.call('fallocate', ctx, nodeid, fh, mode, offset, length);
+
+  async lookup(ctx: Ctx, parent: number, name: string): Promise<Entry> {
+    return (await this.call('lookup', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).entry;
   }
-  lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> { return this.call('lseek', ctx, nodeid, fh, offset, whence); }
-  copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
-    return this.call('copyFileRange', ctx, nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len);
+  forget(nodeid: number, nlookup: number): void {
+    if (Number.isSafeInteger(nodeid) && nodeid > 0 && Number.isSafeInteger(nlookup) && nlookup > 0) {
+      this.sendOneway('forget', { nodeid, nlookup });
+    }
+  }
+  async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
+    return (await this.call('getattr', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal)).attr;
+  }
+  async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
+    return (await this.call('setattr', { ctx: wireCtx(ctx), nodeid, set, fh }, ctx.signal)).attr;
+  }
+  async readlink(ctx: Ctx, nodeid: number): Promise<string> {
+    return (await this.call('readlink', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).target;
+  }
+  async mknod(ctx: Ctx, parent: number, name: string, mode: number, rdev: number): Promise<Entry> {
+    return (await this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, ctx.signal)).entry;
+  }
+  async mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry> {
+    return (await this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, ctx.signal)).entry;
+  }
+  async symlink(ctx: Ctx, parent: number, name: string, target: string): Promise<Entry> {
+    return (await this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, ctx.signal)).entry;
+  }
+  async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
+    return (await this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, ctx.signal)).entry;
+  }
+  async unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
+    await this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx.signal);
+  }
+  async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
+    await this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx.signal);
+  }
+  async rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
+    await this.call('rename', { ctx: wireCtx(ctx), parent, name, newparent, newname, flags }, ctx.signal);
+  }
+  async open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
+    return (await this.call('open', { ctx: wireCtx(ctx), nodeid, flags }, ctx.signal)).open;
+  }
+  async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
+    const rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, ctx.signal);
+    return { ...rep.open, entry: rep.entry };
+  }
+
+  /** Reads larger than a frame are split into concurrent pieces and joined up to the first short one. */
+  async read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
+    const piece = this.conn.maxFrame - READ_OVERHEAD;
+    const one = async (off: number, n: number): Promise<Buffer> =>
+      (await this.call('read', { ctx: wireCtx(ctx), nodeid, fh, offset: off, size: n }, ctx.signal)).data;
+    if (size <= piece) return one(offset, size);
+    const parts = await Promise.all(Array.from({ length: Math.ceil(size / piece) }, (_, i) =>
+      one(offset + i * piece, Math.min(piece, size - i * piece))));
+    const kept: Buffer[] = [];
+    for (const [i, p] of parts.entries()) {
+      kept.push(p);
+      if (p.length < Math.min(piece, size - i * piece)) break;
+    }
+    return Buffer.concat(kept);
+  }
+
+  /** Writes larger than a frame are split into concurrent pieces; the count stops at the first short one. */
+  async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
+    const piece = this.conn.maxFrame - WRITE_OVERHEAD;
+    const one = async (off: number, d: Buffer): Promise<number> =>
+      (await this.call('write', { ctx: wireCtx(ctx), nodeid, fh, offset: off, data: d }, ctx.signal)).count;
+    if (data.length <= piece) return one(offset, data);
+    const counts = await Promise.all(Array.from({ length: Math.ceil(data.length / piece) }, (_, i) =>
+      one(offset + i * piece, data.subarray(i * piece, (i + 1) * piece))));
+    let total = 0;
+    for (const [i, n] of counts.entries()) {
+      total += n;
+      if (n < Math.min(piece, data.length - i * piece)) break;
+    }
+    return total;
+  }
+
+  async flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
+    await this.call('flush', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal);
+  }
+  async fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
+    await this.call('fsync', { ctx: wireCtx(ctx), nodeid, fh, datasync }, ctx.signal);
+  }
+  async release(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
+    await this.call('release', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal);
+  }
+  async opendir(ctx: Ctx, nodeid: number): Promise<OpenResult> {
+    return (await this.call('opendir', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).open;
+  }
+  async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
+    return (await this.call('readdir', { ctx: wireCtx(ctx), nodeid, fh, offset, maxEntries, plus }, ctx.signal)).entries;
+  }
+  async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
+    await this.call('fsyncdir', { ctx: wireCtx(ctx), nodeid, fh, datasync }, ctx.signal);
+  }
+  async releasedir(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
+    await this.call('releasedir', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal);
+  }
+  async statfs(ctx: Ctx, nodeid: number): Promise<StatFs> {
+    return (await this.call('statfs', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).statfs;
+  }
+  async setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
+    await this.call('setxattr', { ctx: wireCtx(ctx), nodeid, name, value, flags }, ctx.signal);
+  }
+  async getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
+    return (await this.call('getxattr', { ctx: wireCtx(ctx), nodeid, name }, ctx.signal)).value;
+  }
+  async listxattr(ctx: Ctx, nodeid: number): Promise<string[]> {
+    return (await this.call('listxattr', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).names;
+  }
+  async removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
+    await this.call('removexattr', { ctx: wireCtx(ctx), nodeid, name }, ctx.signal);
+  }
+  async access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
+    await this.call('access', { ctx: wireCtx(ctx), nodeid, mask }, ctx.signal);
+  }
+  async fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
+    await this.call('fallocate', { ctx: wireCtx(ctx), nodeid, fh, mode, offset, length }, ctx.signal);
+  }
+  async lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
+    return (await this.call('lseek', { ctx: wireCtx(ctx), nodeid, fh, offset, whence }, ctx.signal)).offset;
+  }
+  async copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
+    return (await this.call('copyFileRange', { ctx: wireCtx(ctx), nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len }, ctx.signal)).count;
+  }
+
+  /** Pushed CHANGE events from the server: other clients' changes and the source's own. */
+  watch(listener: ChangeListener): () => void {
+    this.listeners.add(listener);
+    return () => void this.listeners.delete(listener);
+  }
+
+  /** Ends the session: the server releases what this client held. Pending calls fail with EIO. */
+  async close(): Promise<void> {
+    this.conn.socket.end();
+    this.lost(`connection to ${this.server} closed by the client`);
+    await this.closed;
   }
 }

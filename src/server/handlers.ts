@@ -1,0 +1,198 @@
+// The server's dispatch table: one handler per Vfs op of the wire table, each calling the source Vfs,
+// recording in the session what the client now holds (lookups, open handles), and reporting the
+// changes other clients must hear of. Exhaustive by type: adding a call op to ops.ts without a
+// handler here does not compile.
+
+import { Errno, FsError } from '../lib/errno.js';
+import { O_APPEND, type ChangeEvent, type Ctx, type DirEntry, type Entry, type Vfs } from '../vfs/types.js';
+import { ENTRY_SIZE } from '../wire/codec.js';
+import { HEADER_SIZE, READ_OVERHEAD } from '../wire/frame.js';
+import type { Rep, Req, VfsOpName } from '../wire/ops.js';
+
+/** What a handler may ask of the session it runs in. */
+export interface SessionApi {
+  readonly vfs: Vfs;
+  readonly maxFrame: number;
+  /** Records one lookup of e.nodeid handed to this client (nothing for a negative entry). */
+  gotEntry(e: Entry): void;
+  gotHandle(fh: number, h: { nodeid: number; dir: boolean; append: boolean }): void;
+  /** Throws EBADF unless this session opened fh (with opendir when `dir`, else with open/create). */
+  handle(fh: number, dir: boolean): { nodeid: number; dir: boolean; append: boolean };
+  dropHandle(fh: number, dir: boolean): void;
+  /** Pushes these changes to the other sessions that know the nodes. */
+  changed(events: ChangeEvent[]): void;
+  /** Whether any other session could care about a change (skips work for a lone client). */
+  othersListening(): boolean;
+}
+
+type CallOp = Exclude<VfsOpName, 'forget'>;
+type Handler<N extends CallOp> = (s: SessionApi, ctx: Ctx, a: Req<N>) => Promise<Rep<N>>;
+
+const whole = (nodeid: number): ChangeEvent => ({ kind: 'inode', nodeid, off: -1, len: 0 });
+const named = (parent: number, name: string): ChangeEvent => ({ kind: 'entry', parent, name });
+
+/** A new name in a directory: the name appeared and the directory's size/mtime/nlink changed. */
+function created(s: SessionApi, parent: number, name: string, e: Entry): Entry {
+  s.gotEntry(e);
+  s.changed([named(parent, name), whole(parent)]);
+  return e;
+}
+
+/** unlink and rmdir: learns the victim's id first when someone else may hold it, for a precise push. */
+async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op: (ctx: Ctx, p: number, n: string) => Promise<void>): Promise<Rep<'unlink'>> {
+  let child = 0;
+  if (s.othersListening()) {
+    child = await s.vfs.lookup(ctx, parent, name).then((e) => e.nodeid, () => 0);
+  }
+  try {
+    await op(ctx, parent, name);
+    s.changed(child
+      ? [{ kind: 'delete', parent, child, name }, whole(parent), whole(child)]
+      : [named(parent, name), whole(parent)]);
+  } finally {
+    if (child) s.vfs.forget(child, 1);
+  }
+  return {};
+}
+
+// Bytes of one DirEntry on the wire, to keep a readdir reply under the max frame.
+function direntSize(d: DirEntry): number {
+  return 25 + Buffer.byteLength(d.name) + (d.entry ? ENTRY_SIZE : 0);
+}
+
+export const HANDLERS: { [N in CallOp]: Handler<N> } = {
+  lookup: async (s, ctx, a) => {
+    const entry = await s.vfs.lookup(ctx, a.parent, a.name);
+    s.gotEntry(entry);
+    return { entry };
+  },
+  getattr: async (s, ctx, a) => {
+    if (a.fh !== undefined) s.handle(a.fh, false);
+    return { attr: await s.vfs.getattr(ctx, a.nodeid, a.fh) };
+  },
+  setattr: async (s, ctx, a) => {
+    if (a.fh !== undefined) s.handle(a.fh, false);
+    const attr = await s.vfs.setattr(ctx, a.nodeid, a.set, a.fh);
+    s.changed([whole(a.nodeid)]);
+    return { attr };
+  },
+  readlink: async (s, ctx, a) => ({ target: await s.vfs.readlink(ctx, a.nodeid) }),
+  mknod: async (s, ctx, a) => ({ entry: created(s, a.parent, a.name, await s.vfs.mknod(ctx, a.parent, a.name, a.mode, a.rdev)) }),
+  mkdir: async (s, ctx, a) => ({ entry: created(s, a.parent, a.name, await s.vfs.mkdir(ctx, a.parent, a.name, a.mode)) }),
+  symlink: async (s, ctx, a) => ({ entry: created(s, a.parent, a.name, await s.vfs.symlink(ctx, a.parent, a.name, a.target)) }),
+  link: async (s, ctx, a) => {
+    const entry = created(s, a.newparent, a.newname, await s.vfs.link(ctx, a.nodeid, a.newparent, a.newname));
+    s.changed([whole(a.nodeid)]);
+    return { entry };
+  },
+  unlink: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.unlink(c, p, n)),
+  rmdir: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.rmdir(c, p, n)),
+  rename: async (s, ctx, a) => {
+    await s.vfs.rename(ctx, a.parent, a.name, a.newparent, a.newname, a.flags);
+    const ev = [named(a.parent, a.name), named(a.newparent, a.newname), whole(a.parent)];
+    if (a.newparent !== a.parent) ev.push(whole(a.newparent));
+    s.changed(ev);
+    return {};
+  },
+  open: async (s, ctx, a) => {
+    const open = await s.vfs.open(ctx, a.nodeid, a.flags);
+    s.gotHandle(open.fh, { nodeid: a.nodeid, dir: false, append: (a.flags & O_APPEND) !== 0 });
+    return { open };
+  },
+  create: async (s, ctx, a) => {
+    const { entry, ...open } = await s.vfs.create(ctx, a.parent, a.name, a.mode, a.flags);
+    created(s, a.parent, a.name, entry);
+    s.gotHandle(open.fh, { nodeid: entry.nodeid, dir: false, append: (a.flags & O_APPEND) !== 0 });
+    return { entry, open };
+  },
+  read: async (s, ctx, a) => {
+    s.handle(a.fh, false);
+    if (a.size > s.maxFrame - READ_OVERHEAD) throw new FsError(Errno.EINVAL, `read of ${a.size} bytes is over the frame limit`);
+    return { data: await s.vfs.read(ctx, a.nodeid, a.fh, a.offset, a.size) };
+  },
+  write: async (s, ctx, a) => {
+    const h = s.handle(a.fh, false);
+    const count = await s.vfs.write(ctx, a.nodeid, a.fh, a.offset, a.data);
+    // An O_APPEND write lands at an end this server did not see: drop the whole file elsewhere.
+    s.changed([h.append ? whole(a.nodeid) : { kind: 'inode', nodeid: a.nodeid, off: a.offset, len: count }]);
+    return { count };
+  },
+  flush: async (s, ctx, a) => {
+    s.handle(a.fh, false);
+    await s.vfs.flush(ctx, a.nodeid, a.fh);
+    return {};
+  },
+  fsync: async (s, ctx, a) => {
+    s.handle(a.fh, false);
+    await s.vfs.fsync(ctx, a.nodeid, a.fh, a.datasync);
+    return {};
+  },
+  release: async (s, ctx, a) => {
+    s.handle(a.fh, false);
+    s.dropHandle(a.fh, false);
+    await s.vfs.release(ctx, a.nodeid, a.fh);
+    return {};
+  },
+  opendir: async (s, ctx, a) => {
+    const open = await s.vfs.opendir(ctx, a.nodeid);
+    s.gotHandle(open.fh, { nodeid: a.nodeid, dir: true, append: false });
+    return { open };
+  },
+  readdir: async (s, ctx, a) => {
+    s.handle(a.fh, true);
+    const all = await s.vfs.readdir(ctx, a.nodeid, a.fh, a.offset, a.maxEntries, a.plus);
+    // Keep the reply under the frame limit; the client continues from the last cookie it got.
+    let room = s.maxFrame - HEADER_SIZE - 8;
+    let keep = 0;
+    while (keep < all.length && (room -= direntSize(all[keep]!)) >= 0) keep++;
+    const entries = all.slice(0, keep);
+    for (const d of entries) if (d.entry) s.gotEntry(d.entry);
+    for (const d of all.slice(keep)) if (d.entry && d.entry.nodeid) s.vfs.forget(d.entry.nodeid, 1);
+    return { entries };
+  },
+  fsyncdir: async (s, ctx, a) => {
+    s.handle(a.fh, true);
+    await s.vfs.fsyncdir(ctx, a.nodeid, a.fh, a.datasync);
+    return {};
+  },
+  releasedir: async (s, ctx, a) => {
+    s.handle(a.fh, true);
+    s.dropHandle(a.fh, true);
+    await s.vfs.releasedir(ctx, a.nodeid, a.fh);
+    return {};
+  },
+  statfs: async (s, ctx, a) => ({ statfs: await s.vfs.statfs(ctx, a.nodeid) }),
+  setxattr: async (s, ctx, a) => {
+    await s.vfs.setxattr(ctx, a.nodeid, a.name, a.value, a.flags);
+    s.changed([whole(a.nodeid)]);
+    return {};
+  },
+  getxattr: async (s, ctx, a) => ({ value: await s.vfs.getxattr(ctx, a.nodeid, a.name) }),
+  listxattr: async (s, ctx, a) => ({ names: await s.vfs.listxattr(ctx, a.nodeid) }),
+  removexattr: async (s, ctx, a) => {
+    await s.vfs.removexattr(ctx, a.nodeid, a.name);
+    s.changed([whole(a.nodeid)]);
+    return {};
+  },
+  access: async (s, ctx, a) => {
+    await s.vfs.access(ctx, a.nodeid, a.mask);
+    return {};
+  },
+  fallocate: async (s, ctx, a) => {
+    s.handle(a.fh, false);
+    await s.vfs.fallocate(ctx, a.nodeid, a.fh, a.mode, a.offset, a.length);
+    s.changed([whole(a.nodeid)]);
+    return {};
+  },
+  lseek: async (s, ctx, a) => {
+    s.handle(a.fh, false);
+    return { offset: await s.vfs.lseek(ctx, a.nodeid, a.fh, a.offset, a.whence) };
+  },
+  copyFileRange: async (s, ctx, a) => {
+    s.handle(a.fhIn, false);
+    s.handle(a.fhOut, false);
+    const count = await s.vfs.copyFileRange(ctx, a.nodeIn, a.fhIn, a.offIn, a.nodeOut, a.fhOut, a.offOut, a.len);
+    s.changed([{ kind: 'inode', nodeid: a.nodeOut, off: a.offOut, len: count }]);
+    return { count };
+  },
+};

@@ -1,0 +1,345 @@
+// One client connection on the server: the HELLO exchange, then concurrent dispatch of requests to
+// the shared Vfs (each its own task, answered exactly once, in any order), with a bounded number in
+// flight and socket backpressure honoured. The session records the lookups and open handles it hands
+// out; when it ends it gives them all back to the Vfs, so one source can serve many clients safely.
+
+import type net from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { ProtocolError, Reader } from '../lib/bytes.js';
+import { Errno, FsError, errnoName, toErrno } from '../lib/errno.js';
+import type { Logger } from '../lib/log.js';
+import { ROOT_ID, type ChangeEvent, type Ctx, type Entry, type Vfs } from '../vfs/types.js';
+import { EncodeError } from '../wire/codec.js';
+import {
+  FEATURE_PUSH, FEATURES_V1, FLAG_NOREPLY, FLAG_PUSH, FLAG_REPLY, FrameSplitter, HELLO_MAX_FRAME, MAGIC,
+  MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR, decodeHeader, encodeErrorFrame, encodePushFrame, encodeReplyFrame,
+  quoteForeign, versionMismatch, type Header,
+} from '../wire/frame.js';
+import { OPS, OP_BY_CODE, decodeReq, opLabel, type OpName, type Rep } from '../wire/ops.js';
+import { HANDLERS, type SessionApi } from './handlers.js';
+
+/** What every session shares: the source, the limits, the other sessions, the counters. */
+export interface ServerCore {
+  readonly vfs: Vfs;
+  readonly log: Logger;
+  readonly maxFrame: number;
+  readonly maxInFlight: number;
+  readonly helloTimeoutMs: number;
+  readonly serverName: string;
+  readonly sessions: Set<Session>;
+  readonly counters: { requests: number; pushes: number; protocolErrors: number; connections: number };
+  /** Sends events to every open session that knows the nodes, except `from`. */
+  broadcast(events: ChangeEvent[], from: Session | undefined): void;
+}
+
+/** Pushes queued beyond this many bytes mean the client no longer reads: drop it rather than grow. */
+const PUSH_BACKLOG_LIMIT = 64 * 1024 * 1024;
+
+/** The identity the server uses for its own cleanup calls (releasing a departed client's handles). */
+const SERVER_CTX: Ctx = { uid: 0, gid: 0, pid: 0 };
+
+interface OpenHandle {
+  nodeid: number;
+  dir: boolean;
+  append: boolean;
+}
+
+export class Session implements SessionApi {
+  readonly vfs: Vfs;
+  readonly peer: string;
+  maxFrame = HELLO_MAX_FRAME;
+  sessionId = 0n;
+  private features = 0n;
+  private state: 'hello' | 'negotiating' | 'open' | 'closed' = 'hello';
+  private readonly splitter = new FrameSplitter(HELLO_MAX_FRAME);
+  private readonly running = new Map<number, AbortController>();
+  private writeBlocked = false;
+  private readonly helloTimer: NodeJS.Timeout;
+  private readonly lookups = new Map<number, number>();
+  /** Open handles by fh, files and directories apart: a source may number them independently. */
+  private readonly files = new Map<number, OpenHandle>();
+  private readonly dirs = new Map<number, OpenHandle>();
+  /** Resolves once the session is over and everything it held has been given back. */
+  readonly ended: Promise<void>;
+  private markEnded!: () => void;
+
+  constructor(private readonly core: ServerCore, private readonly socket: net.Socket) {
+    this.vfs = core.vfs;
+    this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.ended = new Promise((resolve) => (this.markEnded = resolve));
+    socket.setNoDelay(true);
+    // A peer that connects and says nothing (a port scanner, a stuck client) does not keep a slot.
+    const helloTimer = setTimeout(() => {
+      this.core.log.warn(`${this.peer}: no HELLO within ${core.helloTimeoutMs} ms; closing the connection`);
+      socket.destroy();
+    }, core.helloTimeoutMs);
+    helloTimer.unref();
+    socket.once('close', () => clearTimeout(helloTimer));
+    this.helloTimer = helloTimer;
+    socket.on('data', (chunk: Buffer) => {
+      this.splitter.push(chunk);
+      this.pump();
+    });
+    socket.on('drain', () => {
+      this.writeBlocked = false;
+      this.pump();
+    });
+    socket.on('error', (err) => this.core.log.debug(`${this.peer}: ${err.message}`));
+    socket.on('close', () => void this.end());
+  }
+
+  get inFlight(): number {
+    return this.running.size;
+  }
+
+  // --- reading and dispatch --------------------------------------------------------------------
+
+  /** Takes whole frames off the stream while there is capacity; otherwise stops reading the socket. */
+  private pump(): void {
+    try {
+      while (this.state === 'hello' || (this.state === 'open' && this.running.size < this.core.maxInFlight && !this.writeBlocked)) {
+        const frame = this.splitter.next();
+        if (!frame) break;
+        this.onFrame(frame);
+      }
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      this.protocolError(err);
+      return;
+    }
+    if (this.state === 'closed') return;
+    const full = this.running.size >= this.core.maxInFlight || this.writeBlocked;
+    if (full && !this.socket.isPaused()) this.socket.pause();
+    else if (!full && this.socket.isPaused()) this.socket.resume();
+  }
+
+  private protocolError(err: ProtocolError): void {
+    this.core.counters.protocolErrors++;
+    const what = this.state === 'hello' ? ` (not a wirefs client? it sent ${quoteForeign(this.splitter.peek(60))})` : '';
+    this.core.log.warn(`${this.peer}: protocol error, closing the connection: ${err.message}${what}`);
+    this.socket.destroy();
+  }
+
+  private onFrame(frame: Buffer): void {
+    const r = new Reader(frame);
+    const h = decodeHeader(r);
+    if (h.flags & (FLAG_REPLY | FLAG_PUSH)) throw new ProtocolError(`a client sent a frame with flags 0x${h.flags.toString(16)}`);
+    if (this.state === 'hello') {
+      if (h.op !== OPS.hello.code) throw new ProtocolError(`first frame is op ${h.op}, not HELLO`);
+      this.hello(r, h);
+      return;
+    }
+    const op = OP_BY_CODE.get(h.op);
+    if (op === undefined) {
+      // An op from a newer client: refuse that request, keep the connection.
+      if (!(h.flags & FLAG_NOREPLY)) this.send(encodeErrorFrame(h.op, h.id, Errno.ENOSYS));
+      return;
+    }
+    if (op === 'forget') {
+      const a = decodeReq(r, 'forget');
+      this.forget(a.nodeid, a.nlookup);
+      return;
+    }
+    if (op === 'cancel') {
+      this.running.get(decodeReq(r, 'cancel').id)?.abort();
+      return;
+    }
+    if (op === 'hello' || op === 'change') throw new ProtocolError(`unexpected ${opLabel(op)} frame`);
+    if (this.running.has(h.id)) throw new ProtocolError(`request id ${h.id} reused while still in flight`);
+    this.core.counters.requests++;
+    if (op === 'ping') {
+      this.send(encodeReplyFrame('ping', h.id, {}));
+      return;
+    }
+    const args = decodeReq(r, op);
+    const ac = new AbortController();
+    this.running.set(h.id, ac);
+    void this.run(op, h, args, ac);
+  }
+
+  /** One request as its own task: always ends in exactly one reply. */
+  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'forget'>, h: Header, args: object, ac: AbortController): Promise<void> {
+    let frame: Buffer;
+    try {
+      const { ctx: wctx, ...rest } = args as { ctx: Omit<Ctx, 'signal'> };
+      const ctx: Ctx = { ...wctx, signal: ac.signal };
+      const handler = HANDLERS[op] as (s: SessionApi, ctx: Ctx, a: object) => Promise<Rep<typeof op>>;
+      const rep = await handler(this, ctx, rest);
+      frame = encodeReplyFrame(op, h.id, rep);
+      if (this.core.log.debugEnabled) this.core.log.debug(`${this.peer} #${h.id} ${opLabel(op)} ok`);
+    } catch (err) {
+      const errno = err instanceof EncodeError ? toErrno(new Error(`${opLabel(op)} reply: ${err.message}`), 'server')
+        : ac.signal.aborted && !(err instanceof FsError) ? Errno.EINTR
+        : toErrno(err, `server ${opLabel(op)}`);
+      frame = encodeErrorFrame(h.op, h.id, errno);
+      if (this.core.log.debugEnabled) this.core.log.debug(`${this.peer} #${h.id} ${opLabel(op)} ${errnoName(errno)}`);
+    }
+    this.running.delete(h.id);
+    this.send(frame);
+    this.pump();
+  }
+
+  // --- HELLO -----------------------------------------------------------------------------------
+
+  private hello(r: Reader, h: Header): void {
+    const a = decodeReq(r, 'hello');
+    if (!a.magic.equals(MAGIC)) throw new ProtocolError('HELLO without the wirefs magic');
+    const mismatch = a.major !== VERSION_MAJOR;
+    if (a.maxFrame < MIN_MAX_FRAME && !mismatch) throw new ProtocolError(`max frame ${a.maxFrame} is below ${MIN_MAX_FRAME}`);
+    this.state = 'negotiating';
+    this.maxFrame = Math.min(a.maxFrame, this.core.maxFrame);
+    this.features = a.features & FEATURES_V1;
+    // v1 keeps no session across connections: a resume request gets a fresh session (the client
+    // sees the id change and knows its old state is gone).
+    this.sessionId = randomBytes(8).readBigUInt64LE() || 1n;
+    Promise.resolve()
+      .then(() => this.vfs.getattr(SERVER_CTX, ROOT_ID))
+      .then((root) => {
+        if (this.state !== 'negotiating') return;
+        const info = this.vfs.info();
+        this.send(encodeReplyFrame('hello', h.id, {
+          magic: MAGIC, major: VERSION_MAJOR, minor: VERSION_MINOR, features: this.features, maxFrame: this.maxFrame,
+          sessionId: this.sessionId, serverName: this.core.serverName, fsType: info.type, readOnly: info.readOnly, root,
+        }));
+        if (mismatch) {
+          // The reply tells the client our version, so it can say what is wrong; then we part.
+          this.core.log.warn(`${this.peer}: ${versionMismatch('client', a.major, a.minor)}; closing the connection`);
+          this.socket.end();
+          return;
+        }
+        this.state = 'open';
+        clearTimeout(this.helloTimer);
+        this.splitter.maxFrame = this.maxFrame;
+        this.core.log.debug(`${this.peer}: session ${this.sessionId.toString(16)} open (${a.clientName})`);
+        this.pump();
+      })
+      .catch((err: unknown) => {
+        const errno = toErrno(err, 'server HELLO');
+        this.core.log.warn(`${this.peer}: cannot open a session: the root getattr failed with ${errnoName(errno)}`);
+        this.send(encodeErrorFrame(h.op, h.id, errno));
+        this.socket.end();
+      });
+  }
+
+  // --- what the client holds -------------------------------------------------------------------
+
+  gotEntry(e: Entry): void {
+    if (!e.nodeid) return;
+    if (this.state === 'closed') {
+      // The client left while this request ran: it will never forget the node, so we do.
+      this.vfs.forget(e.nodeid, 1);
+      return;
+    }
+    this.lookups.set(e.nodeid, (this.lookups.get(e.nodeid) ?? 0) + 1);
+  }
+
+  /** Forwards a client's forget, never dropping more than this session holds (others share the node). */
+  private forget(nodeid: number, n: number): void {
+    const held = this.lookups.get(nodeid) ?? 0;
+    const drop = Math.min(held, n);
+    if (drop <= 0) return;
+    if (held === drop) this.lookups.delete(nodeid);
+    else this.lookups.set(nodeid, held - drop);
+    this.safeForget(nodeid, drop);
+  }
+
+  private safeForget(nodeid: number, n: number): void {
+    try {
+      this.vfs.forget(nodeid, n);
+    } catch (err) {
+      toErrno(err, 'server forget');
+    }
+  }
+
+  gotHandle(fh: number, h: OpenHandle): void {
+    if (this.state === 'closed') {
+      // As for lookups: the client is gone, so the handle it just got is released here (never fails).
+      void this.releaseHandle(fh, h);
+      return;
+    }
+    (h.dir ? this.dirs : this.files).set(fh, h);
+  }
+
+  handle(fh: number, dir: boolean): OpenHandle {
+    const h = (dir ? this.dirs : this.files).get(fh);
+    if (!h) throw new FsError(Errno.EBADF);
+    return h;
+  }
+
+  dropHandle(fh: number, dir: boolean): void {
+    (dir ? this.dirs : this.files).delete(fh);
+  }
+
+  private releaseHandle(fh: number, h: OpenHandle): Promise<void> {
+    const done = h.dir ? this.vfs.releasedir(SERVER_CTX, h.nodeid, fh) : this.vfs.release(SERVER_CTX, h.nodeid, fh);
+    return Promise.resolve(done).catch((err: unknown) => {
+      this.core.log.debug(`${this.peer}: releasing fh ${fh} failed: ${errnoName(toErrno(err, 'server release'))}`);
+    });
+  }
+
+  // --- coherence -------------------------------------------------------------------------------
+
+  changed(events: ChangeEvent[]): void {
+    this.core.broadcast(events, this);
+  }
+
+  othersListening(): boolean {
+    for (const s of this.core.sessions) if (s !== this && s.wantsPushes) return true;
+    return false;
+  }
+
+  get wantsPushes(): boolean {
+    return this.state === 'open' && (this.features & FEATURE_PUSH) !== 0n;
+  }
+
+  /** Whether this client may have the node (or, for names, the directory) cached. */
+  knows(nodeid: number): boolean {
+    return nodeid === ROOT_ID || this.lookups.has(nodeid);
+  }
+
+  push(ev: ChangeEvent): void {
+    if (!this.wantsPushes) return;
+    if (this.socket.writableLength > PUSH_BACKLOG_LIMIT) {
+      this.core.log.warn(`${this.peer}: client does not read its invalidations; closing the connection`);
+      this.socket.destroy();
+      return;
+    }
+    this.core.counters.pushes++;
+    this.send(encodePushFrame('change', { event: ev }));
+  }
+
+  // --- output and the end ----------------------------------------------------------------------
+
+  private send(frame: Buffer): void {
+    if (this.state === 'closed' || this.socket.destroyed) return;
+    if (frame.length > this.maxFrame && this.state === 'open') {
+      // A source returned more than fits (a huge xattr, a long list): a bug-shaped failure, EIO.
+      const h = decodeHeader(new Reader(frame));
+      this.core.log.warn(`${this.peer}: reply of ${frame.length} bytes to op ${h.op} is over the frame limit; sending EIO`);
+      frame = encodeErrorFrame(h.op, h.id, Errno.EIO);
+    }
+    if (!this.socket.write(frame)) this.writeBlocked = true;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+
+  /** The connection is gone: stop running requests and give back every lookup and handle. */
+  private async end(): Promise<void> {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    for (const ac of this.running.values()) ac.abort();
+    const handles = [...this.files, ...this.dirs];
+    this.files.clear();
+    this.dirs.clear();
+    const lookups = [...this.lookups];
+    this.lookups.clear();
+    // As the kernel does at unmount: handles first, then the lookups that kept their nodes alive.
+    await Promise.all(handles.map(([fh, h]) => this.releaseHandle(fh, h)));
+    for (const [nodeid, n] of lookups) this.safeForget(nodeid, n);
+    this.core.sessions.delete(this);
+    this.core.log.debug(`${this.peer}: session ended; gave back ${lookups.length} nodes and ${handles.length} handles`);
+    this.markEnded();
+  }
+}

@@ -1,0 +1,169 @@
+// Frames of the wire protocol: the fixed 16-byte header, the protocol constants negotiated in HELLO,
+// building whole frames from the op table, and splitting a TCP byte stream back into frames.
+//
+// Header (little-endian), offsets in bytes:
+//   0 u32 length   whole frame, header included (16 <= length <= negotiated max frame)
+//   4 u16 op       op code (ops.ts)
+//   6 u16 flags    REPLY 1, PUSH 2, NOREPLY 4; other bits are reserved and sent as 0
+//   8 u32 id       request id chosen by the client, echoed in the reply; 0 in pushes
+//  12 u32 seq      session sequence number of a non-idempotent request (reply cache), else 0
+
+import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
+import { EncodeError } from './codec.js';
+import { OPS, encodeRep, encodeReq, type OpName, type Rep, type Req } from './ops.js';
+
+export const HEADER_SIZE = 16;
+export const FLAG_REPLY = 1;
+export const FLAG_PUSH = 2;
+export const FLAG_NOREPLY = 4;
+
+export const MAGIC = Buffer.from('WIREFS\0\0', 'latin1');
+export const VERSION_MAJOR = 1;
+export const VERSION_MINOR = 0;
+/** The server pushes CHANGE frames. */
+export const FEATURE_PUSH = 1n << 0n;
+/** The server honours CANCEL. */
+export const FEATURE_CANCEL = 1n << 1n;
+export const FEATURES_V1 = FEATURE_PUSH | FEATURE_CANCEL;
+export const DEFAULT_MAX_FRAME = 4 * 1024 * 1024;
+/** No peer may go below this (it must fit a HELLO and a useful read). */
+export const MIN_MAX_FRAME = 64 * 1024;
+/** The limit on frames before HELLO has settled the real one. */
+export const HELLO_MAX_FRAME = 64 * 1024;
+/** Room a reply needs beyond its data: header, status, blob length. */
+export const READ_OVERHEAD = 64;
+
+export interface Header {
+  length: number;
+  op: number;
+  flags: number;
+  id: number;
+  seq: number;
+}
+
+export function decodeHeader(r: Reader): Header {
+  return { length: r.u32(), op: r.u16(), flags: r.u16(), id: r.u32(), seq: r.u32() };
+}
+
+/** A writer with room reserved for the header; finish() fills it in and returns the frame. */
+function frameWriter(sizeHint: number): Writer {
+  const w = new Writer(HEADER_SIZE + sizeHint);
+  w.zeros(HEADER_SIZE);
+  return w;
+}
+function finish(w: Writer, op: number, flags: number, id: number, seq: number): Buffer {
+  const frame = w.done();
+  frame.writeUInt32LE(frame.length, 0);
+  frame.writeUInt16LE(op, 4);
+  frame.writeUInt16LE(flags, 6);
+  frame.writeUInt32LE(id >>> 0, 8);
+  frame.writeUInt32LE(seq >>> 0, 12);
+  return frame;
+}
+
+/** Bytes a request is likely to need, so big writes do not grow the buffer step by step. */
+function sizeHint(value: object): number {
+  let n = 128;
+  for (const v of Object.values(value)) {
+    if (Buffer.isBuffer(v)) n += v.length + 4;
+    else if (typeof v === 'string') n += v.length * 3 + 4;
+  }
+  return n;
+}
+
+export function encodeRequestFrame<N extends OpName>(op: N, id: number, seq: number, req: Req<N>): Buffer {
+  const w = frameWriter(sizeHint(req));
+  encodeReq(w, op, req);
+  return finish(w, OPS[op].code, OPS[op].kind === 'call' ? 0 : FLAG_NOREPLY, id, seq);
+}
+
+export function encodePushFrame<N extends OpName>(op: N, body: Req<N>): Buffer {
+  const w = frameWriter(sizeHint(body));
+  encodeReq(w, op, body);
+  return finish(w, OPS[op].code, FLAG_PUSH, 0, 0);
+}
+
+export function encodeReplyFrame<N extends OpName>(op: N, id: number, rep: Rep<N>): Buffer {
+  const w = frameWriter(sizeHint(rep));
+  w.i32(0);
+  encodeRep(w, op, rep);
+  return finish(w, OPS[op].code, FLAG_REPLY, id, 0);
+}
+
+/** A failed request's reply: the status alone. `op` is echoed as received, known or not. */
+export function encodeErrorFrame(opCode: number, id: number, errno: number): Buffer {
+  if (!(errno > 0)) throw new EncodeError(`bad errno ${errno}`);
+  return finish(frameWriter(4).i32(errno), opCode, FLAG_REPLY, id, 0);
+}
+
+/**
+ * Cuts a byte stream into frames. Frames within one chunk are returned as views of it (Node
+ * allocates each socket chunk afresh, so a view stays valid); a frame spanning chunks is copied.
+ */
+export class FrameSplitter {
+  private chunks: Buffer[] = [];
+  private size = 0;
+
+  constructor(public maxFrame: number) {}
+
+  get buffered(): number {
+    return this.size;
+  }
+
+  push(chunk: Buffer): void {
+    if (chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.size += chunk.length;
+  }
+
+  /** The bytes received so far, up to n (for error messages about a foreign peer). */
+  peek(n: number): Buffer {
+    return Buffer.concat(this.chunks).subarray(0, n);
+  }
+
+  /** The next whole frame, or undefined until more bytes come. Throws ProtocolError on a bad length. */
+  next(): Buffer | undefined {
+    if (this.size < 4) return undefined;
+    let first = this.chunks[0]!;
+    if (first.length < 4) {
+      first = Buffer.concat(this.chunks);
+      this.chunks = [first];
+    }
+    const length = first.readUInt32LE(0);
+    if (length < HEADER_SIZE) throw new ProtocolError(`frame length ${length} is shorter than the header`);
+    if (length > this.maxFrame) throw new ProtocolError(`frame length ${length} is over the limit of ${this.maxFrame}`);
+    if (this.size < length) return undefined;
+    let frame: Buffer;
+    if (first.length >= length) {
+      frame = first.subarray(0, length);
+      if (first.length === length) this.chunks.shift();
+      else this.chunks[0] = first.subarray(length);
+    } else {
+      frame = Buffer.allocUnsafe(length);
+      let at = 0;
+      while (at < length) {
+        const c = this.chunks[0]!;
+        const n = Math.min(c.length, length - at);
+        c.copy(frame, at, 0, n);
+        at += n;
+        if (n === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(n);
+      }
+    }
+    this.size -= length;
+    return frame;
+  }
+}
+
+/** The one-line complaint about a peer of another protocol version, worded from `self`'s side. */
+export function versionMismatch(peerRole: 'server' | 'client', peerMajor: number, peerMinor: number): string {
+  const selfRole = peerRole === 'server' ? 'client' : 'server';
+  return `${peerRole} speaks wirefs protocol ${peerMajor}.${peerMinor}, this ${selfRole} ${VERSION_MAJOR}.${VERSION_MINOR}`;
+}
+
+/** What a foreign peer sent, quoted for a one-line message: printable ASCII up to the first line end. */
+export function quoteForeign(bytes: Buffer): string {
+  const text = bytes.subarray(0, 60).toString('latin1').split(/[\r\n]/)[0] ?? '';
+  const printable = /^[\x20-\x7e]*$/.test(text) && text.length > 0;
+  return printable ? `"${text}"` : `${bytes.length} bytes that are not a wirefs frame`;
+}

@@ -1,0 +1,168 @@
+// The one op table of the wire protocol: op number -> name, kind, request fields, reply fields and
+// whether re-executing it is harmless. Every encoder and decoder of a message body is derived from
+// it (encodeBody/decodeBody), the server's dispatch table and the client's calls are typed by it, and
+// docs/PROTOCOL.md's per-op tables are generated from it (describeOps).
+
+import { Reader, Writer } from '../lib/bytes.js';
+import { FIELDS, type FieldType, type FieldValue } from './codec.js';
+
+type Schema = readonly (readonly [string, FieldType])[];
+
+/**
+ * call: client request, server reply (status + reply fields). oneway: client -> server, never
+ * answered. push: server -> client, unsolicited (request id 0), never answered.
+ */
+export type OpKind = 'call' | 'oneway' | 'push';
+
+interface OpSpec {
+  readonly code: number;
+  readonly kind: OpKind;
+  /** Safe to execute twice with the same effect (a retry after a lost reply needs no reply cache). */
+  readonly idempotent: boolean;
+  readonly req: Schema;
+  readonly rep: Schema;
+  readonly doc: string;
+}
+
+const C = ['ctx', 'ctx'] as const;
+
+export const OPS = {
+  // --- session ------------------------------------------------------------------------------
+  hello: {
+    code: 1, kind: 'call', idempotent: true, doc: 'Opens the session; must be the first frame. See "Hello and negotiation".',
+    req: [['magic', 'magic'], ['major', 'u16'], ['minor', 'u16'], ['features', 'u64big'], ['maxFrame', 'u32'], ['sessionId', 'u64big'], ['clientName', 'str']],
+    rep: [['magic', 'magic'], ['major', 'u16'], ['minor', 'u16'], ['features', 'u64big'], ['maxFrame', 'u32'], ['sessionId', 'u64big'],
+      ['serverName', 'str'], ['fsType', 'str'], ['readOnly', 'bool'], ['root', 'attr']],
+  },
+  ping: { code: 2, kind: 'call', idempotent: true, doc: 'Round trip; liveness probe.', req: [], rep: [] },
+  cancel: {
+    code: 3, kind: 'oneway', idempotent: true, doc: 'The client stopped waiting for request `id`; the server aborts it if still running (the reply, if any, is still sent and ignored).',
+    req: [['id', 'u32']], rep: [],
+  },
+  change: { code: 4, kind: 'push', idempotent: true, doc: 'A cached node or name changed: drop it (FUSE notify).', req: [['event', 'change']], rep: [] },
+
+  // --- the Vfs, one op per method (src/vfs/types.ts gives the semantics) ----------------------
+  lookup: { code: 16, kind: 'call', idempotent: true, doc: 'Counts one lookup of the node.', req: [C, ['parent', 'u64'], ['name', 'str']], rep: [['entry', 'entry']] },
+  forget: { code: 17, kind: 'oneway', idempotent: false, doc: 'Drops nlookup lookups this session holds.', req: [['nodeid', 'u64'], ['nlookup', 'u64']], rep: [] },
+  getattr: { code: 18, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'optu64']], rep: [['attr', 'attr']] },
+  setattr: { code: 19, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['set', 'setattr'], ['fh', 'optu64']], rep: [['attr', 'attr']] },
+  readlink: { code: 20, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64']], rep: [['target', 'str']] },
+  mknod: { code: 21, kind: 'call', idempotent: false, doc: '', req: [C, ['parent', 'u64'], ['name', 'str'], ['mode', 'u32'], ['rdev', 'u32']], rep: [['entry', 'entry']] },
+  mkdir: { code: 22, kind: 'call', idempotent: false, doc: '', req: [C, ['parent', 'u64'], ['name', 'str'], ['mode', 'u32']], rep: [['entry', 'entry']] },
+  symlink: { code: 23, kind: 'call', idempotent: false, doc: '', req: [C, ['parent', 'u64'], ['name', 'str'], ['target', 'str']], rep: [['entry', 'entry']] },
+  link: { code: 24, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['newparent', 'u64'], ['newname', 'str']], rep: [['entry', 'entry']] },
+  unlink: { code: 25, kind: 'call', idempotent: false, doc: '', req: [C, ['parent', 'u64'], ['name', 'str']], rep: [] },
+  rmdir: { code: 26, kind: 'call', idempotent: false, doc: '', req: [C, ['parent', 'u64'], ['name', 'str']], rep: [] },
+  rename: {
+    code: 27, kind: 'call', idempotent: false, doc: 'flags: RENAME_NOREPLACE 1, RENAME_EXCHANGE 2.',
+    req: [C, ['parent', 'u64'], ['name', 'str'], ['newparent', 'u64'], ['newname', 'str'], ['flags', 'u32']], rep: [],
+  },
+  open: { code: 28, kind: 'call', idempotent: false, doc: 'flags: Linux open(2) flags.', req: [C, ['nodeid', 'u64'], ['flags', 'u32']], rep: [['open', 'open']] },
+  create: {
+    code: 29, kind: 'call', idempotent: false, doc: '',
+    req: [C, ['parent', 'u64'], ['name', 'str'], ['mode', 'u32'], ['flags', 'u32']], rep: [['entry', 'entry'], ['open', 'open']],
+  },
+  read: { code: 30, kind: 'call', idempotent: true, doc: 'size is at most the negotiated max frame less 64.', req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['offset', 'u64'], ['size', 'u32']], rep: [['data', 'blob']] },
+  write: { code: 31, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['offset', 'u64'], ['data', 'blob']], rep: [['count', 'u32']] },
+  flush: { code: 32, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64']], rep: [] },
+  fsync: { code: 33, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['datasync', 'bool']], rep: [] },
+  release: { code: 34, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64']], rep: [] },
+  opendir: { code: 35, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64']], rep: [['open', 'open']] },
+  readdir: {
+    code: 36, kind: 'call', idempotent: true, doc: 'With plus, each entry but "." and ".." counts a lookup. The server may return fewer entries than asked to fit the max frame.',
+    req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['offset', 'u64'], ['maxEntries', 'u32'], ['plus', 'bool']], rep: [['entries', 'direntries']],
+  },
+  fsyncdir: { code: 37, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['datasync', 'bool']], rep: [] },
+  releasedir: { code: 38, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64']], rep: [] },
+  statfs: { code: 39, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64']], rep: [['statfs', 'statfs']] },
+  setxattr: {
+    code: 40, kind: 'call', idempotent: false, doc: 'flags: XATTR_CREATE 1, XATTR_REPLACE 2.',
+    req: [C, ['nodeid', 'u64'], ['name', 'str'], ['value', 'blob'], ['flags', 'u32']], rep: [],
+  },
+  getxattr: { code: 41, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64'], ['name', 'str']], rep: [['value', 'blob']] },
+  listxattr: { code: 42, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64']], rep: [['names', 'strlist']] },
+  removexattr: { code: 43, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['name', 'str']], rep: [] },
+  access: { code: 44, kind: 'call', idempotent: true, doc: 'mask: F_OK 0, X_OK 1, W_OK 2, R_OK 4.', req: [C, ['nodeid', 'u64'], ['mask', 'u32']], rep: [] },
+  fallocate: {
+    code: 45, kind: 'call', idempotent: false, doc: 'mode: Linux FALLOC_FL_* bits.',
+    req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['mode', 'u32'], ['offset', 'u64'], ['length', 'u64']], rep: [],
+  },
+  lseek: {
+    code: 46, kind: 'call', idempotent: true, doc: 'whence: SEEK_DATA 3, SEEK_HOLE 4.',
+    req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['offset', 'u64'], ['whence', 'u32']], rep: [['offset', 'u64']],
+  },
+  copyFileRange: {
+    code: 47, kind: 'call', idempotent: false, doc: '',
+    req: [C, ['nodeIn', 'u64'], ['fhIn', 'u64'], ['offIn', 'u64'], ['nodeOut', 'u64'], ['fhOut', 'u64'], ['offOut', 'u64'], ['len', 'u64']],
+    rep: [['count', 'u64']],
+  },
+} as const satisfies Record<string, OpSpec>;
+
+export type OpName = keyof typeof OPS;
+type Struct<S extends Schema> = { -readonly [F in S[number] as F[0]]: FieldValue<F[1]> };
+export type Req<N extends OpName> = Struct<(typeof OPS)[N]['req']>;
+export type Rep<N extends OpName> = Struct<(typeof OPS)[N]['rep']>;
+/** The ops that carry Vfs methods (everything after the session ops). */
+export type VfsOpName = Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change'>;
+
+export const OP_BY_CODE: ReadonlyMap<number, OpName> = new Map(
+  (Object.keys(OPS) as OpName[]).map((name) => [OPS[name].code, name]),
+);
+
+/** The op's name as docs and logs show it: LOOKUP, COPY_FILE_RANGE. */
+export function opLabel(name: OpName): string {
+  return name.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase();
+}
+
+/** Writes the fields of `schema` from `value`, in table order. Throws EncodeError on a bad value. */
+export function encodeFields(w: Writer, schema: Schema, value: Record<string, unknown>): void {
+  for (const [name, type] of schema) (FIELDS[type] as { enc(w: Writer, v: unknown): void }).enc(w, value[name]);
+}
+
+/** Reads the fields of `schema`. Trailing bytes are ignored: a later minor version may append fields. */
+export function decodeFields(r: Reader, schema: Schema): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [name, type] of schema) out[name] = FIELDS[type].dec(r);
+  return out;
+}
+
+export function encodeReq<N extends OpName>(w: Writer, op: N, req: Req<N>): void {
+  encodeFields(w, OPS[op].req, req as Record<string, unknown>);
+}
+export function decodeReq<N extends OpName>(r: Reader, op: N): Req<N> {
+  return decodeFields(r, OPS[op].req) as Req<N>;
+}
+export function encodeRep<N extends OpName>(w: Writer, op: N, rep: Rep<N>): void {
+  encodeFields(w, OPS[op].rep, rep as Record<string, unknown>);
+}
+export function decodeRep<N extends OpName>(r: Reader, op: N): Rep<N> {
+  return decodeFields(r, OPS[op].rep) as Rep<N>;
+}
+
+/** The Markdown tables of docs/PROTOCOL.md's op section, generated from OPS. */
+export function describeOps(): string {
+  const table = (schema: Schema, start: number, lead: string[]): string[] => {
+    const rows = ['| offset | size | field | type |', '|---|---|---|---|', ...lead];
+    let off: number | undefined = start;
+    for (const [name, type] of schema) {
+      const size = FIELDS[type].size;
+      rows.push(`| ${off ?? '…'} | ${size ?? 'var'} | ${name} | ${FIELDS[type].doc} |`);
+      off = off !== undefined && size !== undefined ? off + size : undefined;
+    }
+    return rows;
+  };
+  const out: string[] = [];
+  for (const name of Object.keys(OPS) as OpName[]) {
+    const op: OpSpec = OPS[name];
+    out.push(`### ${opLabel(name)} (${op.code})`, '');
+    const what = op.kind === 'call' ? 'request and reply' : op.kind === 'oneway' ? 'one-way, never answered' : 'server push, never answered';
+    out.push(`Kind: ${what}. ${op.idempotent ? 'Idempotent' : 'Not idempotent'}.${op.doc ? ' ' + op.doc : ''}`, '');
+    out.push(op.kind === 'push' ? 'Body:' : 'Request body:', '');
+    out.push(...(op.req.length ? table(op.req, 0, []) : ['(empty)']), '');
+    if (op.kind === 'call') {
+      out.push('Reply body (fields only when status is 0):', '');
+      out.push(...table(op.rep, 4, ['| 0 | 4 | status | i32: 0 or a Linux errno |']), '');
+    }
+  }
+  return out.join('\n');
+}
