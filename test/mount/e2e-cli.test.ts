@@ -102,7 +102,7 @@ test('exports what NFS cannot: tmpfs, several devices, /proc', async (t) => {
   assert.match(await ok(`timeout 10 cat ${m3.mnt}/version`), /^Linux version/);
 });
 
-test('clear failures: unreachable, not wirefs, missing path, server death', async (t) => {
+test('clear failures: unreachable or not wirefs, and no mount left behind', async (t) => {
   const mnt = await tmpdir('wirefs-mnt-');
   t.after(() => teardownMount(mnt));
 
@@ -120,31 +120,43 @@ test('clear failures: unreachable, not wirefs, missing path, server death', asyn
   assert.equal(await isMounted(mnt), false);
 
   // something that is not wirefs (an SSH-like banner)
-  const fake = net.createServer((c) => c.end('SSH-2.0-OpenSSH_9.2\r\n'));
+  const conns = new Set<net.Socket>();
+  const fake = net.createServer((c) => {
+    conns.add(c);
+    c.on('error', () => {});
+    c.end('SSH-2.0-OpenSSH_9.2\r\n');
+  });
   await new Promise<void>((r) => fake.listen(0, '127.0.0.1', r));
-  t.after(() => new Promise((r) => fake.close(r)));
+  t.after(() => {
+    for (const c of conns) c.destroy();
+    fake.close();
+  });
   const r2 = await sh(`${wirefs} mount 127.0.0.1:${(fake.address() as net.AddressInfo).port} ${mnt}`, { timeoutMs: 20000 });
   assert.notEqual(r2.code, 0);
   assert.equal(r2.stderr.trim().split('\n').length, 1, r2.stderr);
-  assert.match(r2.stderr, /wirefs/);
+  assert.match(r2.stderr, /not a wirefs server/);
   assert.equal(await isMounted(mnt), false);
+});
 
-  // serving a missing path fails at start
+test('clear failures: serving a missing path or an unknown type', async () => {
   const r3 = await sh(`${wirefs} serve -p 0 --bind 127.0.0.1 /nonexistent/path`, { timeoutMs: 15000 });
   assert.notEqual(r3.code, 0);
   assert.match(r3.stderr, /nonexistent/);
   assert.equal(r3.stderr.trim().split('\n').length, 1, r3.stderr);
   const r4 = await sh(`${wirefs} serve -p 0 --bind 127.0.0.1 bogus:thing`, { timeoutMs: 15000 });
+  assert.notEqual(r4.code, 0);
   assert.match(r4.stderr, /unknown source type "bogus".*passthrough/);
+});
 
-  // the server dies: operations fail instead of hanging
+test('when the server dies, operations fail instead of hanging', async (t) => {
   const server = await serve(t, 'mem:');
   const m = await mount(t, server.addr);
   await ok(`echo x > ${m.mnt}/f`);
   process.kill(server.pid, 'SIGKILL');
+  // served from the kernel's cache or an error from the file system: never the timeout (124)
   const r5 = await sh(`timeout 30 cat ${m.mnt}/f; echo rc=$?`, { timeoutMs: 40000 });
-  // either an error from the file system, or served from the kernel's cache: never the timeout (124)
   assert.doesNotMatch(r5.stdout, /rc=124/);
   const r6 = await sh(`timeout 30 touch ${m.mnt}/g; echo rc=$?`, { timeoutMs: 40000 });
   assert.match(r6.stdout, /rc=1\b/);
+  assert.match(r6.stdout + r6.stderr, /Input\/output error/);
 });

@@ -68,9 +68,9 @@ test('workloads on a served directory', { timeout: 600000 }, async (t) => {
 
   await t.test('fio with crc32c verification', async () => {
     await ok(`fio --name=v --directory=${mnt} --rw=randwrite --bs=4k --size=16m --ioengine=psync ` +
-      `--verify=crc32c --do_verify=1 --verify_fatal=1 --numjobs=2 --group_reporting --output-format=terse`, 300000);
+      `--verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --numjobs=2 --group_reporting --output-format=terse`, 300000);
     await ok(`fio --name=s --directory=${mnt} --rw=write --bs=1m --size=64m --ioengine=psync ` +
-      `--verify=crc32c --do_verify=1 --verify_fatal=1 --output-format=terse`, 300000);
+      `--verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 --output-format=terse`, 300000);
   });
 
   await t.test('POSIX probe through the mount', async () => {
