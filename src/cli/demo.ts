@@ -67,6 +67,7 @@ export async function demoCommand(_values: Record<string, unknown>, positionals:
     throw new CliError(verdict.replace(/^error: /, ''));
   }
   const m = (await mountedPaths()).get(mp);
+  const cli = path.relative(process.cwd(), BIN) || BIN;
   process.stdout.write([
     '',
     `mount: ${m?.source} on ${mp} type ${m?.fstype}`,
@@ -74,9 +75,9 @@ export async function demoCommand(_values: Record<string, unknown>, positionals:
     'Try, in another terminal:',
     `  ls -la ${mp}            cat ${mp}/README.txt`,
     `  cp -r /etc/apt ${mp}/    find ${mp} | head`,
-    `  wirefs status           mount | grep wirefs`,
+    `  ${cli} status     mount | grep ${mp}`,
     `Or mount it a second time and watch changes cross over:`,
-    `  mkdir -p /tmp/second && wirefs mount ${host}:${port} /tmp/second`,
+    `  mkdir -p /tmp/second && ${cli} mount ${host}:${port} /tmp/second`,
     '',
     'Press Ctrl-C to unmount and stop.',
     '',
