@@ -25,16 +25,19 @@ interface Command {
 const commands: Record<string, Command> = {
   serve: {
     summary: 'export a file system to wirefs clients',
-    usage: 'wirefs serve [-p PORT] [--bind ADDR] [--read-only] SOURCE',
+    usage: 'wirefs serve [-p PORT] [--bind ADDR] [--read-only] [--lease-time S] SOURCE',
     options: {
       port: { type: 'string', short: 'p', default: '12675' },
       bind: { type: 'string', default: '0.0.0.0' },
       'read-only': { type: 'boolean', default: false },
+      'lease-time': { type: 'string', default: '2' },
     },
     help: [
       '  -p, --port PORT     TCP port to listen on (default 12675; 0 picks a free one)',
       '      --bind ADDR     address to listen on (default 0.0.0.0, every interface)',
       '      --read-only     refuse every change with EROFS',
+      '      --lease-time S  how long a change waits for other clients to drop their cached copy',
+      '                      before going on without them (default 2 seconds)',
       '',
       'SOURCE is one of:',
       ...sourceTypes.map((t) => `  ${t.usage}`),
@@ -65,6 +68,8 @@ const commands: Record<string, Command> = {
       '                        ro                 mount read-only',
       '                        entry_timeout=S    kernel cache time for names (seconds)',
       '                        attr_timeout=S     kernel cache time for attributes (seconds)',
+      '                        negative_timeout=S kernel cache time for absent names (seconds)',
+      '                        (defaults: 60 when the server reports every change, else 1, 1, 0)',
       '                        (defaults, _netdev, rw, auto, noauto, user, nofail are accepted and ignored)',
       '      --direct        mount a SOURCE (see `wirefs serve --help`) in this process, no network',
       '      --timeout S     give up connecting after S seconds (default 10)',

@@ -45,7 +45,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   const mp = path.resolve(mpArg);
   const opts = parseMountOptions(values['options'] as string[] | undefined);
   for (const key of opts.keys()) {
-    if (!IGNORED_OPTIONS.has(key) && !['ro', 'entry_timeout', 'attr_timeout'].includes(key)) {
+    if (!IGNORED_OPTIONS.has(key) && !['ro', 'entry_timeout', 'attr_timeout', 'negative_timeout'].includes(key)) {
       throw new UsageError(`unknown mount option "${key}"`);
     }
   }
@@ -93,12 +93,17 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
     const num = (k: string): number | undefined => (typeof opts.get(k) === 'string' ? Number(opts.get(k)) : undefined);
     const entryTimeoutS = num('entry_timeout');
     const attrTimeoutS = num('attr_timeout');
+    const negativeTimeoutS = num('negative_timeout');
+    for (const [k, v] of [['entry_timeout', entryTimeoutS], ['attr_timeout', attrTimeoutS], ['negative_timeout', negativeTimeoutS]] as const) {
+      if (v !== undefined && !(v >= 0)) throw new UsageError(`bad ${k} "${String(opts.get(k))}"`);
+    }
     fuse = await mountVfs(vfs, mp, {
       source,
       subtype: vfs.info().type,
       readOnly: opts.has('ro') || vfs.info().readOnly,
       ...(entryTimeoutS !== undefined ? { entryTimeoutS } : {}),
       ...(attrTimeoutS !== undefined ? { attrTimeoutS } : {}),
+      ...(negativeTimeoutS !== undefined ? { negativeTimeoutS } : {}),
     });
   } catch (err) {
     await vfs.close().catch(() => {});

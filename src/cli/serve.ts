@@ -10,8 +10,10 @@ export async function serveCommand(values: Record<string, unknown>, positionals:
   const spec = positionals[0]!;
   const port = parsePort(String(values['port']));
   const host = String(values['bind']);
+  const leaseS = Number(values['lease-time'] ?? 2);
+  if (!(leaseS > 0 && leaseS <= 3600)) throw new UsageError(`bad --lease-time "${String(values['lease-time'])}" (seconds, up to 3600)`);
   const vfs = await openSource(spec, { readOnly: values['read-only'] === true });
-  const server = await startServer({ vfs, host, port });
+  const server = await startServer({ vfs, host, port, leaseMs: Math.round(leaseS * 1000) });
   const addr = server.address();
   process.stdout.write(`wirefs: serving ${spec} (type ${vfs.info().type}) on ${addr.host}:${addr.port}\n`);
   await new Promise<void>((resolve) => {

@@ -12,7 +12,7 @@ import type {
 } from '../vfs/types.js';
 import { EncodeError, type WireCtx } from '../wire/codec.js';
 import {
-  FEATURE_CANCEL, FLAG_PUSH, FLAG_REPLY, READ_OVERHEAD, decodeHeader, encodeRequestFrame,
+  FEATURE_CANCEL, FEATURE_COHERENT, FEATURE_PUSH, FLAG_PUSH, FLAG_REPLY, READ_OVERHEAD, decodeHeader, encodeRequestFrame,
 } from '../wire/frame.js';
 import { OPS, decodeRep, decodeReq, opLabel, type OpName, type Rep, type Req } from '../wire/ops.js';
 import { openLink, type Link } from './link.js';
@@ -87,7 +87,9 @@ export class RemoteVfs implements Vfs {
     this.closed = new Promise((resolve) => (this.markClosed = resolve));
     this.sessionId = conn.welcome.sessionId;
     this.rootAttr = conn.welcome.root;
-    this.fsInfo = { type: conn.welcome.fsType, readOnly: conn.welcome.readOnly };
+    // Pushes from a source that reports all its changes: the kernel may cache without a bound.
+    const coherent = (conn.features & FEATURE_PUSH) !== 0n && (conn.features & FEATURE_COHERENT) !== 0n;
+    this.fsInfo = { type: conn.welcome.fsType, readOnly: conn.welcome.readOnly, coherent };
     const { socket } = conn;
     socket.on('data', (chunk: Buffer) => {
       conn.splitter.push(chunk);
@@ -121,12 +123,20 @@ export class RemoteVfs implements Vfs {
       if (h.op !== OPS.change.code) return; // a push from a newer server: not for us
       const { event } = decodeReq(r, 'change');
       this.counters.pushes++;
+      const acting: Promise<void>[] = [];
       for (const l of this.listeners) {
         try {
-          l(event);
+          const p = l(event);
+          if (p) acting.push(p.catch((err: unknown) => this.log.warn(`a change listener failed: ${(err as Error).message}`)));
         } catch (err) {
           this.log.warn(`a change listener failed: ${(err as Error).message}`);
         }
+      }
+      // The server holds the change's author until we say our kernel has dropped what it cached.
+      if (h.id !== 0) {
+        const id = h.id;
+        if (acting.length === 0) this.sendOneway('changeAck', { id });
+        else void Promise.all(acting).then(() => this.sendOneway('changeAck', { id }));
       }
       return;
     }
@@ -194,7 +204,7 @@ export class RemoteVfs implements Vfs {
     });
   }
 
-  private sendOneway<N extends 'forget' | 'cancel'>(op: N, req: Req<N>): void {
+  private sendOneway<N extends 'forget' | 'cancel' | 'changeAck'>(op: N, req: Req<N>): void {
     if (this.state === 'open') this.conn.socket.write(encodeRequestFrame(op, 0, 0, req));
   }
 

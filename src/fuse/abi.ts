@@ -489,6 +489,13 @@ export function encodeEntryOut(w: Writer, e: Entry | null, entryValidS: number, 
   encodeAttr(w, e.attr);
 }
 
+/** A negative entry (nodeid 0): the kernel caches the name's absence for entryValidS (fs/fuse/dir.c). */
+export function encodeNegativeEntryOut(w: Writer, entryValidS: number): void {
+  const ev = splitTimeout(entryValidS);
+  w.u64(0).u64(0).u64(ev.sec).u64(0).u32(ev.nsec).u32(0);
+  encodeAttr(w, ZERO_ATTR);
+}
+
 /** fuse_attr_out (104): attr_valid 0, attr_valid_nsec 8, dummy 12, attr 16. */
 export function encodeAttrOut(w: Writer, a: Attr, attrValidS: number): void {
   const av = splitTimeout(attrValidS);

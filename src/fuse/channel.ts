@@ -1,21 +1,44 @@
-// The /dev/fuse file descriptor: requests come from a reader thread (reader-worker.ts) doing
-// blocking reads, so they never occupy libuv's pool; replies are written whole with one writev(2)
-// each from the main thread. Knows nothing of what the bytes mean.
+// The /dev/fuse file descriptor. Requests are read on the main thread's event loop by the native
+// poll reader (native/wirefs_fuse.c: non-blocking reads when the device polls readable), so none
+// costs a thread hop; without the addon, a reader thread (reader-worker.ts) does blocking reads,
+// which never occupy libuv's pool either. Replies are written whole with one writev(2) each.
+// Knows nothing of what the bytes mean.
 
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 import { FUSE_MIN_READ_BUFFER } from './abi.js';
 import { logger } from '../lib/log.js';
 
 const log = logger('fuse');
 
+interface PollReader {
+  start(fd: number, bufferSize: number, onFrame: (frame: Buffer) => void, onEnd: (code: string) => void): () => void;
+}
+
+function pollReader(): PollReader | undefined {
+  if (process.env['WIREFS_FUSE_READER'] === 'thread') return undefined;
+  try {
+    // From dist/src/fuse/channel.js the repository root is three levels up.
+    return createRequire(import.meta.url)('../../../build/Release/wirefs_fuse.node') as PollReader;
+  } catch {
+    return undefined;
+  }
+}
+
 export interface ChannelOptions {
   /** Bytes per read buffer: at least max_write + 4096 and FUSE_MIN_READ_BUFFER. */
   bufferSize: number;
 }
 
-/** Where replies and notifications go; rejects with the errno-coded Node error of the write. */
+/** Where replies and notifications go; failures carry the errno-coded Node error of the write. */
 export interface FuseTransport {
+  /**
+   * Writes a reply at once. Replies never wait in the kernel (they fill pages the request itself
+   * holds), so a synchronous write is safe and saves a thread-pool round trip per request.
+   */
+  reply(chunks: Buffer[]): void;
+  /** Writes a notification off the main thread: an invalidation may wait for page locks. */
   send(chunks: Buffer[]): Promise<void>;
 }
 
@@ -27,6 +50,9 @@ export class FuseChannel implements FuseTransport {
   /** [0] attached, [1] stop: shared with the reader thread. */
   private readonly flags = new Int32Array(new SharedArrayBuffer(8));
   private reader: Worker | undefined;
+  private onFrame: ((frame: Buffer) => void) | undefined;
+  private stopPoll: (() => void) | undefined;
+  private readonly poll = pollReader();
   private fdClosed = false;
 
   constructor(readonly fd: number, opts: ChannelOptions) {
@@ -36,6 +62,9 @@ export class FuseChannel implements FuseTransport {
 
   /** Starts the reader; each frame is handed over for good (the callee owns the Buffer). */
   start(onFrame: (frame: Buffer) => void): void {
+    this.onFrame = onFrame;
+    // The poll reader starts at attach(): an unattached device polls as an error.
+    if (this.poll) return;
     const reader = new Worker(new URL('./reader-worker.js', import.meta.url), {
       workerData: { fd: this.fd, bufferSize: this.bufferSize, shared: this.flags.buffer },
     });
@@ -61,6 +90,18 @@ export class FuseChannel implements FuseTransport {
    */
   attach(): void {
     Atomics.store(this.flags, 0, 1);
+    if (!this.poll || !this.onFrame || this.stopPoll || this.fdClosed) return;
+    const onFrame = this.onFrame;
+    this.stopPoll = this.poll.start(this.fd, this.bufferSize, (frame) => {
+      try {
+        onFrame(frame);
+      } catch (e) {
+        log.error(`request handler threw: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }, (code) => {
+      if (code !== 'ENODEV') log.error(`reading /dev/fuse: ${code}`);
+      this.finish();
+    });
   }
 
   /**
@@ -70,7 +111,16 @@ export class FuseChannel implements FuseTransport {
   close(): void {
     Atomics.store(this.flags, 1, 1);
     Atomics.notify(this.flags, 1);
+    this.stopPoll?.();
     if (!this.reader) this.finish();
+  }
+
+  reply(chunks: Buffer[]): void {
+    if (this.fdClosed) throw Object.assign(new Error('FUSE device closed'), { code: 'ENODEV' });
+    const total = chunks.reduce((n, c) => n + c.length, 0);
+    // One writev per message: the device takes a message whole or not at all.
+    const n = fs.writevSync(this.fd, chunks);
+    if (n !== total) throw new Error(`short write to /dev/fuse: ${n} of ${total}`);
   }
 
   send(chunks: Buffer[]): Promise<void> {

@@ -25,9 +25,19 @@ export interface MountOptions {
   /** Let the kernel check permissions from the attributes (default_permissions). Default true. */
   defaultPermissions?: boolean;
   readOnly?: boolean;
+  /** Cache times; the defaults follow vfs.info().coherent (see COHERENT_CACHE_S). */
   entryTimeoutS?: number;
   attrTimeoutS?: number;
+  negativeTimeoutS?: number;
 }
+
+/**
+ * How long the kernel keeps names, absences and attributes of a coherent Vfs: the Vfs tells us of
+ * every change (and we the kernel, by notify), so this bound only limits the damage of a lost
+ * notification. Data pages are then kept across opens. A Vfs that is not coherent gets 1 s and
+ * its pages are dropped at each open (close-to-open, as NFS does).
+ */
+export const COHERENT_CACHE_S = 60;
 
 export interface FuseMount {
   mountpoint: string;
@@ -153,10 +163,14 @@ export async function mountVfs(vfs: Vfs, mountpoint: string, opts: MountOptions)
   }
   const maxWrite = DEFAULT_MAX_WRITE;
   const channel = new FuseChannel(fd, { bufferSize: maxWrite + 4096 });
+  const coherent = vfs.info().coherent === true;
+  const cacheS = coherent ? COHERENT_CACHE_S : 1;
   const session = new FuseSession(vfs, channel, {
     maxWrite,
-    ...(opts.entryTimeoutS !== undefined ? { entryTimeoutS: opts.entryTimeoutS } : {}),
-    ...(opts.attrTimeoutS !== undefined ? { attrTimeoutS: opts.attrTimeoutS } : {}),
+    entryTimeoutS: opts.entryTimeoutS ?? cacheS,
+    attrTimeoutS: opts.attrTimeoutS ?? cacheS,
+    negativeTimeoutS: opts.negativeTimeoutS ?? (coherent ? cacheS : 0),
+    keepCache: coherent,
   });
   const closed = channel.closed.then(() => session.close());
   // Reading starts before the mount: the reads wait (retrying EPERM) until mount(2) attaches the

@@ -12,7 +12,7 @@ import {
   FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, FUSE_NAME_MAX, FUSE_ROOT_ID,
   IN_HEADER_SIZE, INIT_OUT_SIZE, Init, KSTATFS_SIZE, NOTIFY_DELETE_SIZE, Notify, OPEN_OUT_SIZE, OPS, OUT_HEADER_SIZE, Op,
   decodeInHeader, decoders, direntSize, direntplusSize, encodeAttrOut, encodeDirent, encodeDirentplus,
-  encodeEntryOut, encodeGetxattrOut, encodeInitOut, encodeLseekOut, encodeNotifyDelete, encodeNotifyInvalEntry,
+  encodeEntryOut, encodeGetxattrOut, encodeNegativeEntryOut, encodeInitOut, encodeLseekOut, encodeNotifyDelete, encodeNotifyInvalEntry,
   encodeNotifyInvalInode, encodeOpenOut, encodeOutHeader, encodeStatfs, encodeWriteOut,
   type Decoded, type HandlerKey, type InHeader, type OpSpec,
 } from './abi.js';
@@ -36,6 +36,13 @@ export interface SessionOptions {
   attrTimeoutS?: number;
   /** Largest WRITE the kernel sends; the read buffers must hold it plus 4 KiB. Default 1 MiB. */
   maxWrite?: number;
+  /** How long the kernel may cache that a name does not exist (0: not at all). Default 0. */
+  negativeTimeoutS?: number;
+  /**
+   * Keep cached file pages across opens (FOPEN_KEEP_CACHE) and cache directory listings
+   * (FOPEN_CACHE_DIR). Right only when the Vfs reports every change through watch().
+   */
+  keepCache?: boolean;
   /** Ask for FUSE_EXPORT_SUPPORT: the Vfs answers lookups of "." and "..", so NFS export works. */
   exportSupport?: boolean;
 }
@@ -74,6 +81,9 @@ export class FuseSession {
   private rejectInit!: (err: Error) => void;
   private readonly entryT: number;
   private readonly attrT: number;
+  private readonly negT: number;
+  private readonly fileFlags: number;
+  private readonly dirFlags: number;
   private readonly maxWrite: number;
   private readonly inflight = new Map<bigint, AbortController>();
   private requests = 0;
@@ -84,6 +94,11 @@ export class FuseSession {
   constructor(private readonly vfs: Vfs, private readonly transport: FuseTransport, private readonly opts: SessionOptions = {}) {
     this.entryT = opts.entryTimeoutS ?? 1;
     this.attrT = opts.attrTimeoutS ?? 1;
+    this.negT = opts.negativeTimeoutS ?? 0;
+    this.fileFlags = opts.keepCache ? FOPEN.KEEP_CACHE : 0;
+    // CACHE_DIR (7.28): the kernel keeps readdir results in the directory's page cache until
+    // its mtime changes or an inval_inode drops them.
+    this.dirFlags = opts.keepCache ? FOPEN.KEEP_CACHE | FOPEN.CACHE_DIR : 0;
     this.maxWrite = opts.maxWrite ?? DEFAULT_MAX_WRITE;
     this.initialized = new Promise((resolve, reject) => {
       this.resolveInit = resolve;
@@ -121,7 +136,7 @@ export class FuseSession {
       spec = OPS[h.opcode];
       if (!spec || !spec.handler) {
         // ENOSYS only for what we truly do not implement; the kernel remembers it for some ops.
-        if (!spec?.noReply) void this.send(h.unique, { error: Errno.ENOSYS }, spec?.name ?? `opcode ${h.opcode}`);
+        if (!spec?.noReply) this.send(h.unique, { error: Errno.ENOSYS }, spec?.name ?? `opcode ${h.opcode}`);
         return;
       }
       if (!this.initDone && h.opcode !== Op.INIT) throw new ProtocolError(`${spec.name} before INIT`);
@@ -145,7 +160,7 @@ export class FuseSession {
     const opcode = frame.readUInt32LE(4);
     const unique = frame.readBigUInt64LE(8);
     log.error(`malformed request ${OPS[opcode]?.name ?? opcode} #${unique}: ${what}`);
-    if (!OPS[opcode]?.noReply) void this.send(unique, { error: Errno.EIO }, 'malformed');
+    if (!OPS[opcode]?.noReply) this.send(unique, { error: Errno.EIO }, 'malformed');
   }
 
   private async run(h: InHeader, spec: OpSpec, key: HandlerKey, req: unknown): Promise<void> {
@@ -161,7 +176,7 @@ export class FuseSession {
     } finally {
       if (ac) this.inflight.delete(h.unique);
     }
-    if (reply !== NO_REPLY) await this.send(h.unique, reply, spec.name);
+    if (reply !== NO_REPLY) this.send(h.unique, reply, spec.name);
   }
 
   private errnoOf(err: unknown, op: string): number {
@@ -169,8 +184,8 @@ export class FuseSession {
     return e > 0 && e < 4096 ? e : Errno.EIO;
   }
 
-  /** Writes one reply; resolves whether the kernel took it (ENOENT: the request was interrupted). */
-  private async send(unique: bigint, a: Answer, op: string): Promise<void> {
+  /** Writes one reply; tells `after` whether the kernel took it (ENOENT: the request was interrupted). */
+  private send(unique: bigint, a: Answer, op: string): void {
     const chunks = a.error ? [] : (a.chunks ?? []);
     const len = OUT_HEADER_SIZE + chunks.reduce((n, c) => n + c.length, 0);
     const w = new Writer(OUT_HEADER_SIZE);
@@ -178,7 +193,7 @@ export class FuseSession {
     if (log.debugEnabled) log.debug(`-> ${op} #${unique} ${a.error ? errnoName(a.error) : `${len} bytes`}`);
     let delivered = true;
     try {
-      await this.transport.send([w.done(), ...chunks]);
+      this.transport.reply([w.done(), ...chunks]);
     } catch (err) {
       delivered = false;
       const code = (err as NodeJS.ErrnoException).code;
@@ -202,8 +217,9 @@ export class FuseSession {
     return { chunks: one((w) => encodeAttrOut(w, a, this.attrT), ATTR_OUT_SIZE) };
   }
 
-  private static openFlags(r: { directIo?: boolean; keepCache?: boolean; nonSeekable?: boolean }): number {
-    return (r.directIo ? FOPEN.DIRECT_IO : 0) | (r.keepCache ? FOPEN.KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN.NONSEEKABLE : 0);
+  private static openFlags(r: { directIo?: boolean; keepCache?: boolean; nonSeekable?: boolean }, extra = 0): number {
+    const own = (r.directIo ? FOPEN.DIRECT_IO : 0) | (r.keepCache ? FOPEN.KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN.NONSEEKABLE : 0);
+    return r.directIo ? own : own | extra;
   }
 
   /** The xattr size protocol: size 0 asks for the length; a smaller buffer than the value is ERANGE. */
@@ -220,7 +236,17 @@ export class FuseSession {
   private readonly handlers: Handlers = {
     init: async (_h, req) => this.init(req),
     destroy: async () => FuseSession.ok,
-    lookup: async (h, req, ctx) => this.entry(await this.vfs.lookup(ctx, h.nodeid, req.name)),
+    lookup: async (h, req, ctx) => {
+      let e: Entry;
+      try {
+        e = await this.vfs.lookup(ctx, h.nodeid, req.name);
+      } catch (err) {
+        // A cached absence saves the lookup that precedes every create (tar, git, make).
+        if (!this.negT || toErrno(err, 'FUSE LOOKUP') !== Errno.ENOENT) throw err;
+        return { chunks: one((w) => encodeNegativeEntryOut(w, this.negT), ENTRY_OUT_SIZE) };
+      }
+      return this.entry(e);
+    },
     forget: async (h, req) => {
       this.forget(h.nodeid, req.nlookup);
       return NO_REPLY;
@@ -282,7 +308,7 @@ export class FuseSession {
     open: async (h, req, ctx) => {
       const r = await this.vfs.open(ctx, h.nodeid, req.flags);
       return {
-        chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r)), OPEN_OUT_SIZE),
+        chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags)), OPEN_OUT_SIZE),
         after: (ok) => { if (!ok) this.releaseQuietly(h.nodeid, r.fh, false); },
       };
     },
@@ -326,7 +352,7 @@ export class FuseSession {
     opendir: async (h, _req, ctx) => {
       const r = await this.vfs.opendir(ctx, h.nodeid);
       return {
-        chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r)), OPEN_OUT_SIZE),
+        chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.dirFlags)), OPEN_OUT_SIZE),
         after: (ok) => { if (!ok) this.releaseQuietly(h.nodeid, r.fh, true); },
       };
     },
@@ -347,7 +373,7 @@ export class FuseSession {
       const r = await this.vfs.create(ctx, h.nodeid, req.name, req.mode, req.flags);
       const w = new Writer(ENTRY_OUT_SIZE + OPEN_OUT_SIZE);
       encodeEntryOut(w, r.entry, this.entryT, this.attrT);
-      encodeOpenOut(w, r.fh, FuseSession.openFlags(r));
+      encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags));
       return {
         chunks: [w.done()],
         after: (ok) => {
@@ -465,10 +491,10 @@ export class FuseSession {
    * Sends one change to the kernel. Never awaited by a request handler: the kernel may hold a page
    * or directory lock for a request that is waiting on us while it processes the notify.
    */
-  private notify(ev: ChangeEvent): void {
-    if (this.ended) return;
+  private notify(ev: ChangeEvent): Promise<void> | undefined {
+    if (this.ended) return undefined;
     const nb = ev.kind === 'inode' ? Buffer.alloc(0) : Buffer.from(ev.name);
-    if (ev.kind !== 'inode' && (nb.length === 0 || nb.length > FUSE_NAME_MAX)) return;
+    if (ev.kind !== 'inode' && (nb.length === 0 || nb.length > FUSE_NAME_MAX)) return undefined;
     // Sized to fit: the message is built once and never grows.
     const w = new Writer(NOTIFY_DELETE_SIZE + nb.length + 1);
     let code: number;
@@ -491,7 +517,8 @@ export class FuseSession {
     const body = w.done();
     const hdr = new Writer(OUT_HEADER_SIZE);
     encodeOutHeader(hdr, OUT_HEADER_SIZE + body.length, code, 0n);
-    this.transport.send([hdr.done(), body]).catch((err: NodeJS.ErrnoException) => {
+    // Settles once the kernel has processed it: what the server waits for before the writer goes on.
+    return this.transport.send([hdr.done(), body]).catch((err: NodeJS.ErrnoException) => {
       // ENOENT: the kernel does not have that node or name cached, so there is nothing to drop.
       if (err.code === 'ENOENT' || err.code === 'ENOTDIR' || this.ended) return;
       log.warn(`notify ${ev.kind} failed: ${err.message}`);

@@ -19,8 +19,11 @@ export interface SessionApi {
   /** Throws EBADF unless this session opened fh (with opendir when `dir`, else with open/create). */
   handle(fh: number, dir: boolean): { nodeid: number; dir: boolean; append: boolean };
   dropHandle(fh: number, dir: boolean): void;
-  /** Pushes these changes to the other sessions that know the nodes. */
-  changed(events: ChangeEvent[]): void;
+  /**
+   * Pushes these changes to the other sessions that know the nodes; resolves once they have acted
+   * on them (or the lease time passed), so the reply to the change's author comes after that.
+   */
+  changed(events: ChangeEvent[]): Promise<void>;
   /** Whether any other session could care about a change (skips work for a lone client). */
   othersListening(): boolean;
 }
@@ -32,9 +35,9 @@ const whole = (nodeid: number): ChangeEvent => ({ kind: 'inode', nodeid, off: -1
 const named = (parent: number, name: string): ChangeEvent => ({ kind: 'entry', parent, name });
 
 /** A new name in a directory: the name appeared and the directory's size/mtime/nlink changed. */
-function created(s: SessionApi, parent: number, name: string, e: Entry): Entry {
+async function created(s: SessionApi, parent: number, name: string, e: Entry): Promise<Entry> {
   s.gotEntry(e);
-  s.changed([named(parent, name), whole(parent)]);
+  await s.changed([named(parent, name), whole(parent)]);
   return e;
 }
 
@@ -46,7 +49,7 @@ async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op:
   }
   try {
     await op(ctx, parent, name);
-    s.changed(child
+    await s.changed(child
       ? [{ kind: 'delete', parent, child, name }, whole(parent), whole(child)]
       : [named(parent, name), whole(parent)]);
   } finally {
@@ -73,16 +76,16 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
   setattr: async (s, ctx, a) => {
     if (a.fh !== undefined) s.handle(a.fh, false);
     const attr = await s.vfs.setattr(ctx, a.nodeid, a.set, a.fh);
-    s.changed([whole(a.nodeid)]);
+    await s.changed([whole(a.nodeid)]);
     return { attr };
   },
   readlink: async (s, ctx, a) => ({ target: await s.vfs.readlink(ctx, a.nodeid) }),
-  mknod: async (s, ctx, a) => ({ entry: created(s, a.parent, a.name, await s.vfs.mknod(ctx, a.parent, a.name, a.mode, a.rdev)) }),
-  mkdir: async (s, ctx, a) => ({ entry: created(s, a.parent, a.name, await s.vfs.mkdir(ctx, a.parent, a.name, a.mode)) }),
-  symlink: async (s, ctx, a) => ({ entry: created(s, a.parent, a.name, await s.vfs.symlink(ctx, a.parent, a.name, a.target)) }),
+  mknod: async (s, ctx, a) => ({ entry: await created(s, a.parent, a.name, await s.vfs.mknod(ctx, a.parent, a.name, a.mode, a.rdev)) }),
+  mkdir: async (s, ctx, a) => ({ entry: await created(s, a.parent, a.name, await s.vfs.mkdir(ctx, a.parent, a.name, a.mode)) }),
+  symlink: async (s, ctx, a) => ({ entry: await created(s, a.parent, a.name, await s.vfs.symlink(ctx, a.parent, a.name, a.target)) }),
   link: async (s, ctx, a) => {
-    const entry = created(s, a.newparent, a.newname, await s.vfs.link(ctx, a.nodeid, a.newparent, a.newname));
-    s.changed([whole(a.nodeid)]);
+    const entry = await created(s, a.newparent, a.newname, await s.vfs.link(ctx, a.nodeid, a.newparent, a.newname));
+    await s.changed([whole(a.nodeid)]);
     return { entry };
   },
   unlink: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.unlink(c, p, n)),
@@ -91,7 +94,7 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     await s.vfs.rename(ctx, a.parent, a.name, a.newparent, a.newname, a.flags);
     const ev = [named(a.parent, a.name), named(a.newparent, a.newname), whole(a.parent)];
     if (a.newparent !== a.parent) ev.push(whole(a.newparent));
-    s.changed(ev);
+    await s.changed(ev);
     return {};
   },
   open: async (s, ctx, a) => {
@@ -101,8 +104,8 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
   },
   create: async (s, ctx, a) => {
     const { entry, ...open } = await s.vfs.create(ctx, a.parent, a.name, a.mode, a.flags);
-    created(s, a.parent, a.name, entry);
     s.gotHandle(open.fh, { nodeid: entry.nodeid, dir: false, append: (a.flags & O_APPEND) !== 0 });
+    await created(s, a.parent, a.name, entry);
     return { entry, open };
   },
   read: async (s, ctx, a) => {
@@ -111,10 +114,11 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     return { data: await s.vfs.read(ctx, a.nodeid, a.fh, a.offset, a.size) };
   },
   write: async (s, ctx, a) => {
-    const h = s.handle(a.fh, false);
+    s.handle(a.fh, false);
     const count = await s.vfs.write(ctx, a.nodeid, a.fh, a.offset, a.data);
-    // An O_APPEND write lands at an end this server did not see: drop the whole file elsewhere.
-    s.changed([h.append ? whole(a.nodeid) : { kind: 'inode', nodeid: a.nodeid, off: a.offset, len: count }]);
+    // The whole file, not the range: one push then makes the other clients' kernels drop the file,
+    // and later writes need none until they read it again (see Session.dropped).
+    await s.changed([whole(a.nodeid)]);
     return { count };
   },
   flush: async (s, ctx, a) => {
@@ -164,14 +168,14 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
   statfs: async (s, ctx, a) => ({ statfs: await s.vfs.statfs(ctx, a.nodeid) }),
   setxattr: async (s, ctx, a) => {
     await s.vfs.setxattr(ctx, a.nodeid, a.name, a.value, a.flags);
-    s.changed([whole(a.nodeid)]);
+    await s.changed([whole(a.nodeid)]);
     return {};
   },
   getxattr: async (s, ctx, a) => ({ value: await s.vfs.getxattr(ctx, a.nodeid, a.name) }),
   listxattr: async (s, ctx, a) => ({ names: await s.vfs.listxattr(ctx, a.nodeid) }),
   removexattr: async (s, ctx, a) => {
     await s.vfs.removexattr(ctx, a.nodeid, a.name);
-    s.changed([whole(a.nodeid)]);
+    await s.changed([whole(a.nodeid)]);
     return {};
   },
   access: async (s, ctx, a) => {
@@ -181,7 +185,7 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
   fallocate: async (s, ctx, a) => {
     s.handle(a.fh, false);
     await s.vfs.fallocate(ctx, a.nodeid, a.fh, a.mode, a.offset, a.length);
-    s.changed([whole(a.nodeid)]);
+    await s.changed([whole(a.nodeid)]);
     return {};
   },
   lseek: async (s, ctx, a) => {
@@ -192,7 +196,7 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     s.handle(a.fhIn, false);
     s.handle(a.fhOut, false);
     const count = await s.vfs.copyFileRange(ctx, a.nodeIn, a.fhIn, a.offIn, a.nodeOut, a.fhOut, a.offOut, a.len);
-    s.changed([{ kind: 'inode', nodeid: a.nodeOut, off: a.offOut, len: count }]);
+    await s.changed([whole(a.nodeOut)]);
     return { count };
   },
 };

@@ -21,6 +21,12 @@ export interface ServerOptions {
   maxInFlight?: number;
   /** A connection that has not completed HELLO within this time is closed (default 10 s). */
   helloTimeoutMs?: number;
+  /**
+   * The lease time: how long the author of a change waits for the other clients that cached the
+   * node to acknowledge its invalidation (default 2000 ms). A client that vanished without a word
+   * delays others by at most this much per change (and once its connection is seen closed, not at all).
+   */
+  leaseMs?: number;
 }
 
 export interface ServerStats {
@@ -36,6 +42,8 @@ export interface ServerStats {
   pushes: number;
   /** Connections closed for a protocol error since start. */
   protocolErrors: number;
+  /** Invalidations that were not acknowledged within the lease time. */
+  leaseExpiries: number;
 }
 
 export interface WireServer {
@@ -60,14 +68,17 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
     maxFrame,
     maxInFlight: opts.maxInFlight ?? 64,
     helloTimeoutMs: opts.helloTimeoutMs ?? 10_000,
+    leaseMs: opts.leaseMs ?? 2000,
     serverName: `wirefs/${VERSION_MAJOR}.${VERSION_MINOR} ${os.hostname()}`,
     sessions,
-    counters: { requests: 0, pushes: 0, protocolErrors: 0, connections: 0 },
+    counters: { requests: 0, pushes: 0, protocolErrors: 0, connections: 0, leaseExpiries: 0 },
     broadcast(events, from) {
+      let waits: Promise<void>[] | undefined;
       for (const s of sessions) {
         if (s === from || !s.wantsPushes) continue;
-        for (const ev of events) if (s.knows(eventNode(ev))) s.push(ev);
+        for (const ev of events) if (s.knows(eventNode(ev))) (waits ??= []).push(s.push(ev));
       }
+      return waits ? Promise.all(waits).then(() => undefined) : Promise.resolve();
     },
   };
   // Changes made behind the server's back (local processes on a passthrough source) go to everyone.

@@ -11,7 +11,7 @@ import type { Logger } from '../lib/log.js';
 import { ROOT_ID, type ChangeEvent, type Ctx, type Entry, type Vfs } from '../vfs/types.js';
 import { EncodeError } from '../wire/codec.js';
 import {
-  FEATURE_PUSH, FEATURES_V1, FLAG_NOREPLY, FLAG_PUSH, FLAG_REPLY, FrameSplitter, HELLO_MAX_FRAME, MAGIC,
+  FEATURE_COHERENT, FEATURE_PUSH, FEATURE_PUSH_ACK, FEATURES_V1, FLAG_NOREPLY, FLAG_PUSH, FLAG_REPLY, FrameSplitter, HELLO_MAX_FRAME, MAGIC,
   MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR, decodeHeader, encodeErrorFrame, encodePushFrame, encodeReplyFrame,
   quoteForeign, versionMismatch, type Header,
 } from '../wire/frame.js';
@@ -25,11 +25,16 @@ export interface ServerCore {
   readonly maxFrame: number;
   readonly maxInFlight: number;
   readonly helloTimeoutMs: number;
+  /** How long a change's author waits for another client to acknowledge an invalidation. */
+  readonly leaseMs: number;
   readonly serverName: string;
   readonly sessions: Set<Session>;
-  readonly counters: { requests: number; pushes: number; protocolErrors: number; connections: number };
-  /** Sends events to every open session that knows the nodes, except `from`. */
-  broadcast(events: ChangeEvent[], from: Session | undefined): void;
+  readonly counters: { requests: number; pushes: number; protocolErrors: number; connections: number; leaseExpiries: number };
+  /**
+   * Sends events to every open session that knows the nodes, except `from`; resolves once each
+   * has acknowledged them (or the lease time has passed for those that did not).
+   */
+  broadcast(events: ChangeEvent[], from: Session | undefined): Promise<void>;
 }
 
 /** Pushes queued beyond this many bytes mean the client no longer reads: drop it rather than grow. */
@@ -59,6 +64,15 @@ export class Session implements SessionApi {
   /** Open handles by fh, files and directories apart: a source may number them independently. */
   private readonly files = new Map<number, OpenHandle>();
   private readonly dirs = new Map<number, OpenHandle>();
+  /**
+   * Nodes whose whole-inode invalidation this client was sent and that it has not asked about
+   * since: its kernel holds nothing of them, so further changes need no push (a writer streaming
+   * into a file another client once read costs that client one push, not one per write).
+   */
+  private readonly dropped = new Set<number>();
+  /** Pushes awaiting CHANGE_ACK, by push id. */
+  private readonly acks = new Map<number, () => void>();
+  private nextPushId = 0;
   /** Resolves once the session is over and everything it held has been given back. */
   readonly ended: Promise<void>;
   private markEnded!: () => void;
@@ -144,6 +158,11 @@ export class Session implements SessionApi {
       this.running.get(decodeReq(r, 'cancel').id)?.abort();
       return;
     }
+    if (op === 'changeAck') {
+      const id = decodeReq(r, 'changeAck').id;
+      this.acks.get(id)?.();
+      return;
+    }
     if (op === 'hello' || op === 'change') throw new ProtocolError(`unexpected ${opLabel(op)} frame`);
     if (this.running.has(h.id)) throw new ProtocolError(`request id ${h.id} reused while still in flight`);
     this.core.counters.requests++;
@@ -152,13 +171,18 @@ export class Session implements SessionApi {
       return;
     }
     const args = decodeReq(r, op);
+    // The client asks about these nodes again: from now on its kernel may cache them anew.
+    if (this.dropped.size) {
+      const a = args as { nodeid?: number; nodeIn?: number; nodeOut?: number };
+      for (const id of [a.nodeid, a.nodeIn, a.nodeOut]) if (id !== undefined) this.dropped.delete(id);
+    }
     const ac = new AbortController();
     this.running.set(h.id, ac);
     void this.run(op, h, args, ac);
   }
 
   /** One request as its own task: always ends in exactly one reply. */
-  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'forget'>, h: Header, args: object, ac: AbortController): Promise<void> {
+  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'forget'>, h: Header, args: object, ac: AbortController): Promise<void> {
     let frame: Buffer;
     try {
       const { ctx: wctx, ...rest } = args as { ctx: Omit<Ctx, 'signal'> };
@@ -188,7 +212,7 @@ export class Session implements SessionApi {
     if (a.maxFrame < MIN_MAX_FRAME && !mismatch) throw new ProtocolError(`max frame ${a.maxFrame} is below ${MIN_MAX_FRAME}`);
     this.state = 'negotiating';
     this.maxFrame = Math.min(a.maxFrame, this.core.maxFrame);
-    this.features = a.features & FEATURES_V1;
+    this.features = a.features & FEATURES_V1 & (this.vfs.info().coherent ? ~0n : ~FEATURE_COHERENT);
     // v1 keeps no session across connections: a resume request gets a fresh session (the client
     // sees the id change and knows its old state is gone).
     this.sessionId = randomBytes(8).readBigUInt64LE() || 1n;
@@ -231,6 +255,7 @@ export class Session implements SessionApi {
       return;
     }
     this.lookups.set(e.nodeid, (this.lookups.get(e.nodeid) ?? 0) + 1);
+    this.dropped.delete(e.nodeid);
   }
 
   /** Forwards a client's forget, never dropping more than this session holds (others share the node). */
@@ -279,8 +304,8 @@ export class Session implements SessionApi {
 
   // --- coherence -------------------------------------------------------------------------------
 
-  changed(events: ChangeEvent[]): void {
-    this.core.broadcast(events, this);
+  changed(events: ChangeEvent[]): Promise<void> {
+    return this.core.broadcast(events, this);
   }
 
   othersListening(): boolean {
@@ -297,15 +322,41 @@ export class Session implements SessionApi {
     return nodeid === ROOT_ID || this.lookups.has(nodeid);
   }
 
-  push(ev: ChangeEvent): void {
-    if (!this.wantsPushes) return;
+  /** Sends one change; resolves when the client has acted on it, or after the lease time. */
+  push(ev: ChangeEvent): Promise<void> {
+    if (!this.wantsPushes) return Promise.resolve();
+    if (ev.kind === 'inode' && ev.off < 0) {
+      if (this.dropped.has(ev.nodeid)) return Promise.resolve();
+      this.dropped.add(ev.nodeid);
+    } else if (ev.kind === 'inode' && this.dropped.has(ev.nodeid)) {
+      return Promise.resolve();
+    }
     if (this.socket.writableLength > PUSH_BACKLOG_LIMIT) {
       this.core.log.warn(`${this.peer}: client does not read its invalidations; closing the connection`);
       this.socket.destroy();
-      return;
+      return Promise.resolve();
     }
     this.core.counters.pushes++;
-    this.send(encodePushFrame('change', { event: ev }));
+    if (!(this.features & FEATURE_PUSH_ACK)) {
+      this.send(encodePushFrame('change', { event: ev }));
+      return Promise.resolve();
+    }
+    this.nextPushId = this.nextPushId >= 0xffffffff ? 1 : this.nextPushId + 1;
+    const id = this.nextPushId;
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.core.counters.leaseExpiries++;
+        this.core.log.debug(`${this.peer}: no CHANGE_ACK for push ${id} within ${this.core.leaseMs} ms; going on without it`);
+        done();
+      }, this.core.leaseMs);
+      const done = (): void => {
+        clearTimeout(timer);
+        this.acks.delete(id);
+        resolve();
+      };
+      this.acks.set(id, done);
+      this.send(encodePushFrame('change', { event: ev }, id));
+    });
   }
 
   // --- output and the end ----------------------------------------------------------------------
@@ -330,6 +381,8 @@ export class Session implements SessionApi {
     if (this.state === 'closed') return;
     this.state = 'closed';
     for (const ac of this.running.values()) ac.abort();
+    // Nobody is left to acknowledge: let the authors of pending changes go on.
+    for (const done of [...this.acks.values()]) done();
     const handles = [...this.files, ...this.dirs];
     this.files.clear();
     this.dirs.clear();

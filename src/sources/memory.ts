@@ -231,7 +231,7 @@ export class MemoryFs implements Vfs {
   }
 
   info(): FsInfo {
-    return { type: this.type, readOnly: false };
+    return { type: this.type, readOnly: false, coherent: true };
   }
 
   // --- nodes ----------------------------------------------------------------------------------

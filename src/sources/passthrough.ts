@@ -13,8 +13,9 @@
 // here; calls on open files use the fd, and creations use O_NOFOLLOW/lchown where Node allows).
 
 import type { BigIntStats } from 'node:fs';
-import fsp, { type FileHandle } from 'node:fs/promises';
-import { constants as C } from 'node:fs';
+import * as fsp from './hostfs.js';
+import type { FileHandle } from './hostfs.js';
+import fs, { constants as C } from 'node:fs';
 import path from 'node:path';
 import { Errno, FsError } from '../lib/errno.js';
 import { logger } from '../lib/log.js';
@@ -22,9 +23,10 @@ import { nativeSys, requireSys, splitXattrList } from '../lib/sys.js';
 import {
   O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID,
   RENAME_EXCHANGE, SEEK_DATA, SEEK_HOLE, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
-  type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
+  type Attr, type ChangeEvent, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
   type OpenResult, type SetAttr, type SetTime, type StatFs, type Vfs,
 } from '../vfs/types.js';
+import { DirWatcher, type DirEventKind } from './dirwatch.js';
 import { HandleTable, NAME_MAX, W_OK, checkAccess, checkName, checkRenameFlags, checkTimespec, checkXattr, nsToTimespec } from './common.js';
 
 const log = logger('sources');
@@ -93,6 +95,8 @@ export interface PassthroughOptions {
   maxFds?: number;
   /** The type info() reports; PassthroughFs.open() sets it to the underlying file system's name. */
   type?: string;
+  /** Do not watch for local changes (info().coherent is then false: clients must not cache long). */
+  noWatch?: boolean;
 }
 
 /** Converts a Node system error to FsError; anything else is a bug and is rethrown unchanged. */
@@ -111,6 +115,7 @@ function modeOfType(st: BigIntStats): number {
 export class PassthroughFs implements Vfs {
   readonly root: string;
   private readonly readOnly: boolean;
+  private readonly noWatch: boolean;
   private readonly maxFds: number;
   private readonly type: string;
   private readonly nodes = new Map<number, PNode>();
@@ -130,8 +135,18 @@ export class PassthroughFs implements Vfs {
   private readonly lru = new Map<PHandle, true>();
   private openFds = 0;
   private readonly fdWaiters: Array<() => void> = [];
-  /** Change listeners; nothing reports yet (a local-change watcher, inotify, is to come). */
+  /** Change listeners: told of changes local processes make (inotify), never of our own. */
   private readonly listeners = new Set<ChangeListener>();
+  /** Watches every directory node while anyone listens (dirwatch.ts). */
+  private watcher: DirWatcher | undefined;
+  /**
+   * What our own last change left at a path: `ino:ctime:size`, or "gone". A watch event whose path
+   * still shows exactly that is the echo of our own change (the server already told the other
+   * clients); anything else was done by someone else. Two changes within one tick of the host's
+   * coarse clock with the same size look alike: such a local change goes unseen.
+   */
+  private readonly own = new Map<string, { sig: string; at: number }>();
+  private ownSweep = 0;
   private closed = false;
 
   constructor(root: string, opts: PassthroughOptions = {}) {
@@ -139,6 +154,7 @@ export class PassthroughFs implements Vfs {
     this.readOnly = opts.readOnly ?? false;
     this.maxFds = Math.max(1, opts.maxFds ?? DEFAULT_MAX_FDS);
     this.type = opts.type ?? 'passthrough';
+    this.noWatch = opts.noWatch ?? false;
     const rootNode: PNode = {
       id: this.nextId++, key: '', type: S_IFDIR, dev: -1n, links: [], kids: 0, lookups: 1, handles: new Set(),
     };
@@ -182,7 +198,7 @@ export class PassthroughFs implements Vfs {
   }
 
   info(): FsInfo {
-    return { type: this.type, readOnly: this.readOnly };
+    return { type: this.type, readOnly: this.readOnly, coherent: !this.noWatch };
   }
 
   // --- nodes, paths and inode numbers ----------------------------------------------------------
@@ -278,6 +294,7 @@ export class PassthroughFs implements Vfs {
   private maybeDrop(n: PNode): void {
     if (n.id === ROOT_ID || n.lookups > 0 || n.handles.size > 0 || n.kids > 0) return;
     this.nodes.delete(n.id);
+    this.watcher?.remove(n.id);
     if (this.byKey.get(n.key) === n) this.byKey.delete(n.key);
     for (const l of [...n.links]) this.removeLink(n, l.parent, l.name);
   }
@@ -300,6 +317,7 @@ export class PassthroughFs implements Vfs {
     if (n.type === S_IFDIR) for (const l of [...n.links]) if (l.parent !== parent || l.name !== name) this.removeLink(n, l.parent, l.name);
     this.addLink(n, parent, name);
     n.lookups++;
+    if (n.type === S_IFDIR && this.watcher) this.watchDir(n);
     return { nodeid: n.id, generation: 0, attr: this.toAttr(st) };
   }
 
@@ -531,6 +549,7 @@ export class PassthroughFs implements Vfs {
       if (set.atime !== undefined || set.mtime !== undefined) {
         await this.setTimes(n, h, p, set.atime, set.mtime);
       }
+      this.noteOwn(p);
       return this.toAttr(await this.statNode(n, h));
     });
   }
@@ -598,6 +617,7 @@ export class PassthroughFs implements Vfs {
       await this.ownAs(ctx, d, p);
       // The server's umask must not narrow the mode the caller's kernel already masked.
       await fsp.chmod(p, mode & 0o7777);
+      this.noteOwn(p);
       return this.lookupPath(d, name);
     });
   }
@@ -614,6 +634,7 @@ export class PassthroughFs implements Vfs {
       // inherited set-group-ID bit.
       const st = await fsp.lstat(p);
       await fsp.chmod(p, (mode & 0o7777) | (st.mode & S_ISGID));
+      this.noteOwn(p);
       return this.lookupPath(d, name);
     });
   }
@@ -626,6 +647,7 @@ export class PassthroughFs implements Vfs {
       const p = this.childPath(d, name);
       await fsp.symlink(target, p);
       await this.ownAs(ctx, d, p);
+      this.noteOwn(p);
       return this.lookupPath(d, name);
     });
   }
@@ -636,7 +658,11 @@ export class PassthroughFs implements Vfs {
       checkName(newname);
       const n = this.node(nodeid);
       const d = this.node(newparent);
-      await fsp.link(this.pathOrStale(n), this.childPath(d, newname));
+      const old = this.pathOrStale(n);
+      const p = this.childPath(d, newname);
+      await fsp.link(old, p);
+      this.noteOwn(old);
+      this.noteOwn(p);
       return this.lookupPath(d, newname);
     });
   }
@@ -646,7 +672,9 @@ export class PassthroughFs implements Vfs {
       this.writable();
       checkName(name);
       const d = this.node(parent);
-      await fsp.unlink(this.childPath(d, name));
+      const p = this.childPath(d, name);
+      await fsp.unlink(p);
+      this.noteOwn(p);
       this.forgetName(d, name);
     });
   }
@@ -656,7 +684,9 @@ export class PassthroughFs implements Vfs {
       this.writable();
       checkName(name);
       const d = this.node(parent);
-      await fsp.rmdir(this.childPath(d, name));
+      const p = this.childPath(d, name);
+      await fsp.rmdir(p);
+      this.noteOwn(p);
       this.forgetName(d, name);
     });
   }
@@ -680,6 +710,8 @@ export class PassthroughFs implements Vfs {
       const to = this.childPath(dd, newname);
       if (flags === 0) await fsp.rename(from, to);
       else await requireSys().renameat2(from, to, flags);
+      this.noteOwn(from);
+      this.noteOwn(to);
       const src = this.index.get(this.linkKey(sd, name));
       const dst = this.index.get(this.linkKey(dd, newname));
       if (src) this.removeLink(src, sd, name);
@@ -715,6 +747,7 @@ export class PassthroughFs implements Vfs {
         throw err;
       }
       const r = await this.openNode(this.node(entry.nodeid), flags, f);
+      this.noteOwn(p);
       return { ...r, entry };
     });
   }
@@ -758,6 +791,7 @@ export class PassthroughFs implements Vfs {
           done += bytesWritten;
         }
       });
+      this.noteOwn(this.pathOf(h.node));
       return done;
     });
   }
@@ -880,6 +914,7 @@ export class PassthroughFs implements Vfs {
       const h = this.orphanHandle(n);
       if (h) await this.withFile(h, (f) => sys.fsetxattr(f.fd, name, value, flags));
       else await sys.lsetxattr(this.pathOrStale(n), name, value, flags);
+      this.noteOwn(this.pathOf(n));
     });
   }
 
@@ -913,6 +948,7 @@ export class PassthroughFs implements Vfs {
       const h = this.orphanHandle(n);
       if (h) await this.withFile(h, (f) => sys.fremovexattr(f.fd, name));
       else await sys.lremovexattr(this.pathOrStale(n), name);
+      this.noteOwn(this.pathOf(n));
     });
   }
 
@@ -960,9 +996,75 @@ export class PassthroughFs implements Vfs {
 
   watch(listener: ChangeListener): () => void {
     this.listeners.add(listener);
+    if (!this.watcher && !this.noWatch && !this.closed) {
+      this.watcher = new DirWatcher((dirId, kind, name) => this.onLocalChange(dirId, kind, name));
+      for (const n of this.nodes.values()) if (n.type === S_IFDIR) this.watchDir(n);
+    }
     return () => {
       this.listeners.delete(listener);
     };
+  }
+
+  // --- local changes ---------------------------------------------------------------------------
+
+  private watchDir(n: PNode): void {
+    const p = this.pathOf(n);
+    if (p !== undefined) this.watcher?.add(n.id, p);
+  }
+
+  private static signature(p: string): string {
+    const st = fs.lstatSync(p, { bigint: true, throwIfNoEntry: false });
+    return st ? `${st.ino}:${st.ctimeNs}:${st.size}` : 'gone';
+  }
+
+  /** Records what our own change left at p, so its watch event is not taken for a local one. */
+  private noteOwn(p: string | undefined): void {
+    if (!this.watcher || p === undefined) return;
+    const now = Date.now();
+    this.own.set(p, { sig: PassthroughFs.signature(p), at: now });
+    // Events arrive within milliseconds; records older than that only take memory.
+    if (now - this.ownSweep > 10_000 || this.own.size > 100_000) {
+      this.ownSweep = now;
+      for (const [k, v] of this.own) if (now - v.at > 5000) this.own.delete(k);
+    }
+  }
+
+  /** Local changes are not waited for: nobody's reply depends on them. */
+  private emit(events: ChangeEvent[]): void {
+    for (const l of this.listeners) for (const ev of events) void l(ev);
+  }
+
+  /** A watched directory saw a change: report it unless it is the echo of our own. */
+  private onLocalChange(dirId: number, kind: DirEventKind, name: string | null): void {
+    const d = this.nodes.get(dirId);
+    if (!d || this.closed) return;
+    const whole = (nodeid: number): ChangeEvent => ({ kind: 'inode', nodeid, off: -1, len: 0 });
+    if (name === null) {
+      this.emit([whole(d.id)]);
+      return;
+    }
+    const dirPath = this.pathOf(d);
+    if (dirPath === undefined) return;
+    const p = dirPath === '/' ? `/${name}` : `${dirPath}/${name}`;
+    const sig = PassthroughFs.signature(p);
+    const mine = this.own.get(p);
+    if (mine && mine.sig === sig) return;
+    this.own.delete(p);
+    const child = this.index.get(this.linkKey(d, name));
+    if (kind === 'change') {
+      if (child) this.emit([whole(child.id)]);
+      return;
+    }
+    const events: ChangeEvent[] = [{ kind: 'entry', parent: d.id, name }, whole(d.id)];
+    if (child) {
+      events.push(whole(child.id));
+      // The name now leads elsewhere or nowhere: stop using it as the child's path.
+      if (sig === 'gone' || !sig.startsWith(`${child.key.split(':')[1]}:`)) {
+        this.removeLink(child, d, name);
+        this.maybeDrop(child);
+      }
+    }
+    this.emit(events);
   }
 
   async close(): Promise<void> {
@@ -979,6 +1081,8 @@ export class PassthroughFs implements Vfs {
     }));
     this.openFds = 0;
     this.listeners.clear();
+    this.watcher?.close();
+    this.watcher = undefined;
     this.nodes.clear();
     this.byKey.clear();
     this.index.clear();

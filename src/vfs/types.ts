@@ -111,6 +111,11 @@ export interface FsInfo {
   type: string;
   /** A source that refuses every change. */
   readOnly: boolean;
+  /**
+   * Every change not made through this Vfs is reported by watch() (or there can be none), so a
+   * cache kept up to date by watch() events is never stale, however long it keeps things.
+   */
+  coherent?: boolean;
 }
 
 /** A change pushed up from a source (or from a server to a client). */
@@ -122,7 +127,12 @@ export type ChangeEvent =
   /** A name was deleted and the child node is known (FUSE notify_delete). */
   | { kind: 'delete'; parent: number; child: number; name: string };
 
-export type ChangeListener = (ev: ChangeEvent) => void;
+/**
+ * Told of each change; may return a promise that settles once the change has been acted on (a
+ * FUSE layer: once the kernel has dropped what it cached), which a server waits for before it
+ * lets the writer go on (see docs/DESIGN.md, cache consistency).
+ */
+export type ChangeListener = (ev: ChangeEvent) => void | Promise<void>;
 
 export interface Vfs {
   info(): FsInfo;

@@ -24,7 +24,17 @@ export const VERSION_MINOR = 0;
 export const FEATURE_PUSH = 1n << 0n;
 /** The server honours CANCEL. */
 export const FEATURE_CANCEL = 1n << 1n;
-export const FEATURES_V1 = FEATURE_PUSH | FEATURE_CANCEL;
+/**
+ * The server's source reports every change made behind the server's back (FsInfo.coherent), so
+ * with PUSH a client may cache without a time bound. Offered by a server only for such sources.
+ */
+export const FEATURE_COHERENT = 1n << 2n;
+/**
+ * CHANGE pushes may carry a request id; the client answers each with CHANGE_ACK once acted on, and
+ * the server holds the reply to the change's author until then (or until the lease time passes).
+ */
+export const FEATURE_PUSH_ACK = 1n << 3n;
+export const FEATURES_V1 = FEATURE_PUSH | FEATURE_CANCEL | FEATURE_COHERENT | FEATURE_PUSH_ACK;
 export const DEFAULT_MAX_FRAME = 4 * 1024 * 1024;
 /** No peer may go below this (it must fit a HELLO and a useful read). */
 export const MIN_MAX_FRAME = 64 * 1024;
@@ -77,10 +87,10 @@ export function encodeRequestFrame<N extends OpName>(op: N, id: number, seq: num
   return finish(w, OPS[op].code, OPS[op].kind === 'call' ? 0 : FLAG_NOREPLY, id, seq);
 }
 
-export function encodePushFrame<N extends OpName>(op: N, body: Req<N>): Buffer {
+export function encodePushFrame<N extends OpName>(op: N, body: Req<N>, id = 0): Buffer {
   const w = frameWriter(sizeHint(body));
   encodeReq(w, op, body);
-  return finish(w, OPS[op].code, FLAG_PUSH, 0, 0);
+  return finish(w, OPS[op].code, FLAG_PUSH, id, 0);
 }
 
 export function encodeReplyFrame<N extends OpName>(op: N, id: number, rep: Rep<N>): Buffer {

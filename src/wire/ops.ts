@@ -39,7 +39,15 @@ export const OPS = {
     code: 3, kind: 'oneway', idempotent: true, doc: 'The client stopped waiting for request `id`; the server aborts it if still running (the reply, if any, is still sent and ignored).',
     req: [['id', 'u32']], rep: [],
   },
-  change: { code: 4, kind: 'push', idempotent: true, doc: 'A cached node or name changed: drop it (FUSE notify).', req: [['event', 'change']], rep: [] },
+  change: {
+    code: 4, kind: 'push', idempotent: true,
+    doc: 'A cached node or name changed: drop it (FUSE notify). A nonzero request id (with PUSH_ACK) asks for a CHANGE_ACK once the client\'s kernel has dropped it.',
+    req: [['event', 'change']], rep: [],
+  },
+  changeAck: {
+    code: 5, kind: 'oneway', idempotent: true, doc: 'The CHANGE push with request id `id` has been acted on (PUSH_ACK).',
+    req: [['id', 'u32']], rep: [],
+  },
 
   // --- the Vfs, one op per method (src/vfs/types.ts gives the semantics) ----------------------
   lookup: { code: 16, kind: 'call', idempotent: true, doc: 'Counts one lookup of the node.', req: [C, ['parent', 'u64'], ['name', 'str']], rep: [['entry', 'entry']] },
@@ -103,7 +111,7 @@ type Struct<S extends Schema> = { -readonly [F in S[number] as F[0]]: FieldValue
 export type Req<N extends OpName> = Struct<(typeof OPS)[N]['req']>;
 export type Rep<N extends OpName> = Struct<(typeof OPS)[N]['rep']>;
 /** The ops that carry Vfs methods (everything after the session ops). */
-export type VfsOpName = Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change'>;
+export type VfsOpName = Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck'>;
 
 export const OP_BY_CODE: ReadonlyMap<number, OpName> = new Map(
   (Object.keys(OPS) as OpName[]).map((name) => [OPS[name].code, name]),

@@ -193,7 +193,7 @@ function imageSuite(name: string, type: string, make: (image: string) => Promise
     });
     after(() => vfs?.close());
     void it(`reports type ${type}, read-only`, () => {
-      assert.deepEqual(vfs.info(), { type, readOnly: true });
+      assert.deepEqual(vfs.info(), { type, readOnly: true, coherent: true });
     });
     void it('matches the tree it was made from', () => compareTree(vfs, ROOT_ID, tree, opts, new Map()));
     void it('refuses every change with EROFS', () => refusesChanges(vfs));

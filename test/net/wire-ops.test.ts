@@ -16,7 +16,7 @@ import {
 const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
 const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
 
-async function setup(t: TestContext, vfs: Vfs, opts: { maxFrame?: number } = {}): Promise<{ port: number; client(): Promise<RemoteVfs> }> {
+async function setup(t: TestContext, vfs: Vfs, opts: { maxFrame?: number; leaseMs?: number } = {}): Promise<{ port: number; client(): Promise<RemoteVfs> }> {
   const server = await startServer({ vfs, host: '127.0.0.1', port: 0, log: quiet, ...opts });
   t.after(() => server.close());
   const { port } = server.address();
@@ -55,7 +55,7 @@ function wrap(inner: Vfs, over: Partial<Record<keyof Vfs, (...args: never[]) => 
 test('every Vfs op crosses the wire with its result or errno', async (t) => {
   const { client } = await setup(t, new MemoryFs({ type: 'memtest' }));
   const c = await client();
-  assert.deepEqual(c.info(), { type: 'memtest', readOnly: false });
+  assert.deepEqual(c.info(), { type: 'memtest', readOnly: false, coherent: true });
   assert.equal(c.rootAttr.mode & S_IFMT, S_IFDIR);
   assert.match(c.server, /^127\.0\.0\.1:\d+$/);
 
@@ -196,42 +196,65 @@ test('an aborted call fails with EINTR at once and the server sees the cancel', 
   await c.getattr(ctx, ROOT_ID);
 });
 
-test('two clients: changes by one are pushed to the other, which reads them at once', async (t) => {
+test('two clients: changes by one are pushed to the other and acted on before the writer goes on', async (t) => {
   const { client } = await setup(t, new MemoryFs());
   const a = await client();
   const b = await client();
   const seenB: ChangeEvent[] = [];
   const seenA: ChangeEvent[] = [];
-  b.watch((ev) => seenB.push(ev));
-  a.watch((ev) => seenA.push(ev));
+  b.watch((ev) => { seenB.push(ev); });
+  a.watch((ev) => { seenA.push(ev); });
 
+  // No waiting anywhere below: with PUSH_ACK the server replies to the author only after the other
+  // client has taken the push, so it is already there when the author's call returns.
   const f = await a.create(ctx, ROOT_ID, 'shared', S_IFREG | 0o644, O_RDWR);
-  await until(() => seenB.some((e) => e.kind === 'entry' && e.name === 'shared'), 'the entry push');
+  assert.ok(seenB.some((e) => e.kind === 'entry' && e.name === 'shared'), 'the entry push came before the reply');
   const bf = await b.lookup(ctx, ROOT_ID, 'shared');
   assert.equal(bf.nodeid, f.entry.nodeid, 'node ids pass through unchanged');
   const bo = await b.open(ctx, bf.nodeid, O_RDWR);
 
   seenB.length = 0;
   await a.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.from('version 2'));
+  assert.deepEqual(seenB, [{ kind: 'inode', nodeid: bf.nodeid, off: -1, len: 0 }], 'one whole-file push, before the write returned');
+  // B has not asked about the file since: its kernel holds nothing of it, so no further push.
+  await a.write(ctx, f.entry.nodeid, f.fh, 9, Buffer.from('!'));
+  assert.equal(seenB.length, 1, 'no push while the other client holds nothing of the file');
+  assert.equal((await b.read(ctx, bf.nodeid, bo.fh, 0, 100)).toString(), 'version 2!');
+  // B read it again: the next change is pushed again.
+  await a.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.from('V'));
+  assert.equal(seenB.length, 2, 'pushed again once the other client read the file');
   await a.release(ctx, f.entry.nodeid, f.fh);
-  await until(() => seenB.some((e) => e.kind === 'inode' && e.nodeid === bf.nodeid), 'the inode push');
-  assert.deepEqual(seenB.find((e) => e.kind === 'inode'), { kind: 'inode', nodeid: bf.nodeid, off: 0, len: 9 });
-  assert.equal((await b.read(ctx, bf.nodeid, bo.fh, 0, 100)).toString(), 'version 2');
 
-  // O_APPEND: the whole file is invalidated.
   seenA.length = 0;
   const ba = await b.open(ctx, bf.nodeid, O_WRONLY | O_APPEND);
   await b.write(ctx, bf.nodeid, ba.fh, 0, Buffer.from('!'));
-  await until(() => seenA.some((e) => e.kind === 'inode'), 'the append push');
-  assert.deepEqual(seenA.find((e) => e.kind === 'inode'), { kind: 'inode', nodeid: bf.nodeid, off: -1, len: 0 });
+  assert.deepEqual(seenA.filter((e) => e.kind === 'inode'), [{ kind: 'inode', nodeid: bf.nodeid, off: -1, len: 0 }]);
   await b.release(ctx, bf.nodeid, ba.fh);
   await b.release(ctx, bf.nodeid, bo.fh);
 
   seenB.length = 0;
   await a.unlink(ctx, ROOT_ID, 'shared');
-  await until(() => seenB.some((e) => e.kind === 'delete'), 'the delete push');
   assert.deepEqual(seenB.find((e) => e.kind === 'delete'), { kind: 'delete', parent: ROOT_ID, child: bf.nodeid, name: 'shared' });
   assert.ok(seenA.every((e) => e.kind !== 'delete'), 'the writer is not told of its own change');
+});
+
+test('a client that never acknowledges delays a writer by the lease time at most', async (t) => {
+  const { client } = await setup(t, new MemoryFs(), { leaseMs: 300 });
+  const a = await client();
+  const b = await client();
+  // B's listener never settles: as a client whose kernel is stuck would behave.
+  b.watch(() => new Promise<void>(() => {}));
+  const f = await a.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+  const t0 = Date.now();
+  await b.lookup(ctx, ROOT_ID, 'f');
+  await a.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.from('x'));
+  const waited = Date.now() - t0;
+  assert.ok(waited >= 250 && waited < 2000, `the write waited ${waited} ms for a lease of 300 ms`);
+  // Once B is gone, nobody is waited for.
+  await b.close();
+  const t1 = Date.now();
+  await a.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.from('y'));
+  assert.ok(Date.now() - t1 < 250, 'no wait for a client that has left');
 });
 
 test('changes the source reports itself reach every client that knows the node', async (t) => {
@@ -249,8 +272,8 @@ test('changes the source reports itself reach every client that knows the node',
   const f = await mem.create(ctx, ROOT_ID, 'local', S_IFREG | 0o644, O_RDWR);
   const seenA: ChangeEvent[] = [];
   const seenB: ChangeEvent[] = [];
-  a.watch((ev) => seenA.push(ev));
-  b.watch((ev) => seenB.push(ev));
+  a.watch((ev) => { seenA.push(ev); });
+  b.watch((ev) => { seenB.push(ev); });
   await a.lookup(ctx, ROOT_ID, 'local');
   for (const l of listeners) l({ kind: 'inode', nodeid: f.entry.nodeid, off: -1, len: 0 });
   for (const l of listeners) l({ kind: 'entry', parent: ROOT_ID, name: 'other' });

@@ -18,11 +18,14 @@ class FakeTransport {
   readonly sent: Sent[] = [];
   /** Errno code to fail every send with (e.g. ENOENT: the request was interrupted). */
   failWith: string | undefined;
-  async send(chunks: Buffer[]): Promise<void> {
+  reply(chunks: Buffer[]): void {
     const msg = Buffer.concat(chunks);
     assert.equal(msg.readUInt32LE(0), msg.length, 'out header length matches');
     if (this.failWith) throw Object.assign(new Error(this.failWith), { code: this.failWith });
     this.sent.push({ error: msg.readInt32LE(4), unique: msg.readBigUInt64LE(8), body: msg.subarray(16) });
+  }
+  async send(chunks: Buffer[]): Promise<void> {
+    this.reply(chunks);
   }
 }
 
@@ -209,10 +212,10 @@ void describe('FuseSession', () => {
     let listener: ChangeListener | undefined;
     vfs.watch = (l: ChangeListener): (() => void) => { listener = l; return () => (listener = undefined); };
     const { s, t } = await started(vfs);
-    listener!({ kind: 'inode', nodeid: 9, off: -1, len: 0 });
-    listener!({ kind: 'entry', parent: 1, name: 'gone' });
-    listener!({ kind: 'delete', parent: 1, child: 9, name: 'x' });
-    await tick();
+    // Each notify settles once the transport took it: what a client's CHANGE_ACK waits for.
+    await listener!({ kind: 'inode', nodeid: 9, off: -1, len: 0 });
+    await listener!({ kind: 'entry', parent: 1, name: 'gone' });
+    await listener!({ kind: 'delete', parent: 1, child: 9, name: 'x' });
     assert.deepEqual(t.sent.map((m) => [m.unique, m.error]), [[0n, Notify.INVAL_INODE], [0n, Notify.INVAL_ENTRY], [0n, Notify.DELETE]]);
     assert.deepEqual([t.sent[0]!.body.readBigUInt64LE(0), t.sent[0]!.body.readBigInt64LE(8)], [9n, 0n]);
     assert.equal(t.sent[1]!.body.toString('utf8', 16), 'gone\0');

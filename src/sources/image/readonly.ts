@@ -59,7 +59,7 @@ export abstract class ReadOnlyImageFs<N extends ImageNode> implements Vfs {
   protected abstract closeImage(): Promise<void>;
 
   info(): FsInfo {
-    return { type: this.type, readOnly: true };
+    return { type: this.type, readOnly: true, coherent: true };
   }
 
   // --- nodes ----------------------------------------------------------------------------------
