@@ -1095,12 +1095,12 @@ export class FatFs implements Vfs {
     });
   }
 
-  async symlink(_ctx: Ctx, parent: number): Promise<Entry> {
+  async symlink(_ctx: Ctx, parent: number, _name: string, _target: string): Promise<Entry> {
     this.dirNode(parent);
     throw new FsError(Errno.EPERM); // vfat has no symlinks
   }
 
-  async link(_ctx: Ctx, nodeid: number): Promise<Entry> {
+  async link(_ctx: Ctx, nodeid: number, _newparent: number, _newname: string): Promise<Entry> {
     this.known(nodeid);
     throw new FsError(Errno.EPERM); // nor hard links
   }
@@ -1436,11 +1436,11 @@ export class FatFs implements Vfs {
   }
 
   // No xattr handlers in vfat: set and get are EOPNOTSUPP, the list is empty.
-  async setxattr(_ctx: Ctx, nodeid: number): Promise<void> {
+  async setxattr(_ctx: Ctx, nodeid: number, _name: string, _value: Buffer, _flags: number): Promise<void> {
     this.known(nodeid);
     throw new FsError(Errno.EOPNOTSUPP);
   }
-  async getxattr(_ctx: Ctx, nodeid: number): Promise<Buffer> {
+  async getxattr(_ctx: Ctx, nodeid: number, _name: string): Promise<Buffer> {
     this.known(nodeid);
     throw new FsError(Errno.EOPNOTSUPP);
   }
@@ -1448,7 +1448,7 @@ export class FatFs implements Vfs {
     this.known(nodeid);
     return [];
   }
-  async removexattr(_ctx: Ctx, nodeid: number): Promise<void> {
+  async removexattr(_ctx: Ctx, nodeid: number, _name: string): Promise<void> {
     this.known(nodeid);
     throw new FsError(Errno.EOPNOTSUPP);
   }
