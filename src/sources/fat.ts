@@ -1055,12 +1055,9 @@ export class FatFs implements Vfs {
   }
 
   mknod(_ctx: Ctx, parent: number, name: string, mode: number, _rdev: number): Promise<Entry> {
-    return this.lock.run(async () => {
-      this.dirNode(parent);
-      // vfat has no mknod: only regular files can exist (the kernel's mknod of S_IFREG is create).
-      if ((mode & S_IFMT) !== S_IFREG && (mode & S_IFMT) !== 0) throw new FsError(Errno.EPERM);
-      return this.enter(await this.makeFile(parent, name));
-    });
+    // vfat has no mknod: only regular files can exist (the kernel's mknod of S_IFREG is create).
+    if ((mode & S_IFMT) !== S_IFREG && (mode & S_IFMT) !== 0) return this.unsupported(parent, name);
+    return this.lock.run(async () => this.enter(await this.makeFile(parent, name)));
   }
 
   mkdir(_ctx: Ctx, parent: number, name: string, _mode: number): Promise<Entry> {
@@ -1095,14 +1092,26 @@ export class FatFs implements Vfs {
     });
   }
 
-  async symlink(_ctx: Ctx, parent: number, _name: string, _target: string): Promise<Entry> {
-    this.dirNode(parent);
-    throw new FsError(Errno.EPERM); // vfat has no symlinks
+  /**
+   * What the VFS answers for an operation vfat lacks (vfs_symlink, vfs_link, vfs_mknod): EEXIST when
+   * the name is taken (may_create runs first), else EPERM.
+   */
+  private unsupported(parent: number, name: string): Promise<never> {
+    return this.lock.run(async () => {
+      const d = this.dirNode(parent);
+      checkName(name);
+      if (await this.findIn(d, name)) throw new FsError(Errno.EEXIST);
+      throw new FsError(Errno.EPERM);
+    });
   }
 
-  async link(_ctx: Ctx, nodeid: number, _newparent: number, _newname: string): Promise<Entry> {
+  symlink(_ctx: Ctx, parent: number, name: string, _target: string): Promise<Entry> {
+    return this.unsupported(parent, name); // vfat has no symlinks
+  }
+
+  async link(_ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
     this.known(nodeid);
-    throw new FsError(Errno.EPERM); // nor hard links
+    return this.unsupported(newparent, newname); // nor hard links
   }
 
   unlink(_ctx: Ctx, parent: number, name: string): Promise<void> {
