@@ -723,6 +723,13 @@ export class FatFs implements Vfs {
     return n;
   }
 
+  /** A directory that still has a name: lookups and changes in a removed one are ENOENT, as on Linux. */
+  private liveDir(nodeid: number): FatNode {
+    const n = this.dirNode(nodeid);
+    if (n.unlinked) throw new FsError(Errno.ENOENT);
+    return n;
+  }
+
   private writable(): void {
     if (this.readOnly) throw new FsError(Errno.EROFS);
   }
@@ -950,7 +957,7 @@ export class FatFs implements Vfs {
 
   lookup(_ctx: Ctx, parent: number, name: string): Promise<Entry> {
     return this.lock.run(async () => {
-      const d = this.dirNode(parent);
+      const d = this.liveDir(parent);
       if (name === '.') return this.enter(d);
       if (name === '..') return this.enter(d.parent ?? d);
       checkName(name);
@@ -1042,7 +1049,7 @@ export class FatFs implements Vfs {
   }
 
   private async makeFile(parent: number, name: string): Promise<FatNode> {
-    const d = this.dirNode(parent);
+    const d = this.liveDir(parent);
     this.writable();
     const stored = await this.newName(d, name);
     const raw = this.newRaw(ATTR_ARCHIVE, 0);
@@ -1062,7 +1069,7 @@ export class FatFs implements Vfs {
 
   mkdir(_ctx: Ctx, parent: number, name: string, _mode: number): Promise<Entry> {
     return this.lock.run(async () => {
-      const d = this.dirNode(parent);
+      const d = this.liveDir(parent);
       this.writable();
       const stored = await this.newName(d, name);
       const [c] = this.fat.allocate(1);
@@ -1098,7 +1105,7 @@ export class FatFs implements Vfs {
    */
   private unsupported(parent: number, name: string): Promise<never> {
     return this.lock.run(async () => {
-      const d = this.dirNode(parent);
+      const d = this.liveDir(parent);
       checkName(name);
       if (await this.findIn(d, name)) throw new FsError(Errno.EEXIST);
       throw new FsError(Errno.EPERM);
@@ -1116,7 +1123,7 @@ export class FatFs implements Vfs {
 
   unlink(_ctx: Ctx, parent: number, name: string): Promise<void> {
     return this.lock.run(async () => {
-      const d = this.dirNode(parent);
+      const d = this.liveDir(parent);
       this.writable();
       checkName(name);
       const e = await this.findIn(d, name);
@@ -1129,7 +1136,7 @@ export class FatFs implements Vfs {
 
   rmdir(_ctx: Ctx, parent: number, name: string): Promise<void> {
     return this.lock.run(async () => {
-      const d = this.dirNode(parent);
+      const d = this.liveDir(parent);
       this.writable();
       if (name === '.') throw new FsError(Errno.EINVAL);
       if (name === '..') throw new FsError(Errno.ENOTEMPTY);
@@ -1142,10 +1149,7 @@ export class FatFs implements Vfs {
       const empty = live ? (await this.readListing(live)).entries.length === 0 : await this.isEmptyDir(cluster, e.name);
       if (!empty) throw new FsError(Errno.ENOTEMPTY);
       await this.deleteEntry(d, e);
-      if (live) {
-        live.listing = undefined;
-        live.cluster = 0;
-      }
+      if (live) live.listing = undefined;
       await this.touchDir(d);
     });
   }
@@ -1153,12 +1157,11 @@ export class FatFs implements Vfs {
   rename(_ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
     return this.lock.run(async () => {
       checkRenameFlags(flags);
-      const sd = this.dirNode(parent);
-      const dd = this.dirNode(newparent);
+      const sd = this.liveDir(parent);
+      const dd = this.liveDir(newparent);
       this.writable();
-      // Linux vfat before 6.0 refuses RENAME_EXCHANGE; this driver does too.
-      if (flags & 2) throw new FsError(Errno.EINVAL);
       checkName(name);
+      if (flags & 2) return this.exchange(sd, name, dd, newname);
       const stored = fatName(newname);
       const src = await this.findIn(sd, name);
       if (!src) throw new FsError(Errno.ENOENT);
@@ -1207,14 +1210,7 @@ export class FatFs implements Vfs {
         dd.children++;
         srcNode.parent = dd;
         if (srcIsDir) {
-          // fatgen §6.5: ".." of a moved directory names its new parent's cluster.
-          const chain = this.fat.chain(srcNode.cluster);
-          const b = Buffer.alloc(6);
-          b.writeUInt16LE(this.dotdotCluster(dd) >>> 16, 0);
-          b.writeUInt16LE(this.dotdotCluster(dd) & 0xffff, 4);
-          const dotdot = this.clusterPos(chain[0]!) + DIRENT;
-          await this.dev.write(dotdot + 20, b.subarray(0, 2));
-          await this.dev.write(dotdot + 26, b.subarray(4, 6));
+          await this.setDotdot(this.fat.chain(srcNode.cluster)[0]!, dd);
           srcNode.listing = undefined;
         }
       }
@@ -1223,6 +1219,71 @@ export class FatFs implements Vfs {
       await this.maybeDrop(srcNode);
       await this.maybeDrop(sd);
     });
+  }
+
+  /**
+   * RENAME_EXCHANGE (Linux vfat since 6.0): the names and their slots stay where they are and the
+   * rest of the two 8.3 entries (attributes, times, cluster, size) trade places; the NT case byte
+   * belongs to the short name and stays too, so every LFN checksum still holds.
+   */
+  private async exchange(sd: FatNode, name: string, dd: FatNode, newname: string): Promise<void> {
+    checkName(newname);
+    const a = await this.findIn(sd, name);
+    const b = await this.findIn(dd, newname);
+    if (!a || !b) throw new FsError(Errno.ENOENT);
+    if (a.pos === b.pos) return;
+    const na = this.nodeFor(sd, a);
+    const nb = this.nodeFor(dd, b);
+    for (let x: FatNode | null = dd; x; x = x.parent) if (x === na) throw new FsError(Errno.EINVAL);
+    for (let x: FatNode | null = sd; x; x = x.parent) if (x === nb) throw new FsError(Errno.EINVAL);
+    const aChain = na.isDir ? this.fat.chain(na.cluster) : [];
+    const bChain = nb.isDir ? this.fat.chain(nb.cluster) : [];
+    const ra = Buffer.from(na.raw);
+    const rb = Buffer.from(nb.raw);
+    rb.copy(na.raw, 0, 0, 11);
+    na.raw[12] = rb[12]!;
+    ra.copy(nb.raw, 0, 0, 11);
+    nb.raw[12] = ra[12]!;
+    const [aPos, aSlots, aName] = [na.pos, na.slots, na.name];
+    na.pos = nb.pos;
+    na.slots = nb.slots;
+    na.name = nb.name;
+    nb.pos = aPos;
+    nb.slots = aSlots;
+    nb.name = aName;
+    na.ino = inoOf(na.pos);
+    nb.ino = inoOf(nb.pos);
+    this.byPos.set(na.pos, na);
+    this.byPos.set(nb.pos, nb);
+    if (sd !== dd) {
+      na.parent = dd;
+      nb.parent = sd;
+    }
+    await this.writeEntry(na);
+    await this.writeEntry(nb);
+    if (sd !== dd) {
+      if (aChain.length) await this.setDotdot(aChain[0]!, dd);
+      if (bChain.length) await this.setDotdot(bChain[0]!, sd);
+    }
+    // The count of subdirectories may have changed on both sides.
+    sd.listing = undefined;
+    dd.listing = undefined;
+    await this.touchDir(sd);
+    if (dd !== sd) await this.touchDir(dd);
+    await this.maybeDrop(na);
+    await this.maybeDrop(nb);
+  }
+
+  /** fatgen §6.5: ".." of a moved directory names its new parent's cluster (0 for the root). */
+  private async setDotdot(firstCluster: number, parent: FatNode): Promise<void> {
+    const c = this.dotdotCluster(parent);
+    const dotdot = this.clusterPos(firstCluster) + DIRENT;
+    const hi = Buffer.alloc(2);
+    hi.writeUInt16LE(c >>> 16, 0);
+    const lo = Buffer.alloc(2);
+    lo.writeUInt16LE(c & 0xffff, 0);
+    await this.dev.write(dotdot + 20, hi);
+    await this.dev.write(dotdot + 26, lo);
   }
 
   // --- Vfs: files ------------------------------------------------------------------------------

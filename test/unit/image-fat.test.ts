@@ -204,6 +204,19 @@ for (const type of ['fat12', 'fat16', 'fat32'] as const) {
         await fs.close();
       }
       await fsck(img);
+      const before = await fsp.readFile(img);
+      const ro = await FatFs.open(img, { readOnly: true });
+      try {
+        assert.equal(ro.info().readOnly, true);
+        await rejectsWith(ro.create(ctx, ROOT_ID, 'new', S_IFREG | 0o644, O_RDWR), 'EROFS');
+        await rejectsWith(ro.mkdir(ctx, ROOT_ID, 'newdir', 0o755), 'EROFS');
+        const h = await ro.lookup(ctx, ROOT_ID, 'hello.txt');
+        await rejectsWith(ro.open(ctx, h.nodeid, O_WRONLY), 'EROFS');
+        assert.equal((await readAll(ro, h.nodeid)).toString(), 'hello, fat\n');
+      } finally {
+        await ro.close();
+      }
+      assert.ok((await fsp.readFile(img)).equals(before), 'a read-only open writes nothing');
     });
 
     void it('writes, truncates, renames and deletes; fsck.vfat is clean and mtools sees the same', async () => {
@@ -274,6 +287,14 @@ for (const type of ['fat12', 'fat16', 'fat32'] as const) {
         await fs.unlink(ctx, deeper, 'leaf');
         await fs.rmdir(ctx, sub, 'deeper');
         await fsp.rm(m('Bulk Directory/Moved Sub/deeper'), { recursive: true });
+        // A directory removed while open: ENOENT inside it, its cluster freed once closed.
+        const gone = (await fs.mkdir(ctx, ROOT_ID, 'open while removed', 0o755)).nodeid;
+        const od = await fs.opendir(ctx, gone);
+        await fs.rmdir(ctx, ROOT_ID, 'open while removed');
+        await rejectsWith(fs.create(ctx, gone, 'x', S_IFREG | 0o644, O_RDWR), 'ENOENT');
+        assert.equal((await fs.getattr(ctx, gone)).nlink, 0);
+        await fs.releasedir(ctx, gone, od.fh);
+        fs.forget(gone, 1);
         // An unlinked open file keeps its clusters until released.
         const c = await fs.create(ctx, ROOT_ID, 'scratch', S_IFREG | 0o644, O_RDWR);
         await fs.write(ctx, c.entry.nodeid, c.fh, 0, pattern(50_000, 3));
