@@ -136,7 +136,7 @@ function inoOf(pos: number): number {
 /** One parsed directory entry: its 8.3 slot, the LFN slots before it, and what it says. */
 interface DirSlot {
   name: string;
-  /** Upper-cased 11-byte short name (as on disk) for uniqueness checks. */
+  /** The 11 bytes of the short name as on disk (latin1), for uniqueness checks. */
   short: string;
   /** Byte position in the image of the 8.3 entry. */
   pos: number;
@@ -839,7 +839,7 @@ export class FatFs implements Vfs {
     for (let tries = 0; tries < 2; tries++) {
       let run = 0;
       for (let i = 0; i < l.slotPos.length; i++) {
-        // A run may not cross a cluster boundary only in position terms: slots are addressed one by one.
+        // A run may cross into the next cluster (fatgen §7 lets an entry's slots span clusters).
         run = l.free[i] ? run + 1 : 0;
         if (run === count) return l.slotPos.slice(i - count + 1, i + 1);
       }
