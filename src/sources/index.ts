@@ -1,5 +1,5 @@
 // The source registry: turns a source spec from the command line ("mem:", "/srv/data",
-// "passthrough:/srv/data", later "ext4:disk.img") into a Vfs. The one place that knows every type.
+// "passthrough:/srv/data", "ext4:disk.img", "fat:usb.img") into a Vfs. The one place that knows every type.
 
 import { FsError, Errno } from '../lib/errno.js';
 import type { Vfs } from '../vfs/types.js';
@@ -7,6 +7,7 @@ import { MemoryFs } from './memory.js';
 import { PassthroughFs } from './passthrough.js';
 import { ExtFs } from './ext.js';
 import { IsoFs } from './iso9660.js';
+import { FatFs } from './fat.js';
 
 export interface SourceType {
   name: string;
@@ -39,6 +40,16 @@ export const sourceTypes: readonly SourceType[] = [
     usage: 'iso9660:IMAGE|DEVICE          an ISO 9660 image or optical device (Rock Ridge, Joliet), read-only',
     open: (arg) => IsoFs.open(arg),
   },
+  ...(['fat', 'vfat'] as const).map((name) => ({
+    name,
+    usage: `${name}:IMAGE|DEVICE`.padEnd(30) + 'a FAT12/16/32 image or block device, read-write, with long names (mounted as fuse.vfat)',
+    open: (arg: string, opts: SourceOptions) => FatFs.open(arg, opts.readOnly ? { readOnly: true } : {}),
+  })),
+  ...(['fat12', 'fat16', 'fat32'] as const).map((name) => ({
+    name,
+    usage: `${name}:IMAGE|DEVICE`.padEnd(30) + `the same, refusing an image that is not ${name.toUpperCase()}`,
+    open: (arg: string, opts: SourceOptions) => FatFs.open(arg, { expect: name, ...(opts.readOnly ? { readOnly: true } : {}) }),
+  })),
 ];
 
 /** Parses and opens a source spec; failures are one-line FsErrors fit to print. */

@@ -9,8 +9,15 @@ import {
   S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, XATTR_CREATE, XATTR_REPLACE, type Ctx, type DirEntry, type Entry, type Vfs,
 } from '../../src/vfs/types.js';
 
+/**
+ * What a case needs beyond plain files and directories. A source that lacks one (FAT: fixed owner
+ * and mode, 2-second times, no links or xattrs) skips those cases instead of faking them.
+ */
+export type Capability = 'owners' | 'modes' | 'nsTimes' | 'symlinks' | 'hardlinks' | 'specialFiles' | 'xattrs' | 'renameExchange' | 'punchHole';
+
 export interface PosixCase {
   name: string;
+  needs?: readonly Capability[];
   run(vfs: Vfs, ctx: Ctx): Promise<void>;
 }
 
@@ -92,6 +99,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'new nodes belong to the caller',
+    needs: ['owners', 'symlinks', 'specialFiles'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const who = { ...ctx, uid: 1234, gid: 5678 };
@@ -185,6 +193,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'setattr: mode, owner, nanosecond times, now',
+    needs: ['modes', 'owners', 'nsTimes'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const e = await mkfile(vfs, ctx, d, 'f');
@@ -220,6 +229,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'mkdir and rmdir keep link counts',
+    needs: ['modes'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       assert.equal((await vfs.getattr(ctx, d)).nlink, 2);
@@ -300,6 +310,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'rename RENAME_EXCHANGE swaps a file and a directory',
+    needs: ['renameExchange'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const x = await vfs.mkdir(ctx, d, 'x', 0o755);
@@ -334,6 +345,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'hard links share the inode; EPERM on directories',
+    needs: ['hardlinks'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const a = await mkfile(vfs, ctx, d, 'a', 'shared');
@@ -372,6 +384,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'symlinks and readlink',
+    needs: ['symlinks'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const s = await vfs.symlink(ctx, d, 's', '../some/where');
@@ -386,6 +399,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'mknod makes a fifo',
+    needs: ['specialFiles', 'modes'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const p = await vfs.mknod(ctx, d, 'p', S_IFIFO | 0o640, 0);
@@ -397,6 +411,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'xattrs: set, get, list, remove, create/replace flags',
+    needs: ['xattrs', 'symlinks'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const f = await mkfile(vfs, ctx, d, 'f');
@@ -419,6 +434,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'readdir lists everything once, with ., .. and types',
+    needs: ['symlinks'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const want: string[] = [];
@@ -503,6 +519,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'access answers for the caller',
+    needs: ['modes'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const root = { ...ctx, uid: 0, gid: 0 };
@@ -532,6 +549,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'fallocate: extend, KEEP_SIZE, PUNCH_HOLE',
+    needs: ['punchHole'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const c = await vfs.create(ctx, d, 'f', S_IFREG | 0o644, O_RDWR);
@@ -585,6 +603,7 @@ export const posixCases: PosixCase[] = [
   },
   {
     name: 'chmod and xattr changes update ctime only',
+    needs: ['modes'],
     async run(vfs, ctx) {
       const d = await scratch(vfs, ctx);
       const f = await mkfile(vfs, ctx, d, 'f', 'x');

@@ -1,6 +1,7 @@
 // The image or block device under a disk-image source: positioned reads at any byte offset through
-// a small LRU buffer cache of aligned pages. Image drivers never touch the file descriptor directly,
-// so a block device and an image file behave alike, and a read past the end is an EIO, not a crash.
+// a small LRU buffer cache of aligned pages, and (when opened writable) write-through writes that
+// keep the cached pages current. Image drivers never touch the file descriptor directly, so a block
+// device and an image file behave alike, and an access past the end is an EIO, not a crash.
 
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -14,6 +15,8 @@ const DEFAULT_PAGES = 512;
 export interface ImageDeviceOptions {
   /** Cache capacity in bytes. */
   cacheBytes?: number;
+  /** Open for writing too (O_RDWR); without it write() fails with EROFS. */
+  writable?: boolean;
 }
 
 export class ImageDevice {
@@ -30,6 +33,8 @@ export class ImageDevice {
     /** The path it was opened from, for messages. */
     readonly name: string,
     opts: ImageDeviceOptions,
+    /** Whether write() may be used. */
+    readonly writable = false,
   ) {
     this.maxPages = Math.max(4, Math.ceil((opts.cacheBytes ?? DEFAULT_PAGES * PAGE) / PAGE));
   }
@@ -38,7 +43,7 @@ export class ImageDevice {
   static async open(file: string, opts: ImageDeviceOptions = {}): Promise<ImageDevice> {
     let fh: fsp.FileHandle;
     try {
-      fh = await fsp.open(file, 'r');
+      fh = await fsp.open(file, opts.writable ? 'r+' : 'r');
     } catch (err) {
       const code = (err as { code?: string }).code ?? 'EIO';
       throw new FsError((Errno as Record<string, number>)[code] ?? Errno.EIO, `${file}: cannot open image: ${code}`);
@@ -49,7 +54,7 @@ export class ImageDevice {
       if (st.isFile()) size = st.size;
       else if (st.isBlockDevice()) size = await blockDeviceSize(st.rdev);
       else throw new FsError(Errno.EINVAL, `${file}: not an image file or block device`);
-      return new ImageDevice(fh, size, file, opts);
+      return new ImageDevice(fh, size, file, opts, opts.writable === true);
     } catch (err) {
       await fh.close();
       throw err;
@@ -98,6 +103,42 @@ export class ImageDevice {
       this.pages.delete(oldest);
     }
     return p;
+  }
+
+  /**
+   * Writes all of `data` at `off`, straight to the image (write-through), then patches the cached
+   * pages it overlaps so later reads see it. EIO past the end: an image never grows.
+   */
+  async write(off: number, data: Buffer): Promise<void> {
+    if (this.closed) throw new FsError(Errno.EIO, `${this.name}: image closed`);
+    if (!this.writable) throw new FsError(Errno.EROFS, `${this.name}: image opened read-only`);
+    if (!Number.isSafeInteger(off) || off < 0 || off + data.length > this.size) {
+      throw new FsError(Errno.EIO, `${this.name}: write of ${data.length} bytes at ${off} is outside the image (${this.size} bytes)`);
+    }
+    for (let done = 0; done < data.length;) {
+      const { bytesWritten } = await this.fh.write(data, done, data.length - done, off + done);
+      if (bytesWritten <= 0) throw new FsError(Errno.EIO, `${this.name}: short write at ${off + done}`);
+      done += bytesWritten;
+    }
+    const first = Math.floor(off / PAGE);
+    const last = Math.floor((off + data.length - 1) / PAGE);
+    for (let idx = first; idx <= last && data.length > 0; idx++) {
+      const p = this.pages.get(idx);
+      if (!p) continue;
+      // A read of this page may be in flight and have seen old bytes: patch once it lands.
+      const page = await p.catch(() => undefined);
+      if (!page || this.pages.get(idx) !== p) continue;
+      const start = idx * PAGE;
+      const from = Math.max(off, start);
+      const to = Math.min(off + data.length, start + page.length);
+      if (from < to) data.copy(page, from - start, from - off, to - off);
+    }
+  }
+
+  /** Makes written data durable (fdatasync). */
+  async sync(): Promise<void> {
+    if (this.closed || !this.writable) return;
+    await this.fh.datasync();
   }
 
   async close(): Promise<void> {
