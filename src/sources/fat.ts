@@ -548,7 +548,7 @@ export class FatFs implements Vfs {
   }
 
   info(): FsInfo {
-    return { type: 'vfat', readOnly: this.readOnly };
+    return { type: 'vfat', readOnly: this.readOnly, coherent: true };
   }
 
   /** The FAT type found in the BPB. */

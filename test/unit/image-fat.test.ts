@@ -189,7 +189,7 @@ for (const type of ['fat12', 'fat16', 'fat32'] as const) {
       const fs = await FatFs.open(img);
       try {
         assert.equal(fs.fatType, type);
-        assert.deepEqual(fs.info(), { type: 'vfat', readOnly: false });
+        assert.deepEqual(fs.info(), { type: 'vfat', readOnly: false, coherent: true });
         const files = await compareTree(fs, ROOT_ID, tree);
         assert.ok(files > 160, `${files} files compared`);
         // Lookups fold case, as FAT does; the listing keeps the stored case.
