@@ -66,6 +66,7 @@ const commands: Record<string, Command> = {
       '  -f, --foreground    stay in the foreground (default: return once the mount is ready)',
       '  -o OPTS             comma-separated mount options:',
       '                        ro                 mount read-only',
+      '                        sync               no write-behind: each write waits for the server',
       '                        entry_timeout=S    kernel cache time for names (seconds)',
       '                        attr_timeout=S     kernel cache time for attributes (seconds)',
       '                        negative_timeout=S kernel cache time for absent names (seconds)',

@@ -10,6 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { openSource } from '../sources/index.js';
 import { connect } from '../client/client.js';
+import { WriteBehindVfs } from '../client/writeback.js';
 import { mountVfs, type FuseMount } from '../fuse/mount.js';
 import type { Vfs } from '../vfs/types.js';
 import { CliError, UsageError } from './errors.js';
@@ -45,7 +46,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   const mp = path.resolve(mpArg);
   const opts = parseMountOptions(values['options'] as string[] | undefined);
   for (const key of opts.keys()) {
-    if (!IGNORED_OPTIONS.has(key) && !['ro', 'entry_timeout', 'attr_timeout', 'negative_timeout'].includes(key)) {
+    if (!IGNORED_OPTIONS.has(key) && !['ro', 'sync', 'entry_timeout', 'attr_timeout', 'negative_timeout'].includes(key)) {
       throw new UsageError(`unknown mount option "${key}"`);
     }
   }
@@ -72,6 +73,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   let vfs: Vfs;
   let source: string;
   let server: { stats(): object } | undefined;
+  let writeBehind: WriteBehindVfs | undefined;
   try {
     if (values['direct']) {
       vfs = await openSource(spec);
@@ -80,8 +82,8 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
       const addr = parseAddress(spec);
       source = `${addr.host}:${addr.port}`;
       const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000 });
-      vfs = client;
       server = client;
+      vfs = opts.has('sync') ? client : (writeBehind = new WriteBehindVfs(client));
     }
   } catch (err) {
     report(`error: ${(err as Error).message}`);
@@ -118,6 +120,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
     pid: process.pid,
     fuse: fuse.stats(),
     ...(server ? { client: server.stats() } : {}),
+    ...(writeBehind ? { writeBehind: writeBehind.stats() } : {}),
   }));
   report('ok');
 

@@ -1,0 +1,111 @@
+// The write-behind layer in-process, over a MemoryFs whose writes are slowed, reordered or failed
+// on purpose: a write returns before the source has it, but nothing that could observe the file
+// (flush, fsync, read, getattr, a lookup) gets ahead of its writes, overlapping writes land in
+// order, the in-flight bound holds, and a failed write is reported by the next flush, once.
+
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Errno, FsError } from '../../src/lib/errno.js';
+import { WriteBehindVfs } from '../../src/client/writeback.js';
+import { MemoryFs } from '../../src/sources/memory.js';
+import { O_RDWR, ROOT_ID, S_IFREG, type Ctx, type Vfs } from '../../src/vfs/types.js';
+
+const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A MemoryFs whose writes take `delay(offset)` ms and may fail; counts calls that reach it. */
+function slowFs(delay: (off: number) => number, fail?: (off: number) => FsError | undefined): { vfs: Vfs; mem: MemoryFs; calls: Map<string, number>; active: () => number } {
+  const mem = new MemoryFs();
+  const calls = new Map<string, number>();
+  let active = 0;
+  const vfs = new Proxy(mem, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof v !== 'function') return v;
+      return (...args: unknown[]) => {
+        calls.set(String(prop), (calls.get(String(prop)) ?? 0) + 1);
+        if (prop !== 'write') return (v as (...a: unknown[]) => unknown).apply(target, args);
+        const off = args[3] as number;
+        active++;
+        return sleep(delay(off)).then(() => {
+          const err = fail?.(off);
+          if (err) throw err;
+          return (v as (...a: unknown[]) => Promise<number>).apply(target, args);
+        }).finally(() => active--);
+      };
+    },
+  }) as Vfs;
+  return { vfs, mem, calls, active: () => active };
+}
+
+test('a write returns at once; flush, getattr and read wait for it', async () => {
+  const { vfs, mem, active } = slowFs(() => 50);
+  const wb = new WriteBehindVfs(vfs);
+  const f = await wb.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+  const t0 = Date.now();
+  assert.equal(await wb.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.from('hello')), 5);
+  assert.ok(Date.now() - t0 < 40, 'the write did not wait for the source');
+  assert.equal(active(), 1, 'the write is on its way');
+  assert.equal((await wb.getattr(ctx, f.entry.nodeid)).size, 5, 'getattr saw the write');
+  await wb.write(ctx, f.entry.nodeid, f.fh, 5, Buffer.from(' world'));
+  assert.equal((await wb.read(ctx, f.entry.nodeid, f.fh, 0, 100)).toString(), 'hello world');
+  await wb.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.from('J'));
+  await wb.flush(ctx, f.entry.nodeid, f.fh);
+  assert.equal(active(), 0, 'flush waited for every write');
+  assert.equal((await mem.read(ctx, f.entry.nodeid, f.fh, 0, 100)).toString(), 'Jello world');
+  await wb.release(ctx, f.entry.nodeid, f.fh);
+});
+
+test('overlapping writes land in the order they were made', async () => {
+  // Earlier offsets are slower: without ordering, the second write would land first.
+  const { vfs, mem } = slowFs((off) => (off === 0 ? 60 : 1));
+  const wb = new WriteBehindVfs(vfs);
+  const f = await wb.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+  await wb.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.from('aaaa'));
+  await wb.write(ctx, f.entry.nodeid, f.fh, 2, Buffer.from('bb'));
+  await wb.flush(ctx, f.entry.nodeid, f.fh);
+  assert.equal((await mem.read(ctx, f.entry.nodeid, f.fh, 0, 10)).toString(), 'aabb');
+});
+
+test('writes beyond the in-flight bound wait for room', async () => {
+  const { vfs, active } = slowFs(() => 30);
+  const wb = new WriteBehindVfs(vfs, 64 * 1024);
+  const f = await wb.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+  let most = 0;
+  for (let i = 0; i < 8; i++) {
+    await wb.write(ctx, f.entry.nodeid, f.fh, i * 32768, Buffer.alloc(32768, i));
+    most = Math.max(most, active());
+  }
+  assert.ok(most <= 2, `at most 64 KiB in flight, saw ${most} writes of 32 KiB`);
+  assert.ok(wb.stats().waitedForRoom > 0);
+  await wb.flush(ctx, f.entry.nodeid, f.fh);
+  assert.equal((await wb.getattr(ctx, f.entry.nodeid)).size, 8 * 32768);
+});
+
+test('a failed write is reported by the next flush, once, and by nothing else', async () => {
+  const { vfs } = slowFs(() => 5, (off) => (off === 4096 ? new FsError(Errno.ENOSPC) : undefined));
+  const wb = new WriteBehindVfs(vfs);
+  const f = await wb.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+  await wb.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.alloc(4096, 1));
+  await wb.write(ctx, f.entry.nodeid, f.fh, 4096, Buffer.alloc(4096, 2));
+  await assert.rejects(wb.flush(ctx, f.entry.nodeid, f.fh), (e: unknown) => e instanceof FsError && e.errno === Errno.ENOSPC);
+  await wb.flush(ctx, f.entry.nodeid, f.fh);
+  assert.equal((await wb.getattr(ctx, f.entry.nodeid)).size, 4096, 'the failed write is not there');
+  // fsync reports it too.
+  await wb.write(ctx, f.entry.nodeid, f.fh, 4096, Buffer.alloc(10));
+  await assert.rejects(wb.fsync(ctx, f.entry.nodeid, f.fh, false), (e: unknown) => e instanceof FsError && e.errno === Errno.ENOSPC);
+});
+
+test('flush of an unwritten handle and getxattr of a new file cost no call', async () => {
+  const { vfs, calls } = slowFs(() => 1);
+  const wb = new WriteBehindVfs(vfs);
+  const f = await wb.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+  await assert.rejects(wb.getxattr(ctx, f.entry.nodeid, 'security.capability'), (e: unknown) => e instanceof FsError && e.errno === Errno.ENODATA);
+  await wb.flush(ctx, f.entry.nodeid, f.fh);
+  assert.equal(calls.get('getxattr') ?? 0, 0);
+  assert.equal(calls.get('flush') ?? 0, 0);
+  // Once the file's xattrs change, the question goes to the source.
+  await wb.setxattr(ctx, f.entry.nodeid, 'security.capability', Buffer.from([1, 0, 0, 2]), 0);
+  assert.deepEqual([...await wb.getxattr(ctx, f.entry.nodeid, 'security.capability')], [1, 0, 0, 2]);
+  assert.equal(calls.get('getxattr'), 1);
+});
