@@ -11,7 +11,7 @@ import path from 'node:path';
 import { openSource } from '../sources/index.js';
 import { connect } from '../client/client.js';
 import { WriteBehindVfs } from '../client/writeback.js';
-import { mountVfs, type FuseMount } from '../fuse/mount.js';
+import { mountVfs, readaheadFor, setReadahead, type FuseMount } from '../fuse/mount.js';
 import type { Vfs } from '../vfs/types.js';
 import { CliError, UsageError } from './errors.js';
 import { parseAddress, parseMountOptions } from './util.js';
@@ -46,7 +46,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   const mp = path.resolve(mpArg);
   const opts = parseMountOptions(values['options'] as string[] | undefined);
   for (const key of opts.keys()) {
-    if (!IGNORED_OPTIONS.has(key) && !['ro', 'sync', 'entry_timeout', 'attr_timeout', 'negative_timeout'].includes(key)) {
+    if (!IGNORED_OPTIONS.has(key) && !['ro', 'sync', 'readahead_kb', 'entry_timeout', 'attr_timeout', 'negative_timeout'].includes(key)) {
       throw new UsageError(`unknown mount option "${key}"`);
     }
   }
@@ -54,6 +54,9 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   if (!st) throw new CliError(`mount point ${mp} does not exist`);
   if (!st.isDirectory()) throw new CliError(`mount point ${mp} is not a directory`);
   if ((await mountedPaths()).get(mp)?.fstype.startsWith('fuse')) throw new CliError(`${mp} is already a FUSE mount`);
+  const raText = opts.get('readahead_kb');
+  const raOpt = typeof raText === 'string' ? Number(raText) : undefined;
+  if (raOpt !== undefined && !(raOpt >= 0 && raOpt <= 1 << 20)) throw new UsageError(`bad readahead_kb "${String(raText)}"`);
   const timeoutS = Number(values['timeout']);
   if (!(timeoutS > 0)) throw new UsageError(`bad --timeout "${String(values['timeout'])}"`);
 
@@ -73,6 +76,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   let vfs: Vfs;
   let source: string;
   let server: { stats(): object } | undefined;
+  let rttMs: number | undefined;
   let writeBehind: WriteBehindVfs | undefined;
   try {
     if (values['direct']) {
@@ -83,6 +87,9 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
       source = `${addr.host}:${addr.port}`;
       const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000 });
       server = client;
+      // The round trip decides how far to read ahead: the best of a few pings.
+      rttMs = Infinity;
+      for (let i = 0; i < 5; i++) rttMs = Math.min(rttMs, await client.ping());
       vfs = opts.has('sync') ? client : (writeBehind = new WriteBehindVfs(client));
     }
   } catch (err) {
@@ -113,12 +120,19 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
     throw new CliError((err as Error).message);
   }
 
+  const readaheadKb = raOpt !== undefined ? raOpt : rttMs !== undefined ? readaheadFor(rttMs) : undefined;
+  if (readaheadKb !== undefined) {
+    await setReadahead(fuse.minor, readaheadKb).catch((err: Error) => process.stderr.write(`wirefs mount: cannot set read-ahead: ${err.message}\n`));
+  }
+
   const control = await startControl(mp, () => ({
     mountpoint: mp,
     server: source,
     type: vfs.info().type,
     pid: process.pid,
     fuse: fuse.stats(),
+    ...(rttMs !== undefined ? { rttMs: Math.round(rttMs * 1000) / 1000 } : {}),
+    ...(readaheadKb !== undefined ? { readaheadKb } : {}),
     ...(server ? { client: server.stats() } : {}),
     ...(writeBehind ? { writeBehind: writeBehind.stats() } : {}),
   }));

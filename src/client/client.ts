@@ -222,6 +222,13 @@ export class RemoteVfs implements Vfs {
     this.markClosed();
   }
 
+  /** One PING round trip, in milliseconds. */
+  async ping(): Promise<number> {
+    const t0 = process.hrtime.bigint();
+    await this.call('ping', {});
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  }
+
   // --- the Vfs -----------------------------------------------------------------------------------
 
   info(): FsInfo {

@@ -105,6 +105,26 @@ export async function abortConnection(minor: number): Promise<void> {
   });
 }
 
+/**
+ * Sets the mount's read-ahead window. The kernel reads ahead at most 128 KiB on a FUSE mount (the
+ * INIT reply can only lower it, fs/fuse/inode.c process_init_reply), which is far too little
+ * once a round trip crosses a network: a reader then waits a full round trip every 128 KiB. The
+ * backing device's read_ahead_kb in sysfs (bdi "0:<minor>") is the knob for it.
+ */
+export async function setReadahead(minor: number, kib: number): Promise<void> {
+  await fsp.writeFile(`/sys/class/bdi/0:${minor}/read_ahead_kb`, String(Math.max(0, Math.round(kib))));
+}
+
+/**
+ * Read-ahead sized to bandwidth x round trip: enough bytes in flight to keep the link busy while
+ * the reader consumes the window. The bandwidth is taken as that of a 10 Gbit/s link (a guess on
+ * the high side costs only memory), and the window is kept between 1 and 16 MiB.
+ */
+export function readaheadFor(rttMs: number): number {
+  const bytesPerMs = 1.25e6;
+  return Math.min(16384, Math.max(1024, Math.ceil((2 * rttMs * bytesPerMs) / 1024)));
+}
+
 async function exists(p: string): Promise<boolean> {
   return fsp.access(p).then(() => true, () => false);
 }

@@ -263,8 +263,12 @@ export class Session implements SessionApi {
     const held = this.lookups.get(nodeid) ?? 0;
     const drop = Math.min(held, n);
     if (drop <= 0) return;
-    if (held === drop) this.lookups.delete(nodeid);
-    else this.lookups.set(nodeid, held - drop);
+    if (held === drop) {
+      this.lookups.delete(nodeid);
+      this.dropped.delete(nodeid);
+    } else {
+      this.lookups.set(nodeid, held - drop);
+    }
     this.safeForget(nodeid, drop);
   }
 
