@@ -1,0 +1,68 @@
+// The client's list of names in directories it made (dirnames.ts), against a real server on
+// loopback with a second client: absent names are answered without a round trip, and any change
+// another client makes in the directory is seen at the very next lookup.
+
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { Errno, FsError } from '../../src/lib/errno.js';
+import type { Logger } from '../../src/lib/log.js';
+import { MemoryFs } from '../../src/sources/memory.js';
+import { startServer } from '../../src/server/server.js';
+import { connect, type RemoteVfs } from '../../src/client/client.js';
+import { DirNamesVfs } from '../../src/client/dirnames.js';
+import { O_RDWR, ROOT_ID, S_IFREG, type Ctx } from '../../src/vfs/types.js';
+
+const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
+const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
+
+async function twoClients(t: TestContext): Promise<{ a: RemoteVfs; b: RemoteVfs }> {
+  const server = await startServer({ vfs: new MemoryFs(), host: '127.0.0.1', port: 0, log: quiet });
+  t.after(() => server.close());
+  const { port } = server.address();
+  const a = await connect({ host: '127.0.0.1', port, log: quiet });
+  const b = await connect({ host: '127.0.0.1', port, log: quiet });
+  t.after(async () => {
+    await a.close();
+    await b.close();
+  });
+  return { a, b };
+}
+
+const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENOENT;
+
+test('absent names in a directory this client made cost no round trip, and stay right', async (t) => {
+  const { a, b } = await twoClients(t);
+  const names = new DirNamesVfs(a);
+  const d = await names.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  const before = a.stats().requests;
+  for (let i = 0; i < 50; i++) await assert.rejects(names.lookup(ctx, d.nodeid, `f${i}`), enoent);
+  assert.equal(a.stats().requests, before, 'no request went to the server');
+  assert.equal(names.stats().lookupsAnswered, 50);
+
+  // Names this client adds are looked up for real.
+  const f = await names.create(ctx, d.nodeid, 'mine', S_IFREG | 0o644, O_RDWR);
+  assert.equal((await names.lookup(ctx, d.nodeid, 'mine')).nodeid, f.entry.nodeid);
+  await names.rename(ctx, d.nodeid, 'mine', d.nodeid, 'moved', 0);
+  await assert.rejects(names.lookup(ctx, d.nodeid, 'mine'), enoent);
+  assert.equal((await names.lookup(ctx, d.nodeid, 'moved')).nodeid, f.entry.nodeid);
+
+  // Another client creates a name in it: the push (acknowledged before b's call returns) drops
+  // the list, so the very next lookup goes to the server and finds it.
+  const bd = await b.lookup(ctx, ROOT_ID, 'd');
+  await b.create(ctx, bd.nodeid, 'theirs', S_IFREG | 0o644, O_RDWR);
+  assert.ok((await names.lookup(ctx, d.nodeid, 'theirs')).nodeid > 0);
+  assert.equal(names.stats().knownDirs, 0, 'the list was dropped');
+  await assert.rejects(names.lookup(ctx, d.nodeid, 'nothing'), enoent);
+});
+
+test('a failed change or a forget ends the certainty', async (t) => {
+  const { a } = await twoClients(t);
+  const names = new DirNamesVfs(a);
+  const d = await names.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  await assert.rejects(names.unlink(ctx, d.nodeid, 'none'), enoent);
+  assert.equal(names.stats().knownDirs, 0);
+  const e = await names.mkdir(ctx, ROOT_ID, 'e', 0o755);
+  assert.equal(names.stats().knownDirs, 1);
+  names.forget(e.nodeid, 1);
+  assert.equal(names.stats().knownDirs, 0);
+});
