@@ -119,8 +119,8 @@ export class WriteBehindVfs implements Vfs {
     return this.inner.getattr(ctx, nodeid, fh);
   }
   async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
+    // chown, chmod, truncate or utimes cannot give a file a capability; only setxattr can.
     await this.drain(nodeid);
-    this.fresh.delete(nodeid);
     return this.inner.setattr(ctx, nodeid, set, fh);
   }
   readlink(ctx: Ctx, nodeid: number): Promise<string> {

@@ -10,6 +10,23 @@ import { Errno, FsError, errnoName, toErrno } from '../lib/errno.js';
 import type { Logger } from '../lib/log.js';
 import { ROOT_ID, type ChangeEvent, type Ctx, type Entry, type Vfs } from '../vfs/types.js';
 import { EncodeError } from '../wire/codec.js';
+
+/** An AbortController made on first use: most requests finish without anyone asking for one. */
+class LazyAbort {
+  private ac: AbortController | undefined;
+  aborted = false;
+  get signal(): AbortSignal {
+    if (!this.ac) {
+      this.ac = new AbortController();
+      if (this.aborted) this.ac.abort();
+    }
+    return this.ac.signal;
+  }
+  abort(): void {
+    this.aborted = true;
+    this.ac?.abort();
+  }
+}
 import {
   FEATURE_COHERENT, FEATURE_PUSH, FEATURE_PUSH_ACK, FEATURES_V1, FLAG_NOREPLY, FLAG_PUSH, FLAG_REPLY, FrameSplitter, HELLO_MAX_FRAME, MAGIC,
   MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR, decodeHeader, encodeErrorFrame, encodePushFrame, encodeReplyFrame,
@@ -57,7 +74,7 @@ export class Session implements SessionApi {
   private features = 0n;
   private state: 'hello' | 'negotiating' | 'open' | 'closed' = 'hello';
   private readonly splitter = new FrameSplitter(HELLO_MAX_FRAME);
-  private readonly running = new Map<number, AbortController>();
+  private readonly running = new Map<number, LazyAbort>();
   private writeBlocked = false;
   private readonly helloTimer: NodeJS.Timeout;
   private readonly lookups = new Map<number, number>();
@@ -176,24 +193,25 @@ export class Session implements SessionApi {
       const a = args as { nodeid?: number; nodeIn?: number; nodeOut?: number };
       for (const id of [a.nodeid, a.nodeIn, a.nodeOut]) if (id !== undefined) this.dropped.delete(id);
     }
-    const ac = new AbortController();
+    const ac = new LazyAbort();
     this.running.set(h.id, ac);
     void this.run(op, h, args, ac);
   }
 
   /** One request as its own task: always ends in exactly one reply. */
-  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'forget'>, h: Header, args: object, ac: AbortController): Promise<void> {
+  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'forget'>, h: Header, args: object, ac: LazyAbort): Promise<void> {
     let frame: Buffer;
     try {
       const { ctx: wctx, ...rest } = args as { ctx: Omit<Ctx, 'signal'> };
-      const ctx: Ctx = { ...wctx, signal: ac.signal };
+      // Sources rarely look at the signal: it is made only when one does.
+      const ctx: Ctx = { uid: wctx.uid, gid: wctx.gid, pid: wctx.pid, get signal() { return ac.signal; } };
       const handler = HANDLERS[op] as (s: SessionApi, ctx: Ctx, a: object) => Promise<Rep<typeof op>>;
       const rep = await handler(this, ctx, rest);
       frame = encodeReplyFrame(op, h.id, rep);
       if (this.core.log.debugEnabled) this.core.log.debug(`${this.peer} #${h.id} ${opLabel(op)} ok`);
     } catch (err) {
       const errno = err instanceof EncodeError ? toErrno(new Error(`${opLabel(op)} reply: ${err.message}`), 'server')
-        : ac.signal.aborted && !(err instanceof FsError) ? Errno.EINTR
+        : ac.aborted && !(err instanceof FsError) ? Errno.EINTR
         : toErrno(err, `server ${opLabel(op)}`);
       frame = encodeErrorFrame(h.op, h.id, errno);
       if (this.core.log.debugEnabled) this.core.log.debug(`${this.peer} #${h.id} ${opLabel(op)} ${errnoName(errno)}`);
