@@ -4,7 +4,9 @@
 // Not part of `npm test`: timings are measured here, never asserted in tests.
 //
 // BENCH_BIG_MB (default 1024) sizes the sequential file; BENCH_FILES (default 5000) the small files;
-// BENCH_ONLY=local,wirefs,... picks targets; BENCH_TREE (default /usr/include) is the source tree.
+// BENCH_TOUCH (default 100000) the files of the memory row, after which the wirefs client's and
+// server's RSS are printed; BENCH_ONLY=local,wirefs,... picks targets; BENCH_TREE (default
+// /usr/include) is the source tree.
 
 import { spawn } from 'node:child_process';
 import fsp from 'node:fs/promises';
@@ -18,11 +20,21 @@ const BIG_MB = Number(process.env['BENCH_BIG_MB'] ?? 1024);
 const FILES = Number(process.env['BENCH_FILES'] ?? 5000);
 const TREE = process.env['BENCH_TREE'] ?? '/usr/include';
 const ONLY = process.env['BENCH_ONLY']?.split(',');
+/** Files touched by the memory row (the issue asks for RSS after 100 000). */
+const TOUCH = Number(process.env['BENCH_TOUCH'] ?? 100000);
 
 interface Target {
   name: string;
   dir: string;
+  /** The processes whose memory the memory row reports. */
+  pids?: { client: number; server: number };
   teardown(): Promise<void>;
+}
+
+async function rssMb(pid: number): Promise<number | undefined> {
+  const status = await fsp.readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
+  const m = /VmRSS:\s+(\d+) kB/.exec(status);
+  return m ? Number(m[1]) / 1024 : undefined;
 }
 
 async function must(cmd: string, timeoutMs = 600000): Promise<string> {
@@ -52,6 +64,15 @@ for i in range(n): os.stat(f"{d}/f{i}")
 for i in range(n): os.unlink(f"{d}/f{i}")
 os.rmdir(d)`;
 
+// 100 directories of n/100 files each: created empty, then all stat-ed again.
+const TOUCHER = `import os, sys
+d = sys.argv[1]; n = int(sys.argv[2]); os.mkdir(d)
+for j in range(100):
+    os.mkdir(f"{d}/{j}")
+    for i in range(n // 100): open(f"{d}/{j}/{i}", "w").close()
+for j in range(100):
+    for i in range(n // 100): os.stat(f"{d}/{j}/{i}")`;
+
 function rows(tarball: string): Row[] {
   return [
     { name: `seq write ${BIG_MB} MiB`, run: (d) => timed(`dd if=/dev/zero of=${d}/big bs=1M count=${BIG_MB} conv=fsync status=none`) },
@@ -64,6 +85,7 @@ function rows(tarball: string): Row[] {
     { name: 'ls -l large dir (warm)', run: async (d) => { const big = `${d}/tree/${path.basename(TREE)}/linux`; await must(`ls -l ${big} > /dev/null`); return timed(`ls -l ${big} > /dev/null`); } },
     { name: 'git status (warm)', run: async (d) => { await must(`cd ${d}/tree && git init -q && git add -A && git -c user.email=b@b -c user.name=b commit -qm x && git status > /dev/null`); return timed(`cd ${d}/tree && git status > /dev/null`); } },
     { name: 'rm -rf tree', run: (d) => timed(`rm -rf ${d}/tree ${d}/big`) },
+    { name: `create+stat ${TOUCH} empty files`, run: (d) => timed(`python3 -c '${TOUCHER}' ${d}/touched ${TOUCH}`, 3600_000) },
   ];
 }
 
@@ -75,7 +97,7 @@ async function wirefsTarget(name: string, exported: string, delayMs: number): Pr
   const mnt = await tmpdir('wirefs-bench-mnt-');
   const client = await startChild([process.execPath, BIN, 'mount', '-f', `127.0.0.1:${proxy?.port ?? port}`, mnt], { waitMount: mnt, timeoutMs: 20000 });
   return {
-    name, dir: mnt,
+    name, dir: mnt, pids: { client: client.child.pid!, server: server.child.pid! },
     teardown: async () => { await teardownMount(mnt, client.child); await proxy?.close(); await server.stop(); },
   };
 }
@@ -124,6 +146,7 @@ async function main(): Promise<void> {
   ];
   const plan = all.filter((p) => !ONLY || ONLY.includes(p.name));
   const results = new Map<string, Map<string, number>>();
+  const memory: string[] = [];
   try {
     for (const p of plan) {
       const exported = await tmpdir('wirefs-bench-export-');
@@ -138,6 +161,10 @@ async function main(): Promise<void> {
             process.stderr.write(`bench: ${p.name}: ${row.name}: ${(err as Error).message.split('\n')[0]}\n`);
           }
           process.stderr.write(`bench: ${p.name}: ${row.name}: ${fmt(res.get(row.name))}\n`);
+        }
+        if (target.pids) {
+          const [c, s] = [await rssMb(target.pids.client), await rssMb(target.pids.server)];
+          memory.push(`${p.name}: after the rows above (${TOUCH} files touched), client RSS ${c?.toFixed(0) ?? '?'} MB, server RSS ${s?.toFixed(0) ?? '?'} MB`);
         }
       } finally {
         await target.teardown();
@@ -159,6 +186,7 @@ async function main(): Promise<void> {
   const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
   process.stdout.write(`\nwirefs benchmark on ${os.hostname()} (${os.cpus().length} cpus), times in wall clock; ratios > 1 favour wirefs for sshfs/wirefs\n\n`);
   process.stdout.write([line(header), ...table.map(line)].join('\n') + '\n');
+  if (memory.length) process.stdout.write('\n' + memory.join('\n') + '\n');
   await fsp.rm(work, { recursive: true, force: true });
 }
 
