@@ -359,6 +359,7 @@ export class Session implements SessionApi {
       return Promise.resolve();
     }
     this.core.counters.pushes++;
+    if (this.core.log.debugEnabled) this.core.log.debug(`${this.peer} push ${JSON.stringify(ev)}`);
     if (!(this.features & FEATURE_PUSH_ACK)) {
       this.send(encodePushFrame('change', { event: ev }));
       return Promise.resolve();

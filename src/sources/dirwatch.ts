@@ -4,8 +4,10 @@
 // names created, deleted or moved in it ("rename") and files in it written or chmod-ed
 // ("change"), which is all a client's kernel caches about that directory and its children.
 //
-// Events are gathered for one turn of the event loop and handed over once per (directory, name),
-// so a burst (a local `tar x`, a build) costs one report per name, not one per write.
+// Events are gathered for SETTLE_MS and handed over once per (directory, name), so a burst (a local
+// `tar x`, a build) costs one report per name, not one per write; and an event raised by one of
+// the source's own changes is judged only once that change has finished (its last step may still
+// be running on the thread pool when inotify reports the first), so the source can recognise it.
 
 import fs from 'node:fs';
 import { logger } from '../lib/log.js';
@@ -13,6 +15,8 @@ import { logger } from '../lib/log.js';
 const log = logger('sources');
 
 export type DirEventKind = 'rename' | 'change';
+
+const SETTLE_MS = 20;
 
 /** One directory's change: `name` null when the kernel did not say which (queue overflow). */
 export type DirEventHandler = (dirId: number, kind: DirEventKind, name: string | null) => void;
@@ -85,7 +89,7 @@ export class DirWatcher {
     if (!prev || (prev.kind === 'change' && kind === 'rename')) this.pending.set(key, { dirId, kind, name });
     if (this.flushQueued) return;
     this.flushQueued = true;
-    setImmediate(() => {
+    setTimeout(() => {
       this.flushQueued = false;
       const batch = this.pending;
       this.pending = new Map();
@@ -97,6 +101,6 @@ export class DirWatcher {
           log.warn(`a local change handler failed: ${(err as Error).message}`);
         }
       }
-    });
+    }, SETTLE_MS).unref();
   }
 }

@@ -966,6 +966,7 @@ export class PassthroughFs implements Vfs {
       const h = this.handle(nodeid, fh);
       const sys = requireSys();
       await this.withFile(h, (f) => sys.fallocate(f.fd, mode, offset, length));
+      this.noteOwn(this.pathOf(h.node));
     });
   }
 
@@ -1045,6 +1046,9 @@ export class PassthroughFs implements Vfs {
     }
     const dirPath = this.pathOf(d);
     if (dirPath === undefined) return;
+    // A watched directory that is itself removed reports its own name: the parent's watch (or
+    // our own rmdir) covers that.
+    if (name === path.basename(dirPath) && PassthroughFs.signature(dirPath) === 'gone') return;
     const p = dirPath === '/' ? `/${name}` : `${dirPath}/${name}`;
     const sig = PassthroughFs.signature(p);
     const mine = this.own.get(p);
