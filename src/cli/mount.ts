@@ -15,6 +15,7 @@ import type { Vfs } from '../vfs/types.js';
 import { CliError, UsageError } from './errors.js';
 import { parseAddress, parseMountOptions } from './util.js';
 import { BIN } from './main.js';
+import { clientSecurity } from './security.js';
 
 export const RUN_DIR = '/run/wirefs';
 
@@ -45,7 +46,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   const mp = path.resolve(mpArg);
   const opts = parseMountOptions(values['options'] as string[] | undefined);
   for (const key of opts.keys()) {
-    if (!IGNORED_OPTIONS.has(key) && !['ro', 'entry_timeout', 'attr_timeout'].includes(key)) {
+    if (!IGNORED_OPTIONS.has(key) && !['ro', 'entry_timeout', 'attr_timeout', 'secret-file', 'ca', 'cert', 'key'].includes(key)) {
       throw new UsageError(`unknown mount option "${key}"`);
     }
   }
@@ -79,7 +80,8 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
     } else {
       const addr = parseAddress(spec);
       source = `${addr.host}:${addr.port}`;
-      const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000 });
+      const security = await clientSecurity(values, opts);
+      const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000, security });
       vfs = client;
       server = client;
     }
