@@ -87,6 +87,13 @@ export function acceptSecure(raw: net.Socket, sec: Security, timeoutMs: number):
     timer.unref();
     socket.once('secure', () => {
       if (done) return;
+      if (sec.mode === 'cert' && sec.ca) {
+        const why = clientVerifyError(socket);
+        if (why !== undefined) {
+          fail(`TLS handshake failed: the client's certificate is not trusted (${why})`);
+          return;
+        }
+      }
       done = true;
       clearTimeout(timer);
       socket.removeAllListeners('error');
@@ -95,6 +102,19 @@ export function acceptSecure(raw: net.Socket, sec: Security, timeoutMs: number):
     socket.on('error', (err: NodeJS.ErrnoException) => fail(serverHandshakeError(err, sec)));
     socket.once('close', () => fail('the client closed the connection during the TLS handshake'));
   });
+}
+
+/**
+ * Why the client's certificate failed verification, or undefined if it passed. OpenSSL completes
+ * the handshake whatever the verdict (a missing certificate alone fails it, through
+ * SSL_VERIFY_FAIL_IF_NO_PEER_CERT) and Node's tls.Server then asks the handle for the verdict; a
+ * TLSSocket made by hand must ask itself, with the same call. Fails closed if the call is missing.
+ */
+function clientVerifyError(socket: tls.TLSSocket): string | undefined {
+  const handle = (socket as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle;
+  if (typeof handle?.verifyError !== 'function') return 'cannot verify client certificates on this Node';
+  const err = handle.verifyError();
+  return err ? (err.code ?? err.message) : undefined;
 }
 
 function serverHandshakeError(err: NodeJS.ErrnoException, sec: Security): string {

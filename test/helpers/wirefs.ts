@@ -16,6 +16,8 @@ export interface Served {
   addr: string;
   stop(): Promise<void>;
   pid: number;
+  /** What the server logged so far. */
+  stderr(): string;
 }
 
 type After = Pick<TestContext, 'after'>;
@@ -39,6 +41,7 @@ export async function serve(t: After, spec: string, extra: string[] = [], opts: 
     addr: `${m[1]}:${m[2]}`,
     stop: () => child.stop(),
     pid: child.child.pid!,
+    stderr: () => child.stderr(),
   };
   t.after(() => child.stop());
   return served;
