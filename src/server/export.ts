@@ -235,8 +235,8 @@ class GuardedVfs implements Vfs {
       // change the mode and times, and the group to its own.
       const a = await this.attr(nodeid);
       const owner = a.uid === c.uid;
-      if (set.uid !== undefined && set.uid !== a.uid) throw new FsError(Errno.EPERM);
-      if (set.gid !== undefined && set.gid !== a.gid && !(owner && set.gid === c.gid)) throw new FsError(Errno.EPERM);
+      if (set.uid !== undefined && !(owner && set.uid === a.uid)) throw new FsError(Errno.EPERM);
+      if (set.gid !== undefined && !(owner && (set.gid === a.gid || set.gid === c.gid))) throw new FsError(Errno.EPERM);
       if (set.mode !== undefined && !owner) throw new FsError(Errno.EPERM);
       const explicitTime = (set.atime !== undefined && set.atime !== 'now') || (set.mtime !== undefined && set.mtime !== 'now');
       if (explicitTime && !owner) throw new FsError(Errno.EPERM);

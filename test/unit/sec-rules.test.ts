@@ -92,6 +92,7 @@ test('a squashed root cannot chown, read another user\'s 0600 file, make devices
   const { mem, secret, rootDir, tmp, mine } = await tree();
   const g = guardVfs(mem, rules());
   await rejectsErrno(g.setattr(root, secret, { uid: 0 }), Errno.EPERM, 'chown');
+  await rejectsErrno(g.setattr(root, rootDir, { uid: 0 }), Errno.EPERM, 'a no-op chown by a non-owner');
   await rejectsErrno(g.setattr(root, secret, { mode: 0o666 }), Errno.EPERM, 'chmod');
   await rejectsErrno(g.setattr(root, secret, { size: 0 }), Errno.EACCES, 'truncate');
   await rejectsErrno(g.open(root, secret, O_RDONLY), Errno.EACCES, 'open 0600');
