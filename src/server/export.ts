@@ -124,6 +124,25 @@ export function isLoopback(host: string): boolean {
   return a === 'localhost' || a === '::1' || /^127\.\d+\.\d+\.\d+$/.test(a);
 }
 
+// --- node ids as capabilities ------------------------------------------------------------------
+
+/** Request fields that name a node. */
+const NODE_FIELDS = ['nodeid', 'parent', 'newparent', 'nodeIn', 'nodeOut'] as const;
+
+/**
+ * The first node a request names that its session was never handed (by lookup, create, readdirplus,
+ * link...), or undefined. Node ids are small numbers shared by all clients: without this check a
+ * client could guess the id of a file another client reached and skip the directory permissions
+ * on the way to it.
+ */
+export function strangerNode(args: object, held: (nodeid: number) => boolean): number | undefined {
+  for (const f of NODE_FIELDS) {
+    const v = (args as Record<string, unknown>)[f];
+    if (typeof v === 'number' && !held(v)) return v;
+  }
+  return undefined;
+}
+
 // --- permission checks -------------------------------------------------------------------------
 
 const R = 4;

@@ -81,6 +81,7 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
     maxFrame,
     maxInFlight: opts.maxInFlight ?? 64,
     helloTimeoutMs: opts.helloTimeoutMs ?? 10_000,
+    strictNodes: opts.export !== undefined,
     serverName: `wirefs/${VERSION_MAJOR}.${VERSION_MINOR} ${os.hostname()}`,
     sessions,
     counters: { requests: 0, pushes: 0, protocolErrors: 0, connections: 0 },

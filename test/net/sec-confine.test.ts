@@ -22,6 +22,7 @@ const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
 const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
 
 interface World {
+  port: number;
   exp: string;
   out: string;
   secret: string;
@@ -62,7 +63,7 @@ async function world(t: TestContext, rules: Partial<ExportRules> = {}): Promise<
     }
     return rows.join('\n');
   };
-  return { exp, out, secret, client, snapshotOutside };
+  return { port: server.address().port, exp, out, secret, client, snapshotOutside };
 }
 
 /** The call must fail (any errno); a success is an escape. */
@@ -158,6 +159,28 @@ test('a directory swapped for a symlink to the outside on the server is not foll
   assert.equal(await w.snapshotOutside(), before);
   await assert.rejects(fsp.access(path.join(w.exp, 'stolen')));
   await assert.rejects(fsp.access(path.join(w.exp, 'hard')));
+});
+
+test('a client cannot use node ids it was never handed', async (t) => {
+  const w = await world(t);
+  const d = await w.client.lookup(ctx, ROOT_ID, 'd');
+  const f = await w.client.lookup(ctx, d.nodeid, 'secret');
+  const other = await connect({ host: '127.0.0.1', port: w.port, log: quiet });
+  t.after(() => other.close());
+  for (const [what, call] of [
+    ['getattr', () => other.getattr(ctx, f.nodeid)],
+    ['open', () => other.open(ctx, f.nodeid, O_RDONLY)],
+    ['lookup under', () => other.lookup(ctx, d.nodeid, 'secret')],
+    ['create under', () => other.create(ctx, d.nodeid, 'x', S_IFREG | 0o644, O_RDWR)],
+    ['rename into', () => other.rename(ctx, ROOT_ID, 'abs', d.nodeid, 'moved', 0)],
+  ] as Array<[string, () => Promise<unknown>]>) {
+    await assert.rejects(call(), (err: unknown) => err instanceof FsError && err.errno === Errno.ESTALE, what);
+  }
+  // Once it looks them up itself, the same ids work.
+  const d2 = await other.lookup(ctx, ROOT_ID, 'd');
+  assert.equal(d2.nodeid, d.nodeid);
+  assert.equal((await other.lookup(ctx, d2.nodeid, 'secret')).nodeid, f.nodeid);
+  await other.getattr(ctx, f.nodeid);
 });
 
 test('a read-only export refuses a hostile client\'s changes on the server', async (t) => {
