@@ -19,6 +19,9 @@ export const PSK_CIPHERS = 'ECDHE-PSK-CHACHA20-POLY1305:ECDHE-PSK-AES256-CBC-SHA
 /** Bytes of key `wirefs keygen` writes, and the least a key file may hold (128 bits). */
 export const KEY_BYTES = 32;
 const MIN_KEY_BYTES = 16;
+/** A server that drops a TLS client before the handshake ends gives no reason: name the usual ones. */
+const CLOSED_IN_HANDSHAKE =
+  'the server closed the connection during the TLS handshake (it serves without encryption or with other credentials, or has too many connections)';
 
 export type Security =
   | { mode: 'plain' }
@@ -192,7 +195,7 @@ export function dial(opts: DialOptions): Dialing {
       resolve();
     });
     const onClose = (): void => reject(new Error(sec.mode === 'plain' ? 'connection closed'
-      : 'the server closed the connection during the TLS handshake (does it serve without encryption, or with other credentials?)'));
+      : CLOSED_IN_HANDSHAKE));
     socket.once('error', onError);
     socket.once('close', onClose);
   });
@@ -218,7 +221,7 @@ export function dialError(err: NodeJS.ErrnoException, sec: Security, connected =
   const msg = `${code} ${err.message}`;
   if (sec.mode !== 'plain' && connected) {
     if (/ECONNRESET|EPIPE|socket disconnected before secure TLS/i.test(msg)) {
-      return 'the server closed the connection during the TLS handshake (does it serve without encryption, or with other credentials?)';
+      return CLOSED_IN_HANDSHAKE;
     }
     if (/WRONG_VERSION_NUMBER|UNKNOWN_PROTOCOL|PACKET_LENGTH_TOO_LONG/.test(msg)) {
       return 'the server does not speak TLS (it serves without a secret or certificate)';
