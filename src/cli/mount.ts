@@ -17,6 +17,7 @@ import type { Vfs } from '../vfs/types.js';
 import { CliError, UsageError } from './errors.js';
 import { parseAddress, parseMountOptions } from './util.js';
 import { BIN } from './main.js';
+import { clientSecurity } from './security.js';
 
 export const RUN_DIR = '/run/wirefs';
 
@@ -47,7 +48,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   const mp = path.resolve(mpArg);
   const opts = parseMountOptions(values['options'] as string[] | undefined);
   for (const key of opts.keys()) {
-    if (!IGNORED_OPTIONS.has(key) && !['ro', 'sync', 'readahead_kb', 'entry_timeout', 'attr_timeout', 'negative_timeout'].includes(key)) {
+    if (!IGNORED_OPTIONS.has(key) && !['ro', 'sync', 'readahead_kb', 'entry_timeout', 'attr_timeout', 'negative_timeout', 'secret-file', 'ca', 'cert', 'key'].includes(key)) {
       throw new UsageError(`unknown mount option "${key}"`);
     }
   }
@@ -86,7 +87,8 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
     } else {
       const addr = parseAddress(spec);
       source = `${addr.host}:${addr.port}`;
-      const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000 });
+      const security = await clientSecurity(values, opts);
+      const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000, security });
       server = client;
       // The round trip decides how far to read ahead: the best of a few pings.
       rttMs = Infinity;

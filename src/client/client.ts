@@ -15,6 +15,7 @@ import {
   FEATURE_CANCEL, FEATURE_COHERENT, FEATURE_PUSH, FLAG_PUSH, FLAG_REPLY, READ_OVERHEAD, decodeHeader, encodeRequestFrame,
 } from '../wire/frame.js';
 import { OPS, decodeRep, decodeReq, opLabel, type OpName, type Rep, type Req } from '../wire/ops.js';
+import type { Security } from '../wire/transport.js';
 import { openLink, type Link } from './link.js';
 
 export interface ConnectOptions {
@@ -25,6 +26,8 @@ export interface ConnectOptions {
   log?: Logger;
   /** Shown in the server's log. */
   name?: string;
+  /** How to reach the server: plain TCP (default), a shared secret or certificates. */
+  security?: Security;
 }
 
 export interface ClientStats {
@@ -56,6 +59,7 @@ export async function connect(opts: ConnectOptions): Promise<RemoteVfs> {
   const link = await openLink({
     host: opts.host, port: opts.port, timeoutMs: opts.timeoutMs ?? 5000,
     ...(opts.name !== undefined ? { name: opts.name } : {}),
+    ...(opts.security !== undefined ? { security: opts.security } : {}),
   });
   return new RemoteVfs(`${opts.host}:${opts.port}`, link, opts.log ?? logger('client'));
 }

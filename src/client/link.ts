@@ -3,15 +3,16 @@
 // connection refused"), including a peer that speaks another protocol or another wirefs version.
 // Kept apart from RemoteVfs so a reconnect loop can open a new link under the same request table.
 
-import net from 'node:net';
+import type net from 'node:net';
 import os from 'node:os';
 import { ProtocolError, Reader } from '../lib/bytes.js';
-import { errnoName } from '../lib/errno.js';
+import { Errno, errnoName } from '../lib/errno.js';
 import {
   DEFAULT_MAX_FRAME, FEATURES_V1, FLAG_REPLY, FrameSplitter, HEADER_SIZE, HELLO_MAX_FRAME, MAGIC, MIN_MAX_FRAME,
   VERSION_MAJOR, VERSION_MINOR, encodeRequestFrame, quoteForeign, versionMismatch,
 } from '../wire/frame.js';
 import { OPS, decodeRep, type Rep } from '../wire/ops.js';
+import { dial, dialError, type Security } from '../wire/transport.js';
 
 export interface LinkOptions {
   host: string;
@@ -23,6 +24,8 @@ export interface LinkOptions {
   sessionId?: bigint;
   /** The largest frame this client accepts (default 4 MiB). */
   maxFrame?: number;
+  /** Plain TCP (the default), a shared secret or certificates: see wire/transport.ts. */
+  security?: Security;
 }
 
 /** A connected, negotiated socket. Bytes that arrived after the HELLO reply wait in `splitter`. */
@@ -35,25 +38,16 @@ export interface Link {
   features: bigint;
 }
 
-const REASONS: Record<string, string> = {
-  ECONNREFUSED: 'connection refused',
-  ENOTFOUND: 'unknown host',
-  EAI_AGAIN: 'host name lookup failed',
-  EHOSTUNREACH: 'host unreachable',
-  ENETUNREACH: 'network unreachable',
-  ETIMEDOUT: 'timed out',
-  ECONNRESET: 'connection reset by the server',
-  EPIPE: 'connection reset by the server',
-};
-
 export function openLink(opts: LinkOptions): Promise<Link> {
   const where = `${opts.host}:${opts.port}`;
   const ourMax = opts.maxFrame ?? DEFAULT_MAX_FRAME;
   return new Promise<Link>((resolve, reject) => {
-    const socket = net.connect({ host: opts.host, port: opts.port });
+    const security = opts.security ?? { mode: 'plain' };
+    const { socket, ready } = dial({ host: opts.host, port: opts.port, security });
     socket.setNoDelay(true);
     const splitter = new FrameSplitter(HELLO_MAX_FRAME);
     let connected = false;
+    let secured = false;
     let settled = false;
 
     const fail = (reason: string): void => {
@@ -69,16 +63,23 @@ export function openLink(opts: LinkOptions): Promise<Link> {
       fail(connected ? `connected, but no wirefs answer within ${s} s (is it a wirefs server?)` : `no answer within ${s} s`);
     }, opts.timeoutMs);
 
-    socket.once('connect', () => {
-      connected = true;
+    socket.once('connect', () => (connected = true));
+    ready.then(() => {
+      secured = true;
+      if (settled) return;
       socket.write(encodeRequestFrame('hello', 0, 0, {
         magic: MAGIC, major: VERSION_MAJOR, minor: VERSION_MINOR, features: FEATURES_V1, maxFrame: ourMax,
         sessionId: opts.sessionId ?? 0n, clientName: opts.name ?? `wirefs-client/${VERSION_MAJOR}.${VERSION_MINOR} ${os.hostname()}:${process.pid}`,
       }));
+    }, (err: Error) => fail(err.message));
+    // Until the transport is ready, `ready` names the failure (it knows the TLS causes).
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      if (secured || security.mode === 'plain') fail(dialError(err, security, connected));
     });
-    socket.on('error', (err: NodeJS.ErrnoException) => fail(REASONS[err.code ?? ''] ?? err.message));
     socket.on('close', () => {
+      if (!secured && security.mode !== 'plain') return;
       if (splitter.buffered > 0) foreign();
+      else if (security.mode === 'plain' && connected) fail('the server closed the connection during the handshake (does it require --secret-file or certificates?)');
       else fail(connected ? 'the server closed the connection during the handshake' : 'connection closed');
     });
 
@@ -105,7 +106,7 @@ export function openLink(opts: LinkOptions): Promise<Link> {
       try {
         const status = r.i32();
         if (status !== 0) {
-          fail(`the server refused the session (${errnoName(status)})`);
+          fail(refusal(status));
           return;
         }
         // The magic and version lead the reply in every protocol version: read them before the rest.
@@ -134,4 +135,11 @@ export function openLink(opts: LinkOptions): Promise<Link> {
     };
     socket.on('data', onData);
   });
+}
+
+/** A HELLO refused with an errno: the server's admission rules have their own words (PROTOCOL.md). */
+function refusal(status: number): string {
+  if (status === Errno.EACCES) return 'the server does not allow this client\'s address (see its --allow)';
+  if (status === Errno.EAGAIN) return 'the server has too many connections (from this address, or in all); try again later';
+  return `the server refused the session (${errnoName(status)})`;
 }

@@ -1,5 +1,5 @@
 // The typed face of the native addon (native/wirefs_sys.c, built by node-gyp at npm install): the
-// Linux calls Node core lacks. Every function is asynchronous (the libuv pool) and rejects with an
+// Linux calls Node core lacks (including openat2, which keeps the passthrough source in its tree). Every function is asynchronous (the libuv pool) and rejects with an
 // Error carrying `code` (errno name) and `errno` (positive), which toErrno() understands.
 
 import { createRequire } from 'node:module';
@@ -27,6 +27,16 @@ export interface Sys {
   futimens(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): Promise<void>;
   readonly UTIME_NOW: number;
   readonly UTIME_OMIT: number;
+  /** openat2(2): opens path relative to dirfd under the RESOLVE_* rules; resolves with the fd (O_CLOEXEC). */
+  openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): Promise<number>;
+  /** openat2(2) on the calling thread (throws like the async one): for short resolutions in hot paths. */
+  openat2Sync(dirfd: number, path: string, flags: number, mode: number, resolve: number): number;
+  /** chmod that never follows a symlink (EOPNOTSUPP on one), by an O_PATH fd. */
+  lchmod(path: string, mode: number): Promise<void>;
+  readonly RESOLVE_BENEATH: number;
+  readonly RESOLVE_NO_MAGICLINKS: number;
+  readonly RESOLVE_NO_SYMLINKS: number;
+  readonly O_PATH: number;
 }
 
 // From dist/src/lib/sys.js the repository root is three levels up; node-gyp builds into build/Release.

@@ -7,6 +7,9 @@ import os from 'node:os';
 import { logger, type Logger } from '../lib/log.js';
 import type { ChangeEvent, Vfs } from '../vfs/types.js';
 import { DEFAULT_MAX_FRAME, MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR } from '../wire/frame.js';
+import type { Security } from '../wire/transport.js';
+import { Admission, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS } from './admission.js';
+import { guardVfs, isLoopback, type ExportRules } from './export.js';
 import { Session, type ServerCore } from './session.js';
 
 export interface ServerOptions {
@@ -19,7 +22,7 @@ export interface ServerOptions {
   maxFrame?: number;
   /** Requests one connection may have running before the server stops reading it (default 64). */
   maxInFlight?: number;
-  /** A connection that has not completed HELLO within this time is closed (default 10 s). */
+  /** A connection that has not completed the TLS handshake and HELLO within this time is closed (default 10 s). */
   helloTimeoutMs?: number;
   /**
    * The lease time: how long the author of a change waits for the other clients that cached the
@@ -27,6 +30,16 @@ export interface ServerOptions {
    * delays others by at most this much per change (and once its connection is seen closed, not at all).
    */
   leaseMs?: number;
+  /** Plain TCP (default), a shared secret or certificates (wire/transport.ts). */
+  security?: Security;
+  /** Serve unencrypted on an address other than loopback (refused otherwise). */
+  insecure?: boolean;
+  /** Allow-list, identity mapping, read-only (export.ts); absent = trust clients' identities as sent. */
+  export?: ExportRules;
+  /** Connections open at once from all clients (default 1024); beyond, new ones are refused. */
+  maxConnections?: number;
+  /** Connections open at once from one client address (default 64). */
+  maxConnectionsPerAddress?: number;
 }
 
 export interface ServerStats {
@@ -44,6 +57,8 @@ export interface ServerStats {
   protocolErrors: number;
   /** Invalidations that were not acknowledged within the lease time. */
   leaseExpiries: number;
+  /** Connections refused since start (limits, allow-list, failed TLS handshakes). */
+  refused: number;
 }
 
 export interface WireServer {
@@ -61,14 +76,21 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
   const log = opts.log ?? logger('server');
   const maxFrame = opts.maxFrame ?? DEFAULT_MAX_FRAME;
   if (!(maxFrame >= MIN_MAX_FRAME && maxFrame <= 0xffffffff)) throw new Error(`max frame must be at least ${MIN_MAX_FRAME} bytes`);
+  const host = opts.host ?? '0.0.0.0';
+  const security = opts.security ?? { mode: 'plain' };
+  if (security.mode === 'plain' && !isLoopback(host) && !opts.insecure) {
+    throw new Error(`refusing to serve unencrypted on ${host}: give --secret-file (make one with \`wirefs keygen\`) or --cert/--key, bind to 127.0.0.1, or pass --insecure`);
+  }
   const sessions = new Set<Session>();
+  const vfs = opts.export ? guardVfs(opts.vfs, opts.export) : opts.vfs;
   const core: ServerCore = {
-    vfs: opts.vfs,
+    vfs,
     log,
     maxFrame,
     maxInFlight: opts.maxInFlight ?? 64,
     helloTimeoutMs: opts.helloTimeoutMs ?? 10_000,
     leaseMs: opts.leaseMs ?? 2000,
+    strictNodes: opts.export !== undefined,
     serverName: `wirefs/${VERSION_MAJOR}.${VERSION_MINOR} ${os.hostname()}`,
     sessions,
     counters: { requests: 0, pushes: 0, protocolErrors: 0, connections: 0, leaseExpiries: 0 },
@@ -82,21 +104,29 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
     },
   };
   // Changes made behind the server's back (local processes on a passthrough source) go to everyone.
-  const unwatch = opts.vfs.watch((ev) => core.broadcast([ev], undefined));
+  const unwatch = vfs.watch((ev) => core.broadcast([ev], undefined));
 
-  const server = net.createServer((socket) => {
+  const admission = new Admission({
+    log,
+    security,
+    handshakeTimeoutMs: core.helloTimeoutMs,
+    maxConnections: opts.maxConnections ?? DEFAULT_MAX_CONNECTIONS,
+    maxPerAddress: opts.maxConnectionsPerAddress ?? DEFAULT_MAX_PER_ADDRESS,
+    allow: opts.export?.allow,
+  });
+  const server = net.createServer((raw) => {
     core.counters.connections++;
-    sessions.add(new Session(core, socket));
+    admission.admit(raw, (socket) => sessions.add(new Session(core, socket)));
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(opts.port, opts.host ?? '0.0.0.0', () => {
+    server.listen(opts.port, host, () => {
       server.off('error', reject);
       resolve();
     });
   }).catch((err: NodeJS.ErrnoException) => {
     unwatch();
-    const where = `${opts.host ?? '0.0.0.0'}:${opts.port}`;
+    const where = `${host}:${opts.port}`;
     const reasons: Record<string, string> = {
       EADDRINUSE: 'the port is in use', EADDRNOTAVAIL: 'no such local address', EACCES: 'permission denied',
     };
@@ -114,6 +144,7 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
       closing ??= (async () => {
         unwatch();
         const done = new Promise<void>((resolve) => server.close(() => resolve()));
+        admission.close();
         const all = [...sessions];
         for (const s of all) s.close();
         await Promise.all(all.map((s) => s.ended));
@@ -124,7 +155,7 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
     stats() {
       let inFlight = 0;
       for (const s of sessions) inFlight += s.inFlight;
-      return { sessions: sessions.size, inFlight, ...core.counters };
+      return { sessions: sessions.size, inFlight, ...core.counters, refused: admission.refused };
     },
   };
 }

@@ -33,6 +33,7 @@ import {
   quoteForeign, versionMismatch, type Header,
 } from '../wire/frame.js';
 import { OPS, OP_BY_CODE, decodeReq, opLabel, type OpName, type Rep } from '../wire/ops.js';
+import { strangerNode } from './export.js';
 import { HANDLERS, type SessionApi } from './handlers.js';
 
 /** What every session shares: the source, the limits, the other sessions, the counters. */
@@ -44,6 +45,8 @@ export interface ServerCore {
   readonly helloTimeoutMs: number;
   /** How long a change's author waits for another client to acknowledge an invalidation. */
   readonly leaseMs: number;
+  /** Refuse node ids a session was never handed (export.ts, strangerNode): on when serving with export rules. */
+  readonly strictNodes: boolean;
   readonly serverName: string;
   readonly sessions: Set<Session>;
   readonly counters: { requests: number; pushes: number; protocolErrors: number; connections: number; leaseExpiries: number };
@@ -205,6 +208,8 @@ export class Session implements SessionApi {
       const { ctx: wctx, ...rest } = args as { ctx: Omit<Ctx, 'signal'> };
       // Sources rarely look at the signal: it is made only when one does.
       const ctx: Ctx = { uid: wctx.uid, gid: wctx.gid, pid: wctx.pid, get signal() { return ac.signal; } };
+      const stranger = this.core.strictNodes ? strangerNode(rest, (id) => this.knows(id)) : undefined;
+      if (stranger !== undefined) throw new FsError(Errno.ESTALE, `node ${stranger} was never handed to this client`);
       const handler = HANDLERS[op] as (s: SessionApi, ctx: Ctx, a: object) => Promise<Rep<typeof op>>;
       const rep = await handler(this, ctx, rest);
       frame = encodeReplyFrame(op, h.id, rep);

@@ -8,9 +8,11 @@
 // Numbers that do not fit (>= 2^44, or more than 510 devices) get synthetic numbers from the top
 // device slot (511 << 44), allocated once per (dev, ino) for the life of the source.
 //
-// Known limits: names must be valid UTF-8 (Node's string paths); a local process that swaps a path
-// component for a symlink between lookup and use can redirect a path-based call (there is no openat
-// here; calls on open files use the fd, and creations use O_NOFOLLOW/lchown where Node allows).
+// Confinement: every path call goes through Beneath (confine.ts), which has the kernel resolve the
+// path beneath the root with openat2 and follow no symlink, so neither a client nor a local process
+// swapping a directory for a symlink can make the server touch a file outside the tree.
+//
+// Known limits: names must be valid UTF-8 (Node's string paths).
 
 import type { BigIntStats } from 'node:fs';
 import * as fsp from './hostfs.js';
@@ -27,6 +29,7 @@ import {
   type OpenResult, type SetAttr, type SetTime, type StatFs, type Vfs,
 } from '../vfs/types.js';
 import { DirWatcher, type DirEventKind } from './dirwatch.js';
+import { Beneath } from './confine.js';
 import { HandleTable, NAME_MAX, W_OK, checkAccess, checkName, checkRenameFlags, checkTimespec, checkXattr, nsToTimespec } from './common.js';
 
 const log = logger('sources');
@@ -148,6 +151,8 @@ export class PassthroughFs implements Vfs {
   private readonly own = new Map<string, { sig: string; at: number }>();
   private ownSweep = 0;
   private closed = false;
+  /** Every path call, resolved beneath the root. */
+  private readonly fs: Beneath;
 
   constructor(root: string, opts: PassthroughOptions = {}) {
     this.root = path.resolve(root);
@@ -159,11 +164,15 @@ export class PassthroughFs implements Vfs {
       id: this.nextId++, key: '', type: S_IFDIR, dev: -1n, links: [], kids: 0, lookups: 1, handles: new Set(),
     };
     this.nodes.set(rootNode.id, rootNode);
+    this.fs = new Beneath(this.root);
     // No sync stat here: the root may sit under a FUSE mount this very process serves.
     this.ready = fsp.stat(this.root, { bigint: true }).then(
-      (st) => { this.rootDev = st.dev; },
+      async (st) => {
+        this.rootDev = st.dev;
+        await this.fs.start();
+      },
       () => undefined, // a missing root shows up as ENOENT on every call instead
-    );
+    ).catch((err: unknown) => log.warn(`${this.root}: cannot open the export root: ${String(err)}`));
   }
 
   /** Checks that root is a directory and names the type after the file system it lives on. */
@@ -322,7 +331,7 @@ export class PassthroughFs implements Vfs {
   }
 
   private async lookupPath(parent: PNode, name: string): Promise<Entry> {
-    const st = await fsp.lstat(this.childPath(parent, name), { bigint: true });
+    const st = await this.fs.lstat(this.childPath(parent, name));
     return this.entryFor(parent, name, st);
   }
 
@@ -335,8 +344,8 @@ export class PassthroughFs implements Vfs {
       if (!any) throw new FsError(Errno.ENOENT);
       return this.withFile(any, (f) => f.stat({ bigint: true }));
     }
-    if (n.id === ROOT_ID) return fsp.stat(p, { bigint: true });
-    return fsp.lstat(p, { bigint: true });
+    if (n.id === ROOT_ID) return this.fs.stat(p);
+    return this.fs.lstat(p);
   }
 
   private writable(): void {
@@ -349,7 +358,7 @@ export class PassthroughFs implements Vfs {
     const pst = await this.statNode(parent);
     // In a set-group-ID directory the group comes from the directory (the kernel already did that).
     const gid = Number(pst.mode) & S_ISGID ? -1 : ctx.gid;
-    await fsp.lchown(p, ctx.uid, gid);
+    await this.fs.lchown(p, ctx.uid, gid);
   }
 
   // --- open files and the fd bound -------------------------------------------------------------
@@ -408,7 +417,7 @@ export class PassthroughFs implements Vfs {
   private async openFd(p: string, flags: number, mode?: number): Promise<FileHandle> {
     await this.reserveFd();
     try {
-      return await fsp.open(p, flags, mode);
+      return await this.fs.open(p, flags, mode);
     } catch (err) {
       this.openFds--;
       throw err;
@@ -455,7 +464,7 @@ export class PassthroughFs implements Vfs {
   private async fsTypeOf(dev: bigint, p: string): Promise<number> {
     let t = this.devFsType.get(dev);
     if (!t) {
-      t = fsp.statfs(p).then((s) => s.type, () => 0);
+      t = this.fs.statfs(p).then((s) => s.type, () => 0);
       this.devFsType.set(dev, t);
     }
     return t;
@@ -530,13 +539,13 @@ export class PassthroughFs implements Vfs {
         const uid = set.uid ?? -1;
         const gid = set.gid ?? -1;
         if (h) await this.withFile(h, (f) => f.chown(uid, gid));
-        else await fsp.lchown(p!, uid, gid);
+        else await this.fs.lchown(p!, uid, gid);
       }
       if (set.mode !== undefined) {
         const mode = set.mode & 0o7777;
         if (h) await this.withFile(h, (f) => f.chmod(mode));
         else if (n.type === S_IFLNK) throw new FsError(Errno.EOPNOTSUPP);
-        else await this.onPath(p!, n.type, (f) => f.chmod(mode), () => fsp.chmod(p!, mode));
+        else await this.onPath(p!, n.type, (f) => f.chmod(mode), () => this.fs.chmod(p!, mode));
       }
       if (set.size !== undefined) {
         const size = set.size;
@@ -579,7 +588,7 @@ export class PassthroughFs implements Vfs {
       const [as, an] = conv(atime);
       const [ms, mn] = conv(mtime);
       if (h) await this.withFile(h, (f) => sys.futimens(f.fd, as, an, ms, mn));
-      else await sys.utimensat(p!, as, an, ms, mn, true);
+      else await this.fs.child(p!, (s) => sys.utimensat(s, as, an, ms, mn, true));
       return;
     }
     // Without the addon: millisecond precision, and an omitted time is kept by reading it first.
@@ -589,14 +598,14 @@ export class PassthroughFs implements Vfs {
     const a = sec(atime, st.atimeNs);
     const m = sec(mtime, st.mtimeNs);
     if (h) await this.withFile(h, (f) => f.utimes(a, m));
-    else await fsp.lutimes(p!, a, m);
+    else await this.fs.lutimes(p!, a, m);
   }
 
   async readlink(_ctx: Ctx, nodeid: number): Promise<string> {
     return this.run(async () => {
       const n = this.node(nodeid);
       if (n.type !== S_IFLNK) throw new FsError(Errno.EINVAL);
-      return fsp.readlink(this.pathOrStale(n));
+      return this.fs.readlink(this.pathOrStale(n));
     });
   }
 
@@ -612,11 +621,12 @@ export class PassthroughFs implements Vfs {
         const f = await this.openFd(p, C.O_CREAT | C.O_EXCL | C.O_WRONLY | C.O_NOFOLLOW, mode & 0o7777);
         await this.closeFd(f);
       } else {
-        await requireSys().mknod(p, type | (mode & 0o7777), rdev);
+        const sys = requireSys();
+        await this.fs.child(p, (s) => sys.mknod(s, type | (mode & 0o7777), rdev));
       }
       await this.ownAs(ctx, d, p);
       // The server's umask must not narrow the mode the caller's kernel already masked.
-      await fsp.chmod(p, mode & 0o7777);
+      await this.fs.chmod(p, mode & 0o7777);
       this.noteOwn(p);
       return this.lookupPath(d, name);
     });
@@ -628,12 +638,12 @@ export class PassthroughFs implements Vfs {
       checkName(name);
       const d = this.node(parent);
       const p = this.childPath(d, name);
-      await fsp.mkdir(p, mode & 0o7777);
+      await this.fs.mkdir(p, mode & 0o7777);
       await this.ownAs(ctx, d, p);
       // The server's umask must not narrow the mode the caller's kernel already masked; keep an
       // inherited set-group-ID bit.
-      const st = await fsp.lstat(p);
-      await fsp.chmod(p, (mode & 0o7777) | (st.mode & S_ISGID));
+      const st = await this.fs.lstat(p);
+      await this.fs.chmod(p, (mode & 0o7777) | (Number(st.mode) & S_ISGID));
       this.noteOwn(p);
       return this.lookupPath(d, name);
     });
@@ -645,7 +655,7 @@ export class PassthroughFs implements Vfs {
       checkName(name);
       const d = this.node(parent);
       const p = this.childPath(d, name);
-      await fsp.symlink(target, p);
+      await this.fs.symlink(target, p);
       await this.ownAs(ctx, d, p);
       this.noteOwn(p);
       return this.lookupPath(d, name);
@@ -660,7 +670,7 @@ export class PassthroughFs implements Vfs {
       const d = this.node(newparent);
       const old = this.pathOrStale(n);
       const p = this.childPath(d, newname);
-      await fsp.link(old, p);
+      await this.fs.link(old, p);
       this.noteOwn(old);
       this.noteOwn(p);
       return this.lookupPath(d, newname);
@@ -673,7 +683,7 @@ export class PassthroughFs implements Vfs {
       checkName(name);
       const d = this.node(parent);
       const p = this.childPath(d, name);
-      await fsp.unlink(p);
+      await this.fs.unlink(p);
       this.noteOwn(p);
       this.forgetName(d, name);
     });
@@ -685,7 +695,7 @@ export class PassthroughFs implements Vfs {
       checkName(name);
       const d = this.node(parent);
       const p = this.childPath(d, name);
-      await fsp.rmdir(p);
+      await this.fs.rmdir(p);
       this.noteOwn(p);
       this.forgetName(d, name);
     });
@@ -708,8 +718,11 @@ export class PassthroughFs implements Vfs {
       const dd = this.node(newparent);
       const from = this.childPath(sd, name);
       const to = this.childPath(dd, newname);
-      if (flags === 0) await fsp.rename(from, to);
-      else await requireSys().renameat2(from, to, flags);
+      if (flags === 0) await this.fs.rename(from, to);
+      else {
+        const sys = requireSys();
+        await this.fs.child(from, (a) => this.fs.child(to, (b) => sys.renameat2(a, b, flags)));
+      }
       this.noteOwn(from);
       this.noteOwn(to);
       const src = this.index.get(this.linkKey(sd, name));
@@ -831,7 +844,7 @@ export class PassthroughFs implements Vfs {
     return this.run(async () => {
       const n = this.node(nodeid);
       if (n.type !== S_IFDIR) throw new FsError(Errno.ENOTDIR);
-      const snapshot = await fsp.readdir(this.pathOrStale(n));
+      const snapshot = await this.fs.readdir(this.pathOrStale(n));
       // A directory handle keeps its node alive, like an open file.
       n.lookups++;
       return { fh: this.dirs.add({ node: n, snapshot }) };
@@ -846,14 +859,14 @@ export class PassthroughFs implements Vfs {
       const dir = h.node;
       const p = this.pathOrStale(dir);
       // A rewind sees the directory as it is now (rewinddir(3) must show later changes).
-      if (offset === 0) h.snapshot = await fsp.readdir(p);
+      if (offset === 0) h.snapshot = await this.fs.readdir(p);
       const names = ['.', '..', ...h.snapshot];
       const slice = names.slice(offset, offset + Math.max(1, maxEntries));
       const stats = await Promise.all(slice.map(async (name) => {
         try {
           if (name === '.') return await this.statNode(dir);
           if (name === '..') return await this.statNode(dir.links[0]?.parent ?? dir);
-          return await fsp.lstat(p === '/' ? `/${name}` : `${p}/${name}`, { bigint: true });
+          return await this.fs.lstat(p === '/' ? `/${name}` : `${p}/${name}`);
         } catch {
           return undefined; // vanished since the snapshot: skipped
         }
@@ -873,7 +886,7 @@ export class PassthroughFs implements Vfs {
   async fsyncdir(_ctx: Ctx, _nodeid: number, fh: number, _datasync: boolean): Promise<void> {
     return this.run(async () => {
       const h = this.dirs.get(fh);
-      const f = await this.openFd(this.pathOrStale(h.node), O_RDONLY);
+      const f = await this.openFd(this.pathOrStale(h.node), O_RDONLY | O_NOFOLLOW);
       try {
         await f.sync();
       } finally {
@@ -892,7 +905,7 @@ export class PassthroughFs implements Vfs {
 
   async statfs(_ctx: Ctx, nodeid: number): Promise<StatFs> {
     return this.run(async () => {
-      const s = await fsp.statfs(this.pathOf(this.node(nodeid)) ?? this.root);
+      const s = await this.fs.statfs(this.pathOf(this.node(nodeid)) ?? this.root);
       return {
         blocks: s.blocks, bfree: s.bfree, bavail: s.bavail, files: s.files, ffree: s.ffree,
         bsize: s.bsize, namelen: NAME_MAX, frsize: s.bsize,
@@ -913,7 +926,7 @@ export class PassthroughFs implements Vfs {
       const n = this.node(nodeid);
       const h = this.orphanHandle(n);
       if (h) await this.withFile(h, (f) => sys.fsetxattr(f.fd, name, value, flags));
-      else await sys.lsetxattr(this.pathOrStale(n), name, value, flags);
+      else await this.fs.child(this.pathOrStale(n), (s) => sys.lsetxattr(s, name, value, flags));
       this.noteOwn(this.pathOf(n));
     });
   }
@@ -925,7 +938,7 @@ export class PassthroughFs implements Vfs {
       const n = this.node(nodeid);
       const h = this.orphanHandle(n);
       if (h) return this.withFile(h, (f) => sys.fgetxattr(f.fd, name));
-      return sys.lgetxattr(this.pathOrStale(n), name);
+      return this.fs.child(this.pathOrStale(n), (s) => sys.lgetxattr(s, name));
     });
   }
 
@@ -934,7 +947,7 @@ export class PassthroughFs implements Vfs {
       const sys = requireSys();
       const n = this.node(nodeid);
       const h = this.orphanHandle(n);
-      const raw = h ? await this.withFile(h, (f) => sys.flistxattr(f.fd)) : await sys.llistxattr(this.pathOrStale(n));
+      const raw = h ? await this.withFile(h, (f) => sys.flistxattr(f.fd)) : await this.fs.child(this.pathOrStale(n), (s) => sys.llistxattr(s));
       return splitXattrList(raw);
     });
   }
@@ -947,7 +960,7 @@ export class PassthroughFs implements Vfs {
       const n = this.node(nodeid);
       const h = this.orphanHandle(n);
       if (h) await this.withFile(h, (f) => sys.fremovexattr(f.fd, name));
-      else await sys.lremovexattr(this.pathOrStale(n), name);
+      else await this.fs.child(this.pathOrStale(n), (s) => sys.lremovexattr(s, name));
       this.noteOwn(this.pathOf(n));
     });
   }
@@ -1084,6 +1097,7 @@ export class PassthroughFs implements Vfs {
       if (f) await f.close().catch(() => undefined);
     }));
     this.openFds = 0;
+    this.fs.close();
     this.listeners.clear();
     this.watcher?.close();
     this.watcher = undefined;

@@ -16,12 +16,20 @@ export interface Served {
   addr: string;
   stop(): Promise<void>;
   pid: number;
+  /** What the server logged so far. */
+  stderr(): string;
 }
 
 type After = Pick<TestContext, 'after'>;
 
-export async function serve(t: After, spec: string, extra: string[] = []): Promise<Served> {
-  const child = await startChild([process.execPath, BIN, 'serve', '-p', '0', '--bind', '127.0.0.1', ...extra, spec], {
+/**
+ * Serves spec on loopback. The CLI squashes client root by default; tests run as root and mean it,
+ * so the fixture passes --no-root-squash unless opts.rootSquash. opts.bind picks another loopback
+ * address (127.0.0.2) for allow-list tests.
+ */
+export async function serve(t: After, spec: string, extra: string[] = [], opts: { rootSquash?: boolean; bind?: string } = {}): Promise<Served> {
+  const squash = opts.rootSquash ? [] : ['--no-root-squash'];
+  const child = await startChild([process.execPath, BIN, 'serve', '-p', '0', '--bind', opts.bind ?? '127.0.0.1', ...squash, ...extra, spec], {
     readyPattern: /serving .* on ([\d.]+):(\d+)/,
     timeoutMs: 15000,
   });
@@ -33,6 +41,7 @@ export async function serve(t: After, spec: string, extra: string[] = []): Promi
     addr: `${m[1]}:${m[2]}`,
     stop: () => child.stop(),
     pid: child.child.pid!,
+    stderr: () => child.stderr(),
   };
   t.after(() => child.stop());
   return served;
@@ -45,9 +54,12 @@ export interface Mounted {
 }
 
 /** Mounts `source` (HOST:PORT, or a source spec with direct) in a foreground child. */
-export async function mount(t: After, source: string, opts: { direct?: boolean; options?: string; mnt?: string } = {}): Promise<Mounted> {
+export async function mount(t: After, source: string, opts: { direct?: boolean; options?: string; mnt?: string; args?: string[] } = {}): Promise<Mounted> {
   const mnt = opts.mnt ?? (await tmpdir('wirefs-mnt-'));
-  const args = [process.execPath, BIN, 'mount', '-f', ...(opts.direct ? ['--direct'] : []), ...(opts.options ? ['-o', opts.options] : []), source, mnt];
+  const args = [
+    process.execPath, BIN, 'mount', '-f', ...(opts.direct ? ['--direct'] : []), ...(opts.options ? ['-o', opts.options] : []),
+    ...(opts.args ?? []), source, mnt,
+  ];
   const child = await startChild(args, { waitMount: mnt, timeoutMs: 20000 });
   const unmount = (): Promise<void> => teardownMount(mnt, child.child);
   t.after(unmount);
