@@ -1059,11 +1059,17 @@ export class PassthroughFs implements Vfs {
     }
     const dirPath = this.pathOf(d);
     if (dirPath === undefined) return;
-    // A watched directory that is itself removed reports its own name: the parent's watch (or
-    // our own rmdir) covers that.
-    if (name === path.basename(dirPath) && PassthroughFs.signature(dirPath) === 'gone') return;
     const p = dirPath === '/' ? `/${name}` : `${dirPath}/${name}`;
     const sig = PassthroughFs.signature(p);
+    // An event about the watched directory itself comes with the directory's own name (libuv
+    // names self events so): its attributes changed, or it was removed. The parent's watch reports
+    // the same change as a child of its own, so only a change to its attributes is news here.
+    if (name === path.basename(dirPath) && sig === 'gone' && !this.index.has(this.linkKey(d, name))) {
+      const selfSig = PassthroughFs.signature(dirPath);
+      const mineSelf = this.own.get(dirPath);
+      if (selfSig !== 'gone' && !(mineSelf && mineSelf.sig === selfSig)) this.emit([whole(d.id)]);
+      return;
+    }
     const mine = this.own.get(p);
     if (mine && mine.sig === sig) return;
     this.own.delete(p);
