@@ -90,7 +90,7 @@ function rows(tarball: string): Row[] {
 }
 
 async function wirefsTarget(name: string, exported: string, delayMs: number): Promise<Target> {
-  const server = await startChild([process.execPath, BIN, 'serve', '-p', '0', '--bind', '127.0.0.1', exported], { readyPattern: /on ([\d.]+):(\d+)/ });
+  const server = await startChild([process.execPath, BIN, 'serve', '-p', '0', '--bind', '127.0.0.1', '--no-root-squash', exported], { readyPattern: /on ([\d.]+):(\d+)/ });
   const port = Number(/on [\d.]+:(\d+)/.exec(server.stdout())![1]);
   let proxy: Proxy | undefined;
   if (delayMs) proxy = await startProxy({ host: '127.0.0.1', port }, { delayMs });

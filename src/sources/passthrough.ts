@@ -1028,7 +1028,12 @@ export class PassthroughFs implements Vfs {
 
   private static signature(p: string): string {
     const st = fs.lstatSync(p, { bigint: true, throwIfNoEntry: false });
-    return st ? `${st.ino}:${st.ctimeNs}:${st.size}` : 'gone';
+    if (!st) return 'gone';
+    // A directory's ctime and size move with every name made in it, by us too: judge it by what a
+    // local chmod, chown or replacement would change. Changes of its contents are reported by its
+    // own watch, as events about its children.
+    if ((Number(st.mode) & S_IFMT) === S_IFDIR) return `${st.ino}:d:${st.mode}:${st.uid}:${st.gid}`;
+    return `${st.ino}:${st.ctimeNs}:${st.size}`;
   }
 
   /** Records what our own change left at p, so its watch event is not taken for a local one. */
