@@ -11,7 +11,7 @@ import path from 'node:path';
 import { openSource } from '../sources/index.js';
 import { connect } from '../client/client.js';
 import { WriteBehindVfs } from '../client/writeback.js';
-import { DirNamesVfs } from '../client/dirnames.js';
+import { DirCacheVfs } from '../client/dircache.js';
 import { mountVfs, readaheadFor, setReadahead, type FuseMount } from '../fuse/mount.js';
 import type { Vfs } from '../vfs/types.js';
 import { CliError, UsageError } from './errors.js';
@@ -94,9 +94,9 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
       rttMs = Infinity;
       for (let i = 0; i < 5; i++) rttMs = Math.min(rttMs, await client.ping());
       const inner = opts.has('sync') ? client : (writeBehind = new WriteBehindVfs(client));
-      // Absent names in directories this client made are answered locally (only sound when every
-      // change reaches us as a push: a coherent source).
-      vfs = client.info().coherent ? new DirNamesVfs(inner) : inner;
+      // Absent names in directories this client made, and directory attributes after its own
+      // changes, are answered locally (only sound when every change reaches us as a push).
+      vfs = client.info().coherent ? new DirCacheVfs(inner, (l) => client.onDirAttr(l)) : inner;
     }
   } catch (err) {
     report(`error: ${(err as Error).message}`);

@@ -80,6 +80,7 @@ export class RemoteVfs implements Vfs {
   private readonly fsInfo: FsInfo;
   private readonly pending = new Map<number, Pending>();
   private readonly listeners = new Set<ChangeListener>();
+  private readonly attrHints = new Set<(nodeid: number, attr: Attr) => void>();
   private nextId = 1;
   private nextSeq = 1;
   private state: 'open' | 'closed' = 'open';
@@ -256,32 +257,56 @@ export class RemoteVfs implements Vfs {
   async readlink(ctx: Ctx, nodeid: number): Promise<string> {
     return (await this.call('readlink', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).target;
   }
+  /**
+   * Subscribes to the directory attributes the server sends after a change of names (1.1): the
+   * kernel drops a directory's attributes at each create or unlink, and a cache can answer its
+   * next GETATTR with these.
+   */
+  onDirAttr(listener: (nodeid: number, attr: Attr) => void): () => void {
+    this.attrHints.add(listener);
+    return () => void this.attrHints.delete(listener);
+  }
+  private hint(nodeid: number, attr: Attr | undefined): void {
+    if (attr) for (const l of this.attrHints) l(nodeid, attr);
+  }
+
   async mknod(ctx: Ctx, parent: number, name: string, mode: number, rdev: number): Promise<Entry> {
-    return (await this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, ctx.signal)).entry;
+    const rep = await this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, ctx.signal);
+    this.hint(parent, rep.parentAttr);
+    return rep.entry;
   }
   async mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry> {
-    return (await this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, ctx.signal)).entry;
+    const rep = await this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, ctx.signal);
+    this.hint(parent, rep.parentAttr);
+    return rep.entry;
   }
   async symlink(ctx: Ctx, parent: number, name: string, target: string): Promise<Entry> {
-    return (await this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, ctx.signal)).entry;
+    const rep = await this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, ctx.signal);
+    this.hint(parent, rep.parentAttr);
+    return rep.entry;
   }
   async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
-    return (await this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, ctx.signal)).entry;
+    const rep = await this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, ctx.signal);
+    this.hint(newparent, rep.parentAttr);
+    return rep.entry;
   }
   async unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
-    await this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx.signal);
+    this.hint(parent, (await this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).parentAttr);
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
-    await this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx.signal);
+    this.hint(parent, (await this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).parentAttr);
   }
   async rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
-    await this.call('rename', { ctx: wireCtx(ctx), parent, name, newparent, newname, flags }, ctx.signal);
+    const rep = await this.call('rename', { ctx: wireCtx(ctx), parent, name, newparent, newname, flags }, ctx.signal);
+    this.hint(parent, rep.parentAttr);
+    this.hint(newparent, rep.newParentAttr);
   }
   async open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
     return (await this.call('open', { ctx: wireCtx(ctx), nodeid, flags }, ctx.signal)).open;
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
     const rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, ctx.signal);
+    this.hint(parent, rep.parentAttr);
     return { ...rep.open, entry: rep.entry };
   }
 

@@ -4,7 +4,7 @@
 // handler here does not compile.
 
 import { Errno, FsError } from '../lib/errno.js';
-import { O_APPEND, type ChangeEvent, type Ctx, type DirEntry, type Entry, type Vfs } from '../vfs/types.js';
+import { O_APPEND, type Attr, type ChangeEvent, type Ctx, type DirEntry, type Entry, type Vfs } from '../vfs/types.js';
 import { ENTRY_SIZE } from '../wire/codec.js';
 import { HEADER_SIZE, READ_OVERHEAD } from '../wire/frame.js';
 import type { Rep, Req, VfsOpName } from '../wire/ops.js';
@@ -34,11 +34,24 @@ type Handler<N extends CallOp> = (s: SessionApi, ctx: Ctx, a: Req<N>) => Promise
 const whole = (nodeid: number): ChangeEvent => ({ kind: 'inode', nodeid, off: -1, len: 0 });
 const named = (parent: number, name: string): ChangeEvent => ({ kind: 'entry', parent, name });
 
+/**
+ * The directory's attributes after a change of its names (like NFS's post-op attributes): the
+ * client's kernel drops them at every create or unlink and would ask at once. A failure here only
+ * costs the client that question.
+ */
+async function postAttr(s: SessionApi, ctx: Ctx, dir: number): Promise<Attr | undefined> {
+  try {
+    return await s.vfs.getattr(ctx, dir);
+  } catch {
+    return undefined;
+  }
+}
+
 /** A new name in a directory: the name appeared and the directory's size/mtime/nlink changed. */
-async function created(s: SessionApi, parent: number, name: string, e: Entry): Promise<Entry> {
+async function created(s: SessionApi, ctx: Ctx, parent: number, name: string, e: Entry): Promise<{ entry: Entry; parentAttr: Attr | undefined }> {
   s.gotEntry(e);
   await s.changed([named(parent, name), whole(parent)]);
-  return e;
+  return { entry: e, parentAttr: await postAttr(s, ctx, parent) };
 }
 
 /** unlink and rmdir: learns the victim's id first when someone else may hold it, for a precise push. */
@@ -55,7 +68,7 @@ async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op:
   } finally {
     if (child) s.vfs.forget(child, 1);
   }
-  return {};
+  return { parentAttr: await postAttr(s, ctx, parent) };
 }
 
 // Bytes of one DirEntry on the wire, to keep a readdir reply under the max frame.
@@ -80,13 +93,13 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     return { attr };
   },
   readlink: async (s, ctx, a) => ({ target: await s.vfs.readlink(ctx, a.nodeid) }),
-  mknod: async (s, ctx, a) => ({ entry: await created(s, a.parent, a.name, await s.vfs.mknod(ctx, a.parent, a.name, a.mode, a.rdev)) }),
-  mkdir: async (s, ctx, a) => ({ entry: await created(s, a.parent, a.name, await s.vfs.mkdir(ctx, a.parent, a.name, a.mode)) }),
-  symlink: async (s, ctx, a) => ({ entry: await created(s, a.parent, a.name, await s.vfs.symlink(ctx, a.parent, a.name, a.target)) }),
+  mknod: async (s, ctx, a) => created(s, ctx, a.parent, a.name, await s.vfs.mknod(ctx, a.parent, a.name, a.mode, a.rdev)),
+  mkdir: async (s, ctx, a) => created(s, ctx, a.parent, a.name, await s.vfs.mkdir(ctx, a.parent, a.name, a.mode)),
+  symlink: async (s, ctx, a) => created(s, ctx, a.parent, a.name, await s.vfs.symlink(ctx, a.parent, a.name, a.target)),
   link: async (s, ctx, a) => {
-    const entry = await created(s, a.newparent, a.newname, await s.vfs.link(ctx, a.nodeid, a.newparent, a.newname));
+    const rep = await created(s, ctx, a.newparent, a.newname, await s.vfs.link(ctx, a.nodeid, a.newparent, a.newname));
     await s.changed([whole(a.nodeid)]);
-    return { entry };
+    return rep;
   },
   unlink: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.unlink(c, p, n)),
   rmdir: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.rmdir(c, p, n)),
@@ -95,7 +108,7 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     const ev = [named(a.parent, a.name), named(a.newparent, a.newname), whole(a.parent)];
     if (a.newparent !== a.parent) ev.push(whole(a.newparent));
     await s.changed(ev);
-    return {};
+    return { parentAttr: await postAttr(s, ctx, a.parent), newParentAttr: a.newparent === a.parent ? undefined : await postAttr(s, ctx, a.newparent) };
   },
   open: async (s, ctx, a) => {
     const open = await s.vfs.open(ctx, a.nodeid, a.flags);
@@ -105,8 +118,8 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
   create: async (s, ctx, a) => {
     const { entry, ...open } = await s.vfs.create(ctx, a.parent, a.name, a.mode, a.flags);
     s.gotHandle(open.fh, { nodeid: entry.nodeid, dir: false, append: (a.flags & O_APPEND) !== 0 });
-    await created(s, a.parent, a.name, entry);
-    return { entry, open };
+    const { parentAttr } = await created(s, ctx, a.parent, a.name, entry);
+    return { entry, open, parentAttr };
   },
   read: async (s, ctx, a) => {
     s.handle(a.fh, false);

@@ -363,10 +363,22 @@ const change: Codec<ChangeEvent> = {
   },
 };
 
+/**
+ * An Attr that a message may end without (added in protocol 1.1): present when bytes remain. Only
+ * ever the last fields of a message, so a 1.0 peer's shorter reply still decodes.
+ */
+const tailattr: Codec<Attr | undefined> = {
+  size: undefined, doc: 'Attr, or nothing when the message ends here (1.1: absent from 1.0 servers)',
+  enc: (w, v) => {
+    if (v !== undefined) attr.enc(w, v);
+  },
+  dec: (r) => (r.remaining > 0 ? attr.dec(r) : undefined),
+};
+
 /** Every field type, by the name the op table uses. */
 export const FIELDS = {
   u8, u16, u32, i32, u64, i64, u64big, bool, optu64, magic, str, blob, strlist,
-  timespec, ctx, attr, entry, setattr, open, statfs, direntries, change,
+  timespec, ctx, attr, tailattr, entry, setattr, open, statfs, direntries, change,
 } as const;
 
 export type FieldType = keyof typeof FIELDS;

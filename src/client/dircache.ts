@@ -1,7 +1,12 @@
-// Complete name lists of directories this client made: a lookup of a name that is not in one is
-// answered "no such file" here, with no round trip. Every file a program creates is looked up
-// first (the kernel asks LOOKUP before CREATE, O_EXCL or not), so extracting a tarball or checking
-// out a tree pays one round trip per file for an answer this client already knows.
+// What a client knows of directories without asking, kept exact by the server's pushes:
+//
+// 1. Complete name lists of directories this client made: a lookup of a name that is not in one is
+//    answered "no such file" here, with no round trip. Every file a program creates is looked up
+//    first (the kernel asks LOOKUP before CREATE, O_EXCL or not), so extracting a tarball or
+//    checking out a tree would pay one round trip per file for an answer this client already knows.
+// 2. Directory attributes as the server sent them after this client's own create, unlink or
+//    rename (protocol 1.1): the kernel drops a directory's attributes at each such change and asks
+//    again at the next path walk through it; that GETATTR is answered here.
 //
 // The list is exact because the server pushes every change to a directory to the sessions that
 // hold it (and this session holds what it made, until its kernel forgets it): any push naming a
@@ -18,21 +23,35 @@ import type {
 const MAX_DIRS = 10_000;
 /** Names per directory at most; a larger directory stops being tracked. */
 const MAX_NAMES = 100_000;
+/** Directory attributes are kept at most this long (the kernel's own bound for a coherent mount). */
+const ATTR_TTL_MS = 60_000;
+const MAX_ATTRS = 10_000;
 
-export class DirNamesVfs implements Vfs {
+export class DirCacheVfs implements Vfs {
   /** Directory id -> every name in it, for directories made by this client and unchanged since. */
   private readonly known = new Map<number, Set<string>>();
+  /** Directory id -> its attributes as of our last change to it, for as long as nothing else changed it. */
+  private readonly attrs = new Map<number, { attr: Attr; at: number }>();
   private readonly unwatch: () => void;
-  private readonly counters = { answered: 0 };
+  private readonly unhint: () => void;
+  private readonly counters = { answered: 0, attrsAnswered: 0 };
 
-  constructor(private readonly inner: Vfs) {
+  /** `hints`: subscribes to post-change directory attributes (RemoteVfs.onDirAttr). */
+  constructor(private readonly inner: Vfs, hints?: (l: (nodeid: number, attr: Attr) => void) => () => void) {
     this.unwatch = inner.watch((ev) => {
-      this.known.delete(ev.kind === 'inode' ? ev.nodeid : ev.parent);
+      const dir = ev.kind === 'inode' ? ev.nodeid : ev.parent;
+      this.known.delete(dir);
+      this.attrs.delete(dir);
     });
+    this.unhint = hints?.((nodeid, attr) => {
+      if (this.attrs.size >= MAX_ATTRS) this.attrs.delete(this.attrs.keys().next().value!);
+      this.attrs.delete(nodeid);
+      this.attrs.set(nodeid, { attr, at: Date.now() });
+    }) ?? ((): void => {});
   }
 
-  stats(): { knownDirs: number; lookupsAnswered: number } {
-    return { knownDirs: this.known.size, lookupsAnswered: this.counters.answered };
+  stats(): { knownDirs: number; lookupsAnswered: number; dirAttrs: number; getattrsAnswered: number } {
+    return { knownDirs: this.known.size, lookupsAnswered: this.counters.answered, dirAttrs: this.attrs.size, getattrsAnswered: this.counters.attrsAnswered };
   }
 
   private add(dir: number, name: string): void {
@@ -60,12 +79,19 @@ export class DirNamesVfs implements Vfs {
   forget(nodeid: number, nlookup: number): void {
     // The server stops telling us about a directory the kernel no longer holds.
     this.known.delete(nodeid);
+    this.attrs.delete(nodeid);
     this.inner.forget(nodeid, nlookup);
   }
-  getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
+  async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
+    const got = this.attrs.get(nodeid);
+    if (got && Date.now() - got.at < ATTR_TTL_MS) {
+      this.counters.attrsAnswered++;
+      return { ...got.attr };
+    }
     return this.inner.getattr(ctx, nodeid, fh);
   }
   setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
+    this.attrs.delete(nodeid);
     return this.inner.setattr(ctx, nodeid, set, fh);
   }
   readlink(ctx: Ctx, nodeid: number): Promise<string> {
@@ -115,9 +141,11 @@ export class DirNamesVfs implements Vfs {
     try {
       await this.inner.rename(ctx, parent, name, newparent, newname, flags);
     } catch (err) {
-      // Whatever happened, the lists of both directories are no longer certain.
-      this.known.delete(parent);
-      this.known.delete(newparent);
+      // Whatever happened, what we knew of both directories is no longer certain.
+      for (const d of [parent, newparent]) {
+        this.known.delete(d);
+        this.attrs.delete(d);
+      }
       throw err;
     }
     const exchange = (flags & 2) !== 0;
@@ -191,6 +219,7 @@ export class DirNamesVfs implements Vfs {
   }
   async close(): Promise<void> {
     this.unwatch();
+    this.unhint();
     await this.inner.close();
   }
 }

@@ -1,4 +1,4 @@
-// The client's list of names in directories it made (dirnames.ts), against a real server on
+// The client's list of names in directories it made (dircache.ts), against a real server on
 // loopback with a second client: absent names are answered without a round trip, and any change
 // another client makes in the directory is seen at the very next lookup.
 
@@ -9,7 +9,7 @@ import type { Logger } from '../../src/lib/log.js';
 import { MemoryFs } from '../../src/sources/memory.js';
 import { startServer } from '../../src/server/server.js';
 import { connect, type RemoteVfs } from '../../src/client/client.js';
-import { DirNamesVfs } from '../../src/client/dirnames.js';
+import { DirCacheVfs } from '../../src/client/dircache.js';
 import { O_RDWR, ROOT_ID, S_IFREG, type Ctx } from '../../src/vfs/types.js';
 
 const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
@@ -32,7 +32,7 @@ const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errn
 
 test('absent names in a directory this client made cost no round trip, and stay right', async (t) => {
   const { a, b } = await twoClients(t);
-  const names = new DirNamesVfs(a);
+  const names = new DirCacheVfs(a, (l) => a.onDirAttr(l));
   const d = await names.mkdir(ctx, ROOT_ID, 'd', 0o755);
   const before = a.stats().requests;
   for (let i = 0; i < 50; i++) await assert.rejects(names.lookup(ctx, d.nodeid, `f${i}`), enoent);
@@ -57,7 +57,7 @@ test('absent names in a directory this client made cost no round trip, and stay 
 
 test('a failed change or a forget ends the certainty', async (t) => {
   const { a } = await twoClients(t);
-  const names = new DirNamesVfs(a);
+  const names = new DirCacheVfs(a);
   const d = await names.mkdir(ctx, ROOT_ID, 'd', 0o755);
   await assert.rejects(names.unlink(ctx, d.nodeid, 'none'), enoent);
   assert.equal(names.stats().knownDirs, 0);
@@ -65,4 +65,24 @@ test('a failed change or a forget ends the certainty', async (t) => {
   assert.equal(names.stats().knownDirs, 1);
   names.forget(e.nodeid, 1);
   assert.equal(names.stats().knownDirs, 0);
+});
+
+test('a directory\'s attributes after our own change are answered here, and dropped by any other change', async (t) => {
+  const { a, b } = await twoClients(t);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
+  const d = await cache.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  await cache.mkdir(ctx, d.nodeid, 'sub', 0o755);
+  const before = a.stats().requests;
+  const cached = await cache.getattr(ctx, d.nodeid);
+  assert.equal(a.stats().requests, before, 'answered without a request');
+  assert.deepEqual(cached, await b.getattr(ctx, d.nodeid), 'the same as the server says');
+  assert.equal(cached.nlink, 3, 'the new subdirectory counted');
+
+  // Another client changes the directory: the push drops what we had.
+  const bd = await b.lookup(ctx, ROOT_ID, 'd');
+  await b.mkdir(ctx, bd.nodeid, 'other', 0o755);
+  const fresh = await cache.getattr(ctx, d.nodeid);
+  assert.equal(fresh.nlink, 4, 'the other client\'s subdirectory is seen');
+  assert.ok(a.stats().requests > before, 'that getattr went to the server');
+  assert.equal(cache.stats().getattrsAnswered, 1);
 });
