@@ -897,6 +897,25 @@ static napi_value Truncate(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/**
+ * punch(image, ino, firstBlock, lastBlock): unmaps the whole blocks [first, last] (a closed
+ * interval, as ext2fs_punch takes it; fuse2fs: punch_helper). Partial blocks at the edges are the
+ * caller's to zero; the size does not change.
+ */
+static napi_value Punch(napi_env env, napi_callback_info info) {
+  Args a;
+  uint32_t ino;
+  int64_t first, last;
+  if (!get_args(env, info, 4, &a) || !arg_u32(env, a.argv[1], &ino) || !arg_i64(env, a.argv[2], &first)
+      || !arg_i64(env, a.argv[3], &last)) return NULL;
+  if (first < 0 || last < first) return throw_err(env, "punch", EXT2_ET_INVALID_ARGUMENT);
+  struct ext2_inode_large in;
+  errcode_t err = read_inode(a.img->fs, ino, &in);
+  if (!err) err = ext2fs_punch(a.img->fs, ino, EXT2_INODE(&in), NULL, (blk64_t)first, (blk64_t)last);
+  if (err) return throw_err(env, "punch", err);
+  return NULL;
+}
+
 // --- extended attributes ------------------------------------------------------------------------
 
 /**
@@ -1008,7 +1027,7 @@ static napi_value Init(napi_env env, napi_value exports) {
     FN("newInode", NewInode), FN("mkdir", Mkdir), FN("symlink", Symlink), FN("readlink", Readlink),
     FN("freeInode", FreeInode), FN("readdir", Readdir), FN("lookup", Lookup), FN("addEntry", AddEntry),
     FN("removeEntry", RemoveEntry), FN("setEntry", SetEntry), FN("read", Read), FN("write", Write),
-    FN("truncate", Truncate), FN("xattrGet", XattrGet), FN("xattrSet", XattrSet),
+    FN("truncate", Truncate), FN("punch", Punch), FN("xattrGet", XattrGet), FN("xattrSet", XattrSet),
     FN("xattrRemove", XattrRemove), FN("xattrList", XattrList),
 #undef FN
   };

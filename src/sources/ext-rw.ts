@@ -80,6 +80,7 @@ interface Ext2fsAddon {
   read(img: Image, ino: number, offset: number, length: number): Buffer;
   write(img: Image, ino: number, offset: number, data: Buffer): number;
   truncate(img: Image, ino: number, size: number): void;
+  punch(img: Image, ino: number, firstBlock: number, lastBlock: number): void;
   xattrGet(img: Image, ino: number, name: string): Buffer;
   xattrSet(img: Image, ino: number, name: string, value: Buffer): void;
   xattrRemove(img: Image, ino: number, name: string): void;
@@ -131,6 +132,7 @@ const FLUSH_DELAY_MS = 5000;
 const S_ISUID = 0o4000;
 const S_ISGID = 0o2000;
 const FALLOC_FL_KEEP_SIZE = 1;
+const FALLOC_FL_PUNCH_HOLE = 2;
 
 export interface ExtRwOptions {
   readOnly?: boolean;
@@ -924,12 +926,20 @@ export class ExtRwFs implements Vfs {
     return this.lock.run(() => {
       const h = this.handle(nodeid, fh);
       if ((h.flags & O_ACCMODE) === O_RDONLY) throw new FsError(Errno.EBADF);
-      // Allocation only; punching and zeroing ranges are not offered (EOPNOTSUPP, as on ext2).
-      if ((mode & ~FALLOC_FL_KEEP_SIZE) !== 0) throw new FsError(Errno.EOPNOTSUPP);
       if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length <= 0) throw new FsError(Errno.EINVAL);
-      this.writable(h.ino);
       const i = this.inode(h.ino);
       const end = offset + length;
+      if (mode & FALLOC_FL_PUNCH_HOLE) {
+        // Linux requires KEEP_SIZE with PUNCH_HOLE and no other flag; zero-range is not offered.
+        if (mode !== (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE)) throw new FsError(Errno.EOPNOTSUPP);
+        if ((i.mode & S_IFMT) !== S_IFREG) throw new FsError(Errno.ENODEV);
+        this.writable(h.ino);
+        this.punchLocked(h.ino, offset, Math.min(end, i.size));
+        return;
+      }
+      // Allocation only otherwise (mode 0 or KEEP_SIZE).
+      if ((mode & ~FALLOC_FL_KEEP_SIZE) !== 0) throw new FsError(Errno.EOPNOTSUPP);
+      this.writable(h.ino);
       // The size grows now; blocks are allocated as they are written (sparse, like ext2's
       // fallback for fallocate), so a later write can still meet ENOSPC.
       if (!(mode & FALLOC_FL_KEEP_SIZE) && end > i.size) {
@@ -938,6 +948,29 @@ export class ExtRwFs implements Vfs {
         this.call(h.ino, (l, img) => l.setInode(img, h.ino, { mtime: t, ctime: t }));
       }
     });
+  }
+
+  /**
+   * Unmaps the whole blocks inside [start, end) and writes zeros over the partial blocks at its
+   * edges (fuse2fs: punch_helper), so the range reads as zeros and frees what it can.
+   */
+  private punchLocked(ino: number, start: number, end: number): void {
+    if (start >= end) return;
+    const bs = this.blockSize;
+    const first = Math.ceil(start / bs);
+    const last = Math.floor(end / bs); // exclusive
+    const zero = (from: number, to: number): void => {
+      if (to > from) this.call(ino, (l, img) => l.write(img, ino, from, Buffer.alloc(to - from)));
+    };
+    if (first >= last) {
+      zero(start, end);
+    } else {
+      zero(start, first * bs);
+      this.call(ino, (l, img) => l.punch(img, ino, first, last - 1));
+      zero(last * bs, end);
+    }
+    const t = nowTime();
+    this.call(ino, (l, img) => l.setInode(img, ino, { mtime: t, ctime: t }));
   }
 
   lseek(_ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {

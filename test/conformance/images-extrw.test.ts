@@ -23,8 +23,8 @@ async function ok(cmd: string, timeoutMs = 60_000): Promise<string> {
   return r.stdout;
 }
 
-/** Everything but hole punching, which this source does not offer. */
-const EXT_HAS: ReadonlySet<Capability> = new Set<Capability>(['owners', 'modes', 'nsTimes', 'symlinks', 'hardlinks', 'specialFiles', 'xattrs', 'renameExchange']);
+/** ext holds everything the table asks about. */
+const EXT_HAS: ReadonlySet<Capability> = new Set<Capability>(['owners', 'modes', 'nsTimes', 'symlinks', 'hardlinks', 'specialFiles', 'xattrs', 'renameExchange', 'punchHole']);
 const skipAll = ext2fsAddon() ? {} : { skip: 'libext2fs addon not built' };
 
 let work = '';

@@ -345,6 +345,29 @@ void describe('ExtRwFs: lifetimes, refusals, damage', skip, () => {
     assert.match(await debugfs(dmg, 'ls /'), /hello\.txt/);
   });
 
+  void it('punching a hole frees its blocks and reads as zeros', async () => {
+    const vfs = await ExtRwFs.open(img);
+    try {
+      const c = await vfs.create(ctx, ROOT_ID, 'holey', S_IFREG | 0o644, O_RDWR);
+      const id = c.entry.nodeid;
+      const data = pattern(1 << 20, 11);
+      await vfs.write(ctx, id, c.fh, 0, data);
+      const before = (await vfs.getattr(ctx, id)).blocks;
+      await vfs.fallocate(ctx, id, c.fh, 3, 100_000, 600_000);
+      const after = await vfs.getattr(ctx, id);
+      assert.equal(after.size, 1 << 20);
+      assert.ok(after.blocks < before - 1000, `blocks ${before} -> ${after.blocks}`);
+      const back = await vfs.read(ctx, id, c.fh, 0, 1 << 20);
+      assert.ok(back.subarray(0, 100_000).equals(data.subarray(0, 100_000)));
+      assert.ok(back.subarray(100_000, 700_000).equals(Buffer.alloc(600_000)));
+      assert.ok(back.subarray(700_000).equals(data.subarray(700_000)));
+      await vfs.release(ctx, id, c.fh);
+    } finally {
+      await vfs.close();
+    }
+    await fsckClean(img);
+  });
+
   void it('device numbers past 8 bits round-trip', async () => {
     const vfs = await ExtRwFs.open(img);
     try {
