@@ -577,7 +577,7 @@ static napi_value Mkdir(napi_env env, napi_callback_info info) {
 static napi_value Symlink(napi_env env, napi_callback_info info) {
   Args a;
   uint32_t parent;
-  static char target[4100];
+  char target[4100];
   if (!get_args(env, info, 3, &a) || !arg_u32(env, a.argv[1], &parent) || !arg_str(env, a.argv[2], target, sizeof target)) return NULL;
   ext2_filsys fs = a.img->fs;
   ext2_ino_t ino;
