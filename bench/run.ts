@@ -7,6 +7,8 @@
 // BENCH_TOUCH (default 100000) the files of the memory row, after which the wirefs client's and
 // server's RSS are printed; BENCH_ONLY=local,wirefs,... picks targets; BENCH_TREE (default
 // /usr/include) is the source tree.
+// The target wirefs-ext4 serves an ext4 image (ExtRwFs, libext2fs) made in the export directory
+// instead of the directory itself: its tar row against wirefs's is the image source's cost.
 
 import { spawn } from 'node:child_process';
 import fsp from 'node:fs/promises';
@@ -89,8 +91,8 @@ function rows(tarball: string): Row[] {
   ];
 }
 
-async function wirefsTarget(name: string, exported: string, delayMs: number): Promise<Target> {
-  const server = await startChild([process.execPath, BIN, 'serve', '-p', '0', '--bind', '127.0.0.1', '--no-root-squash', exported], { readyPattern: /on ([\d.]+):(\d+)/ });
+async function wirefsTarget(name: string, exported: string, delayMs: number, spec = exported): Promise<Target> {
+  const server = await startChild([process.execPath, BIN, 'serve', '-p', '0', '--bind', '127.0.0.1', '--no-root-squash', spec], { readyPattern: /on ([\d.]+):(\d+)/ });
   const port = Number(/on [\d.]+:(\d+)/.exec(server.stdout())![1]);
   let proxy: Proxy | undefined;
   if (delayMs) proxy = await startProxy({ host: '127.0.0.1', port }, { delayMs });
@@ -141,6 +143,15 @@ async function main(): Promise<void> {
     { name: 'local', make: async (e) => ({ name: 'local', dir: e, teardown: async () => {} }) },
     { name: 'wirefs', make: (e) => wirefsTarget('wirefs', e, 0) },
     { name: 'sshfs', make: (e) => sshfsTarget('sshfs', e, ssh, 0) },
+    {
+      name: 'wirefs-ext4',
+      make: async (e) => {
+        // Room for the big file, the tree and git's copy of it; a sparse file, so only what is used costs.
+        const img = path.join(e, 'bench.img');
+        await must(`mkfs.ext4 -q -F ${img} ${BIG_MB * 2 + 8192}M`);
+        return wirefsTarget('wirefs-ext4', e, 0, `ext4:${img}`);
+      },
+    },
     { name: 'wirefs+1ms', make: (e) => wirefsTarget('wirefs+1ms', e, 1) },
     { name: 'sshfs+1ms', make: (e) => sshfsTarget('sshfs+1ms', e, ssh, 1) },
   ];
@@ -175,12 +186,12 @@ async function main(): Promise<void> {
     await ssh.stop();
   }
   const names = [...results.keys()];
-  const header = ['workload', ...names, 'sshfs/wirefs', 'wirefs/local', 'sshfs/wirefs +1ms', 'wirefs+1ms/wirefs'];
+  const header = ['workload', ...names, 'sshfs/wirefs', 'wirefs/local', 'sshfs/wirefs +1ms', 'wirefs+1ms/wirefs', 'ext4/wirefs'];
   const table = rows(tarball).map((row) => {
     const get = (n: string): number | undefined => results.get(n)?.get(row.name);
     const ratio = (a: number | undefined, b: number | undefined): string => (a && b ? (a / b).toFixed(2) + 'x' : '-');
     return [row.name, ...names.map((n) => fmt(get(n))), ratio(get('sshfs'), get('wirefs')), ratio(get('wirefs'), get('local')),
-      ratio(get('sshfs+1ms'), get('wirefs+1ms')), ratio(get('wirefs+1ms'), get('wirefs'))];
+      ratio(get('sshfs+1ms'), get('wirefs+1ms')), ratio(get('wirefs+1ms'), get('wirefs')), ratio(get('wirefs-ext4'), get('wirefs'))];
   });
   const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => r[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');

@@ -4,9 +4,9 @@
 // times, extent trees and indirect blocks, linear and htree directories (read linearly), inline
 // data, fast and slow symlinks, devices, in-inode and block xattrs with POSIX ACLs.
 //
-// Why read-only: the `ext2fs` package (libext2fs in WebAssembly) only offers a path-based subset
-// of fs (no truncate, utimes, mknod, xattrs or rdev), so it cannot serve a full Vfs; writing ext4
-// safely by hand (allocators, checksums, journal) is a project of its own.
+// Why read-only: writing ext4 safely by hand (allocators, checksums, journal) is a project of its
+// own; read-write goes through libext2fs instead (ext-rw.ts). This reader serves ext images when
+// that optional addon was not built, and stays the reference for the format's on-disk layout.
 
 import { Errno, FsError } from '../lib/errno.js';
 import { S_IFBLK, S_IFCHR, S_IFDIR, S_IFLNK, S_IFMT, type Attr, type StatFs, type Timespec } from '../vfs/types.js';

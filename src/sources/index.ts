@@ -6,6 +6,7 @@ import type { Vfs } from '../vfs/types.js';
 import { MemoryFs } from './memory.js';
 import { PassthroughFs } from './passthrough.js';
 import { ExtFs } from './ext.js';
+import { EXT_RW_HINT, ExtRwFs, ext2fsAddon } from './ext-rw.js';
 import { IsoFs } from './iso9660.js';
 import { FatFs } from './fat.js';
 
@@ -32,8 +33,8 @@ export const sourceTypes: readonly SourceType[] = [
   },
   ...(['ext2', 'ext3', 'ext4'] as const).map((name) => ({
     name,
-    usage: `${name}:IMAGE|DEVICE`.padEnd(30) + 'an ext2/3/4 image or block device (read-only for now; the type shown comes from the superblock)',
-    open: (arg: string, opts: SourceOptions) => ExtFs.open(arg, opts.readOnly ? { readOnly: true } : {}),
+    usage: `${name}:IMAGE|DEVICE`.padEnd(30) + 'an ext2/3/4 image or block device, read-write through libext2fs (the type shown comes from the superblock)',
+    open: (arg: string, opts: SourceOptions) => openExt(arg, opts),
   })),
   {
     name: 'iso9660',
@@ -51,6 +52,16 @@ export const sourceTypes: readonly SourceType[] = [
     open: (arg: string, opts: SourceOptions) => FatFs.open(arg, { expect: name, ...(opts.readOnly ? { readOnly: true } : {}) }),
   })),
 ];
+
+/**
+ * ext2/3/4: read-write through libext2fs when its addon was built; otherwise the hand-written
+ * read-only driver, saying once why the image cannot be written.
+ */
+async function openExt(arg: string, opts: SourceOptions): Promise<Vfs> {
+  if (ext2fsAddon()) return ExtRwFs.open(arg, opts.readOnly ? { readOnly: true } : {});
+  if (!opts.readOnly) process.stderr.write(`wirefs: ${arg}: served read-only: ${EXT_RW_HINT}\n`);
+  return ExtFs.open(arg, { readOnly: true });
+}
 
 /** Parses and opens a source spec; failures are one-line FsErrors fit to print. */
 export async function openSource(spec: string, opts: SourceOptions = {}): Promise<Vfs> {
