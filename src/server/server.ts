@@ -7,6 +7,7 @@ import os from 'node:os';
 import { logger, type Logger } from '../lib/log.js';
 import type { ChangeEvent, Vfs } from '../vfs/types.js';
 import { DEFAULT_MAX_FRAME, MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR } from '../wire/frame.js';
+import { SessionRegistry } from './registry.js';
 import { Session, type ServerCore } from './session.js';
 
 export interface ServerOptions {
@@ -21,6 +22,11 @@ export interface ServerOptions {
   maxInFlight?: number;
   /** A connection that has not completed HELLO within this time is closed (default 10 s). */
   helloTimeoutMs?: number;
+  /**
+   * How long a session whose connection dropped is kept for its client to resume it (default 60 s,
+   * the client's default outage timeout); 0 ends sessions with their connection.
+   */
+  sessionGraceMs?: number;
 }
 
 export interface ServerStats {
@@ -36,6 +42,14 @@ export interface ServerStats {
   pushes: number;
   /** Connections closed for a protocol error since start. */
   protocolErrors: number;
+  /** Retried non-idempotent requests answered from the reply cache instead of run again. */
+  replayed: number;
+  /** Sessions whose connection dropped, waiting for their client now. */
+  detached: number;
+  /** Sessions resumed by a reconnecting client since start. */
+  resumes: number;
+  /** Sessions ended because no client resumed them within the grace period. */
+  expired: number;
 }
 
 export interface WireServer {
@@ -62,7 +76,8 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
     helloTimeoutMs: opts.helloTimeoutMs ?? 10_000,
     serverName: `wirefs/${VERSION_MAJOR}.${VERSION_MINOR} ${os.hostname()}`,
     sessions,
-    counters: { requests: 0, pushes: 0, protocolErrors: 0, connections: 0 },
+    registry: new SessionRegistry<Session>(opts.sessionGraceMs ?? 60_000),
+    counters: { requests: 0, pushes: 0, protocolErrors: 0, connections: 0, replayed: 0 },
     broadcast(events, from) {
       for (const s of sessions) {
         if (s === from || !s.wantsPushes) continue;
@@ -113,7 +128,8 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
     stats() {
       let inFlight = 0;
       for (const s of sessions) inFlight += s.inFlight;
-      return { sessions: sessions.size, inFlight, ...core.counters };
+      const { registry } = core;
+      return { sessions: sessions.size, inFlight, ...core.counters, detached: registry.waiting, resumes: registry.resumes, expired: registry.expired };
     },
   };
 }

@@ -2,6 +2,9 @@
 // the shared Vfs (each its own task, answered exactly once, in any order), with a bounded number in
 // flight and socket backpressure honoured. The session records the lookups and open handles it hands
 // out; when it ends it gives them all back to the Vfs, so one source can serve many clients safely.
+// A session outlives its connection: when the socket goes, the session waits (registry.ts) for its
+// client to come back with a HELLO naming it; the new connection's Session then adopts what the old
+// one held, and retried non-idempotent requests are answered from the reply cache (reply-cache.ts).
 
 import type net from 'node:net';
 import { randomBytes } from 'node:crypto';
@@ -17,6 +20,8 @@ import {
 } from '../wire/frame.js';
 import { OPS, OP_BY_CODE, decodeReq, opLabel, type OpName, type Rep } from '../wire/ops.js';
 import { HANDLERS, type SessionApi } from './handlers.js';
+import type { SessionRegistry } from './registry.js';
+import { ReplyCache, readdress } from './reply-cache.js';
 
 /** What every session shares: the source, the limits, the other sessions, the counters. */
 export interface ServerCore {
@@ -27,13 +32,18 @@ export interface ServerCore {
   readonly helloTimeoutMs: number;
   readonly serverName: string;
   readonly sessions: Set<Session>;
-  readonly counters: { requests: number; pushes: number; protocolErrors: number; connections: number };
+  readonly counters: { requests: number; pushes: number; protocolErrors: number; connections: number; replayed: number };
+  /** Sessions by id, and the ones waiting for their client to reconnect. */
+  readonly registry: SessionRegistry<Session>;
   /** Sends events to every open session that knows the nodes, except `from`. */
   broadcast(events: ChangeEvent[], from: Session | undefined): void;
 }
 
 /** Pushes queued beyond this many bytes mean the client no longer reads: drop it rather than grow. */
 const PUSH_BACKLOG_LIMIT = 64 * 1024 * 1024;
+
+/** Changes kept for a detached session, replayed when its client is back; beyond this they are dropped. */
+const MISSED_LIMIT = 10_000;
 
 /** The identity the server uses for its own cleanup calls (releasing a departed client's handles). */
 const SERVER_CTX: Ctx = { uid: 0, gid: 0, pid: 0 };
@@ -50,15 +60,22 @@ export class Session implements SessionApi {
   maxFrame = HELLO_MAX_FRAME;
   sessionId = 0n;
   private features = 0n;
-  private state: 'hello' | 'negotiating' | 'open' | 'closed' = 'hello';
+  /** detached: the connection is gone, the client may resume; moved: a new connection adopted it. */
+  private state: 'hello' | 'negotiating' | 'open' | 'detached' | 'moved' | 'closed' = 'hello';
   private readonly splitter = new FrameSplitter(HELLO_MAX_FRAME);
-  private readonly running = new Map<number, AbortController>();
+  /** Requests running for this connection, by id; seq is nonzero for a non-idempotent one. */
+  private readonly running = new Map<number, { ac: AbortController; seq: number }>();
   private writeBlocked = false;
   private readonly helloTimer: NodeJS.Timeout;
-  private readonly lookups = new Map<number, number>();
+  // What the client holds; shared with the Session that adopts this one on a resume.
+  private lookups = new Map<number, number>();
   /** Open handles by fh, files and directories apart: a source may number them independently. */
-  private readonly files = new Map<number, OpenHandle>();
-  private readonly dirs = new Map<number, OpenHandle>();
+  private files = new Map<number, OpenHandle>();
+  private dirs = new Map<number, OpenHandle>();
+  private replies = new ReplyCache();
+  private missed: ChangeEvent[] = [];
+  /** server.close() is ending this session: release at once, no grace. */
+  private closing = false;
   /** Resolves once the session is over and everything it held has been given back. */
   readonly ended: Promise<void>;
   private markEnded!: () => void;
@@ -141,7 +158,12 @@ export class Session implements SessionApi {
       return;
     }
     if (op === 'cancel') {
-      this.running.get(decodeReq(r, 'cancel').id)?.abort();
+      this.running.get(decodeReq(r, 'cancel').id)?.ac.abort();
+      return;
+    }
+    if (op === 'bye') {
+      this.closing = true;
+      this.socket.end();
       return;
     }
     if (op === 'hello' || op === 'change') throw new ProtocolError(`unexpected ${opLabel(op)} frame`);
@@ -152,13 +174,41 @@ export class Session implements SessionApi {
       return;
     }
     const args = decodeReq(r, op);
+    const seq = OPS[op].idempotent ? 0 : h.seq;
     const ac = new AbortController();
-    this.running.set(h.id, ac);
+    if (seq !== 0) {
+      const first = this.replies.begin(seq);
+      if (first.kind !== 'run') {
+        this.retried(h, seq, first);
+        return;
+      }
+    }
+    this.running.set(h.id, { ac, seq });
     void this.run(op, h, args, ac);
   }
 
+  /** A retry of a non-idempotent request: answered with its first run's reply, never run twice. */
+  private retried(h: Header, seq: number, first: Exclude<ReturnType<ReplyCache['begin']>, { kind: 'run' }>): void {
+    this.core.counters.replayed++;
+    if (first.kind === 'cached') {
+      this.send(readdress(first.frame, h.id));
+      return;
+    }
+    if (first.kind === 'stale') {
+      this.core.log.warn(`${this.peer}: request seq ${seq} is behind the reply window; answering EIO`);
+      this.send(encodeErrorFrame(h.op, h.id, Errno.EIO));
+      return;
+    }
+    this.running.set(h.id, { ac: new AbortController(), seq });
+    void first.reply.then((frame) => {
+      this.running.delete(h.id);
+      this.send(readdress(frame, h.id));
+      this.pump();
+    });
+  }
+
   /** One request as its own task: always ends in exactly one reply. */
-  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'forget'>, h: Header, args: object, ac: AbortController): Promise<void> {
+  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'forget' | 'bye'>, h: Header, args: object, ac: AbortController): Promise<void> {
     let frame: Buffer;
     try {
       const { ctx: wctx, ...rest } = args as { ctx: Omit<Ctx, 'signal'> };
@@ -174,6 +224,8 @@ export class Session implements SessionApi {
       frame = encodeErrorFrame(h.op, h.id, errno);
       if (this.core.log.debugEnabled) this.core.log.debug(`${this.peer} #${h.id} ${opLabel(op)} ${errnoName(errno)}`);
     }
+    const seq = this.running.get(h.id)?.seq ?? 0;
+    if (seq !== 0) this.replies.finish(seq, frame);
     this.running.delete(h.id);
     this.send(frame);
     this.pump();
@@ -189,9 +241,11 @@ export class Session implements SessionApi {
     this.state = 'negotiating';
     this.maxFrame = Math.min(a.maxFrame, this.core.maxFrame);
     this.features = a.features & FEATURES_V1;
-    // v1 keeps no session across connections: a resume request gets a fresh session (the client
-    // sees the id change and knows its old state is gone).
-    this.sessionId = randomBytes(8).readBigUInt64LE() || 1n;
+    // A resume gets the session back if it is still there; otherwise (expired, or the server
+    // restarted) a fresh one, and the client sees by the id that its old state is gone.
+    const old = a.sessionId !== 0n && !mismatch ? this.core.registry.take(a.sessionId) : undefined;
+    if (old) this.adopt(old);
+    else this.sessionId = randomBytes(8).readBigUInt64LE() || 1n;
     Promise.resolve()
       .then(() => this.vfs.getattr(SERVER_CTX, ROOT_ID))
       .then((root) => {
@@ -210,7 +264,12 @@ export class Session implements SessionApi {
         this.state = 'open';
         clearTimeout(this.helloTimer);
         this.splitter.maxFrame = this.maxFrame;
-        this.core.log.debug(`${this.peer}: session ${this.sessionId.toString(16)} open (${a.clientName})`);
+        this.core.registry.add(this);
+        this.core.log.debug(`${this.peer}: session ${this.sessionId.toString(16)} ${old ? 'resumed' : 'open'} (${a.clientName})`);
+        // What changed while the client was away, in order, before anything else it will read.
+        const missed = this.missed;
+        this.missed = [];
+        for (const ev of missed) this.push(ev);
         this.pump();
       })
       .catch((err: unknown) => {
@@ -219,6 +278,44 @@ export class Session implements SessionApi {
         this.send(encodeErrorFrame(h.op, h.id, errno));
         this.socket.end();
       });
+  }
+
+  // --- resuming --------------------------------------------------------------------------------
+
+  /** Takes over what `old` holds (lookups, handles, reply cache, missed changes) for this connection. */
+  private adopt(old: Session): void {
+    old.handOver();
+    this.sessionId = old.sessionId;
+    this.lookups = old.lookups;
+    this.files = old.files;
+    this.dirs = old.dirs;
+    this.replies = old.replies;
+    this.missed = old.missed;
+  }
+
+  /**
+   * Gives this session to a new connection. If the old connection still looks alive (the client
+   * saw it die first: a blackhole, a half-open socket), it is cut now. Idempotent requests still
+   * running are aborted (the client resends them); non-idempotent ones run on and leave their reply
+   * in the shared reply cache for the retry.
+   */
+  private handOver(): void {
+    if (this.state === 'open' || this.state === 'negotiating') this.detach();
+    this.state = 'moved';
+    this.core.sessions.delete(this);
+    this.core.registry.remove(this);
+    this.markEnded();
+  }
+
+  private detach(): void {
+    this.state = 'detached';
+    for (const { ac, seq } of this.running.values()) if (seq === 0) ac.abort();
+    this.socket.destroy();
+  }
+
+  /** The grace period ran out with no resume: give everything back (SessionRegistry calls this). */
+  expire(): void {
+    void this.release();
   }
 
   // --- what the client holds -------------------------------------------------------------------
@@ -289,7 +386,7 @@ export class Session implements SessionApi {
   }
 
   get wantsPushes(): boolean {
-    return this.state === 'open' && (this.features & FEATURE_PUSH) !== 0n;
+    return (this.state === 'open' || this.state === 'detached') && (this.features & FEATURE_PUSH) !== 0n;
   }
 
   /** Whether this client may have the node (or, for names, the directory) cached. */
@@ -299,6 +396,10 @@ export class Session implements SessionApi {
 
   push(ev: ChangeEvent): void {
     if (!this.wantsPushes) return;
+    if (this.state === 'detached') {
+      if (this.missed.length < MISSED_LIMIT) this.missed.push(ev);
+      return;
+    }
     if (this.socket.writableLength > PUSH_BACKLOG_LIMIT) {
       this.core.log.warn(`${this.peer}: client does not read its invalidations; closing the connection`);
       this.socket.destroy();
@@ -321,15 +422,31 @@ export class Session implements SessionApi {
     if (!this.socket.write(frame)) this.writeBlocked = true;
   }
 
+  /** Ends the session now, with no grace (the server is shutting down). */
   close(): void {
-    this.socket.destroy();
+    this.closing = true;
+    if (this.state === 'detached') void this.release();
+    else this.socket.destroy();
   }
 
-  /** The connection is gone: stop running requests and give back every lookup and handle. */
+  /** The connection is gone: an open session waits for its client to resume it, unless closing. */
   private async end(): Promise<void> {
-    if (this.state === 'closed') return;
+    if (this.state === 'open' && !this.closing && this.core.registry.graceMs > 0) {
+      this.detach();
+      this.core.registry.detached(this);
+      this.core.log.debug(`${this.peer}: connection lost; session ${this.sessionId.toString(16)} kept for ${this.core.registry.graceMs} ms`);
+      return;
+    }
+    if (this.state === 'moved' || this.state === 'detached') return;
+    await this.release();
+  }
+
+  /** Stops running requests and gives back every lookup and handle. */
+  private async release(): Promise<void> {
+    if (this.state === 'closed' || this.state === 'moved') return;
     this.state = 'closed';
-    for (const ac of this.running.values()) ac.abort();
+    this.core.registry.remove(this);
+    for (const { ac } of this.running.values()) ac.abort();
     const handles = [...this.files, ...this.dirs];
     this.files.clear();
     this.dirs.clear();

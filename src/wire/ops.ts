@@ -40,6 +40,10 @@ export const OPS = {
     req: [['id', 'u32']], rep: [],
   },
   change: { code: 4, kind: 'push', idempotent: true, doc: 'A cached node or name changed: drop it (FUSE notify).', req: [['event', 'change']], rep: [] },
+  bye: {
+    code: 5, kind: 'oneway', idempotent: true, doc: 'The client is done: the server ends the session at once (releasing what it held) instead of keeping it for a resume. The client then closes the connection.',
+    req: [], rep: [],
+  },
 
   // --- the Vfs, one op per method (src/vfs/types.ts gives the semantics) ----------------------
   lookup: { code: 16, kind: 'call', idempotent: true, doc: 'Counts one lookup of the node.', req: [C, ['parent', 'u64'], ['name', 'str']], rep: [['entry', 'entry']] },
@@ -103,7 +107,7 @@ type Struct<S extends Schema> = { -readonly [F in S[number] as F[0]]: FieldValue
 export type Req<N extends OpName> = Struct<(typeof OPS)[N]['req']>;
 export type Rep<N extends OpName> = Struct<(typeof OPS)[N]['rep']>;
 /** The ops that carry Vfs methods (everything after the session ops). */
-export type VfsOpName = Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change'>;
+export type VfsOpName = Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'bye'>;
 
 export const OP_BY_CODE: ReadonlyMap<number, OpName> = new Map(
   (Object.keys(OPS) as OpName[]).map((name) => [OPS[name].code, name]),
