@@ -25,16 +25,19 @@ interface Command {
 const commands: Record<string, Command> = {
   serve: {
     summary: 'export a file system to wirefs clients',
-    usage: 'wirefs serve [-p PORT] [--bind ADDR] [--read-only] SOURCE',
+    usage: 'wirefs serve [-p PORT] [--bind ADDR] [--read-only] [--session-grace S] SOURCE',
     options: {
       port: { type: 'string', short: 'p', default: '12675' },
       bind: { type: 'string', default: '0.0.0.0' },
       'read-only': { type: 'boolean', default: false },
+      'session-grace': { type: 'string', default: '60' },
     },
     help: [
       '  -p, --port PORT     TCP port to listen on (default 12675; 0 picks a free one)',
       '      --bind ADDR     address to listen on (default 0.0.0.0, every interface)',
       '      --read-only     refuse every change with EROFS',
+      '      --session-grace S  keep the session of a client whose connection dropped for S seconds',
+      '                      (its open files, lookups and reply cache), so it can resume (default 60)',
       '',
       'SOURCE is one of:',
       ...sourceTypes.map((t) => `  ${t.usage}`),
@@ -65,6 +68,9 @@ const commands: Record<string, Command> = {
       '                        ro                 mount read-only',
       '                        entry_timeout=S    kernel cache time for names (seconds)',
       '                        attr_timeout=S     kernel cache time for attributes (seconds)',
+      '                        timeout=S          when the server is unreachable, calls wait up to S seconds',
+      '                                           for it to come back, then fail with EIO (default 60)',
+      '                        hard               wait for the server forever, as an NFS hard mount does',
       '                        (defaults, _netdev, rw, auto, noauto, user, nofail are accepted and ignored)',
       '      --direct        mount a SOURCE (see `wirefs serve --help`) in this process, no network',
       '      --timeout S     give up connecting after S seconds (default 10)',

@@ -10,8 +10,10 @@ export async function serveCommand(values: Record<string, unknown>, positionals:
   const spec = positionals[0]!;
   const port = parsePort(String(values['port']));
   const host = String(values['bind']);
+  const grace = Number(values['session-grace']);
+  if (!(grace >= 0) || !Number.isFinite(grace)) throw new UsageError(`bad --session-grace "${String(values['session-grace'])}"`);
   const vfs = await openSource(spec, { readOnly: values['read-only'] === true });
-  const server = await startServer({ vfs, host, port });
+  const server = await startServer({ vfs, host, port, sessionGraceMs: grace * 1000 });
   const addr = server.address();
   process.stdout.write(`wirefs: serving ${spec} (type ${vfs.info().type}) on ${addr.host}:${addr.port}\n`);
   await new Promise<void>((resolve) => {

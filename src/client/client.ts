@@ -10,8 +10,10 @@
 import { ProtocolError, Reader } from '../lib/bytes.js';
 import { Errno, FsError } from '../lib/errno.js';
 import { logger, type Logger } from '../lib/log.js';
-import type {
-  Attr, ChangeEvent, ChangeListener, CreateResult, Ctx, DirEntry, Entry, FsInfo, OpenResult, SetAttr, StatFs, Vfs,
+import {
+  O_CREAT, O_EXCL, O_TRUNC,
+  type Attr, type ChangeEvent, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
+  type OpenResult, type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
 import { EncodeError, type WireCtx } from '../wire/codec.js';
 import {
@@ -85,12 +87,28 @@ interface Pending {
   seq: number;
   /** In the current session's ids already (restart bookkeeping, pings): never sent to another session. */
   raw: boolean;
+  /** Written on a link of the current session; and whether an earlier session may have run it. */
+  written: boolean;
+  crossed: boolean;
   /** When it started waiting for a link (undefined while it has one). */
   waitingSince: number | undefined;
   resolve(rep: unknown): void;
   reject(err: Error): void;
   /** Detaches the abort listener. */
   done(): void;
+}
+
+/** An errno that, for a request resent across a server restart, says its first attempt was done. */
+const DONE_BEFORE: Partial<Record<CallOp, number>> = {
+  mknod: Errno.EEXIST, mkdir: Errno.EEXIST, symlink: Errno.EEXIST, link: Errno.EEXIST, create: Errno.EEXIST,
+  unlink: Errno.ENOENT, rmdir: Errno.ENOENT,
+};
+
+/** The failure of a request that crossed a server restart and probably ran before it (see DONE_BEFORE). */
+class CrossedRestart extends FsError {}
+
+function alreadyDone(err: unknown): void {
+  if (!(err instanceof CrossedRestart)) throw err;
 }
 
 /** Bytes of a write request besides its data: header, ctx, nodeid, fh, offset, blob length. */
@@ -224,6 +242,7 @@ export class RemoteVfs implements Vfs {
       this.sessionId = link.welcome.sessionId;
       this.nodes.newEpoch();
       for (const [id, p] of this.pending) {
+        if (p.written) p.crossed = true;
         if (!p.raw) continue;
         this.settle(id, p);
         p.reject(new FsError(Errno.EIO, 'the server restarted'));
@@ -234,6 +253,7 @@ export class RemoteVfs implements Vfs {
     for (const ev of this.nodes.everything()) this.emit(ev, false);
     for (const [id, p] of [...this.pending]) {
       p.waitingSince = undefined;
+      p.written = false;
       this.counters.resent++;
       void this.transmit(id, p);
     }
@@ -309,6 +329,7 @@ export class RemoteVfs implements Vfs {
     const rep = status === 0 ? decodeRep(r, p.op) : undefined;
     this.settle(h.id, p);
     if (status === 0) p.resolve(rep);
+    else if (p.crossed && DONE_BEFORE[p.op] === status) p.reject(new CrossedRestart(status));
     else {
       this.counters.errors++;
       p.reject(new FsError(status));
@@ -374,7 +395,7 @@ export class RemoteVfs implements Vfs {
     const id = this.allocId();
     return new Promise<Rep<N>>((resolve, reject) => {
       const p: Pending = {
-        op, req: req as Record<string, unknown>, seq, raw, waitingSince: this.wire ? undefined : Date.now(),
+        op, req: req as Record<string, unknown>, seq, raw, written: false, crossed: false, waitingSince: this.wire ? undefined : Date.now(),
         resolve: resolve as (rep: unknown) => void,
         reject,
         done: () => signal?.removeEventListener('abort', onAbort),
@@ -425,6 +446,7 @@ export class RemoteVfs implements Vfs {
       p.reject(new FsError(Errno.E2BIG, `${opLabel(p.op)} request of ${frame.length} bytes is over the frame limit`));
       return;
     }
+    p.written = true;
     link.socket.write(frame);
   }
 
@@ -465,24 +487,37 @@ export class RemoteVfs implements Vfs {
   async readlink(ctx: Ctx, nodeid: number): Promise<string> {
     return (await this.call('readlink', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).target;
   }
+  // A creation or removal that was sent to a server which then crashed may have been done before
+  // the crash, with its reply lost; resent to the restarted server it fails with EEXIST or ENOENT.
+  // There is no reply cache across a restart, so (as NFSv3 clients do) such a failure of a request
+  // that crossed a restart is taken as the first attempt's success: the name is looked up instead.
+
   async mknod(ctx: Ctx, parent: number, name: string, mode: number, rdev: number): Promise<Entry> {
-    return this.nodes.entry((await this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, ctx.signal)).entry, parent, name);
+    return this.made(ctx, parent, name, this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, ctx.signal));
   }
   async mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry> {
-    return this.nodes.entry((await this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, ctx.signal)).entry, parent, name);
+    return this.made(ctx, parent, name, this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, ctx.signal));
   }
   async symlink(ctx: Ctx, parent: number, name: string, target: string): Promise<Entry> {
-    return this.nodes.entry((await this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, ctx.signal)).entry, parent, name);
+    return this.made(ctx, parent, name, this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, ctx.signal));
   }
   async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
-    return this.nodes.entry((await this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, ctx.signal)).entry, newparent, newname);
+    return this.made(ctx, newparent, newname, this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, ctx.signal));
+  }
+  private async made(ctx: Ctx, parent: number, name: string, call: Promise<{ entry: Entry }>): Promise<Entry> {
+    try {
+      return this.nodes.entry((await call).entry, parent, name);
+    } catch (err) {
+      if (!(err instanceof CrossedRestart)) throw err;
+      return this.lookup(ctx, parent, name);
+    }
   }
   async unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
-    await this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx.signal);
+    await this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx.signal).catch(alreadyDone);
     this.nodes.removed(parent, name);
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
-    await this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx.signal);
+    await this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx.signal).catch(alreadyDone);
     this.nodes.removed(parent, name);
   }
   async rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
@@ -494,7 +529,14 @@ export class RemoteVfs implements Vfs {
     return { ...open, fh: this.nodes.handle(open.fh, false, nodeid, flags) };
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
-    const rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, ctx.signal);
+    let rep: Rep<'create'>;
+    try {
+      rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, ctx.signal);
+    } catch (err) {
+      if (!(err instanceof CrossedRestart)) throw err;
+      const entry = await this.lookup(ctx, parent, name);
+      return { ...(await this.open(ctx, entry.nodeid, flags & ~(O_CREAT | O_EXCL | O_TRUNC))), entry };
+    }
     const entry = this.nodes.entry(rep.entry, parent, name);
     return { ...rep.open, fh: this.nodes.handle(rep.open.fh, false, entry.nodeid, flags), entry };
   }
