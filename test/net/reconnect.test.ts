@@ -16,6 +16,7 @@ import { startServer, type ServerOptions, type WireServer } from '../../src/serv
 import { connect, type ConnectOptions, type RemoteVfs } from '../../src/client/client.js';
 import { O_RDWR, O_WRONLY, ROOT_ID, S_IFREG, type Ctx, type Vfs } from '../../src/vfs/types.js';
 import { startProxy, type Proxy } from '../helpers/proxy.js';
+import { SEQ_WINDOW } from '../../src/wire/seq.js';
 import { tmpdir } from '../helpers/mount.js';
 
 const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
@@ -236,4 +237,37 @@ test('one huge write and read cross in bounded pieces; small calls of another cl
   console.log(`# 64 MiB write+read in 256 KiB pieces: at most ${most} pieces at the source at once; ${lat.length} small getattrs meanwhile, median ${lat[lat.length >> 1]?.toFixed(2)} ms, p99 ${p99.toFixed(2)} ms`);
   assert.ok(most <= 8, `${most} pieces at once`);
   assert.ok(lat.length > 10 && p99 < 250, `small calls starved: p99 ${p99} ms`);
+});
+
+test('the client keeps outstanding non-idempotent requests within the reply window', async (t) => {
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  let seen = 0;
+  const mem = new MemoryFs();
+  const slowFirst = new Proxy(mem, {
+    get(target, prop, recv) {
+      const v = Reflect.get(target, prop, recv) as unknown;
+      if (typeof v !== 'function') return v;
+      if (prop !== 'mkdir') return (v as (...a: unknown[]) => unknown).bind(target);
+      return async (c: Ctx, parent: number, name: string, mode: number) => {
+        seen++;
+        if (name === 'first') await gate;
+        return mem.mkdir(c, parent, name, mode);
+      };
+    },
+  });
+  const { c } = await rig(t, slowFirst, { maxInFlight: 4096 });
+  const first = c.mkdir(ctx, ROOT_ID, 'first', 0o755);
+  const rest = Promise.all(Array.from({ length: 1100 }, (_, i) => c.mkdir(ctx, ROOT_ID, `n${i}`, 0o755)));
+  rest.catch(() => {});
+  try {
+    await until(() => seen >= SEQ_WINDOW, 'the window to fill');
+    await sleep(200);
+    assert.equal(seen, SEQ_WINDOW, 'the request one window ahead of the oldest waits for it');
+  } finally {
+    release();
+  }
+  await first;
+  await rest;
+  assert.equal(seen, 1101);
 });
