@@ -107,7 +107,7 @@ test('(b) a 30 s blackhole is ridden out with default mount options', { timeout:
   })();
   const started = Date.now();
   // The writer paces itself so it is still writing when the hole opens and after it closes.
-  await workload(mnt, fx, 200, 0.1);
+  await workload(mnt, fx, 120, 0.05);
   await faults;
   const took = (Date.now() - started) / 1000;
   console.log(`# (b) 1 blackhole of ${(holeMs / 1000).toFixed(1)} s injected; workload finished after ${took.toFixed(1)} s`);

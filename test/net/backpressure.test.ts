@@ -19,7 +19,7 @@ const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, e
 const MiB = 1 << 20;
 
 test('a client that never reads its replies leaves the server memory bounded', { timeout: 60_000 }, async (t) => {
-  const server = await startServer({ vfs: new MemoryFs(), host: '127.0.0.1', port: 0, log: quiet });
+  const server = await startServer({ vfs: new MemoryFs(), host: '127.0.0.1', port: 0, log: quiet, maxInFlight: 16 });
   t.after(() => server.close());
   const { port } = server.address();
   const good = await connect({ host: '127.0.0.1', port, log: quiet });
@@ -63,6 +63,7 @@ test('a client that never reads its replies leaves the server memory bounded', {
   }
   const st = server.stats();
   console.log(`# stalled client asked for 2 GiB; server memory grew at most ${(peak / MiB).toFixed(1)} MiB; ${st.requests} requests read`);
-  assert.ok(peak < 200 * MiB, `server buffered ${(peak / MiB).toFixed(0)} MiB for a client that does not read`);
+  // What it may hold: the replies of the 16 requests it lets run, and their copies on the way out.
+  assert.ok(peak < 100 * MiB, `server buffered ${(peak / MiB).toFixed(0)} MiB for a client that does not read`);
   assert.ok(st.requests < 2048, 'the server stopped reading the stalled connection');
 });
