@@ -184,7 +184,7 @@ export class Session implements SessionApi {
       }
     }
     this.running.set(h.id, { ac, seq });
-    void this.run(op, h, args, ac);
+    void this.run(op, h, args, ac, seq);
   }
 
   /** A retry of a non-idempotent request: answered with its first run's reply, never run twice. */
@@ -208,7 +208,7 @@ export class Session implements SessionApi {
   }
 
   /** One request as its own task: always ends in exactly one reply. */
-  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'forget' | 'bye'>, h: Header, args: object, ac: AbortController): Promise<void> {
+  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'forget' | 'bye'>, h: Header, args: object, ac: AbortController, seq: number): Promise<void> {
     let frame: Buffer;
     try {
       const { ctx: wctx, ...rest } = args as { ctx: Omit<Ctx, 'signal'> };
@@ -224,7 +224,7 @@ export class Session implements SessionApi {
       frame = encodeErrorFrame(h.op, h.id, errno);
       if (this.core.log.debugEnabled) this.core.log.debug(`${this.peer} #${h.id} ${opLabel(op)} ${errnoName(errno)}`);
     }
-    const seq = this.running.get(h.id)?.seq ?? 0;
+    // Kept for a retry even when this connection is gone: that is what the cache is for.
     if (seq !== 0) this.replies.finish(seq, frame);
     this.running.delete(h.id);
     this.send(frame);
