@@ -122,9 +122,9 @@ export async function connect(opts: ConnectOptions): Promise<RemoteVfs> {
     ...(opts.name !== undefined ? { name: opts.name } : {}),
   });
   const link = await open(0n, timeoutMs);
-  // A reconnect attempt into a silent network gives up sooner, so the next one starts promptly
-  // once the network is back.
-  const retryTimeoutMs = Math.min(timeoutMs, Math.max(1000, 3 * (opts.pingMs ?? 5000)));
+  // A reconnect attempt into a silent network (its HELLO swallowed) gives up after 3 s, so the next
+  // one starts soon after the network is back; a reachable server answers HELLO in milliseconds.
+  const retryTimeoutMs = Math.min(timeoutMs, 3000);
   return new RemoteVfs(`${opts.host}:${opts.port}`, link, (id) => open(id, retryTimeoutMs), opts, opts.log ?? logger('client'));
 }
 
