@@ -205,10 +205,9 @@ export class NodeTable {
   entries(list: DirEntry[], dir: number): DirEntry[] {
     return list.map((d) => {
       if (!d.entry?.nodeid) return d;
-      if (d.name === '.' || d.name === '..') {
-        // Not counted as lookups and ignored by the kernel (fs/fuse/readdir.c); keep them harmless.
-        return this.epoch === 0 ? d : { ...d, entry: { ...d.entry, nodeid: d.name === '.' ? dir : this.toClient.get(d.entry.nodeid) ?? 0 } };
-      }
+      // The kernel ignores the entries of dot names (fs/fuse/readdir.c); no source sends them, and
+      // one that did would get them dropped here rather than mistranslated.
+      if (d.name === '.' || d.name === '..') return { name: d.name, ino: d.ino, type: d.type, off: d.off };
       return { ...d, entry: this.entry(d.entry, dir, d.name) };
     });
   }

@@ -4,7 +4,8 @@
 // (b) all traffic blackholed for 30 s with default mount options; (c) the server killed with SIGKILL
 // mid-workload and started again on the same port and directory. Each time the workload must
 // finish, fio must verify, `diff -r` against a local extraction must be clean and every confirmed
-// record must be in the file. Each test prints how many faults it injected.
+// record must be in the file. Each test prints how many faults it injected. Last, one 1 GiB write()
+// and read() through the mount, with the server's peak memory checked.
 
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
@@ -144,4 +145,33 @@ test('(c) the server killed with SIGKILL mid-workload and restarted on the same 
   console.log(`# (c) ${records} confirmed records intact; status:\n# ${mine.replace(/\n/g, '\n# ')}`);
   assert.match(mine, new RegExp(`\\(${kills} to a restarted server\\)`));
   await cleanup(mnt);
+});
+
+test('one 1 GiB write() and read() on the mount; the server memory stays bounded', { timeout: 300_000 }, async (t) => {
+  const exported = await tmpdir('wirefs-export-');
+  t.after(() => fsp.rm(exported, { recursive: true, force: true }));
+  const server = await serve(t, exported);
+  const { mnt } = await mount(t, server.addr);
+  const script = [
+    'import hashlib, os, sys, time',
+    'p = sys.argv[1]',
+    'data = b"".join(i.to_bytes(8, "little") + os.urandom((1 << 20) - 8) for i in range(1024))',
+    'fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)',
+    't0 = time.time(); n = os.write(fd, data); os.fsync(fd); os.close(fd); tw = time.time() - t0',
+    'fd = os.open(p, os.O_RDONLY)',
+    't0 = time.time(); got = bytearray()',
+    'while len(got) < len(data):',
+    '    b = os.read(fd, len(data) - len(got))',
+    '    if not b: break',
+    '    got += b',
+    'tr = time.time() - t0; os.close(fd)',
+    'print(n, len(got), got == data, "%.1f %.1f" % (tw, tr))',
+  ].join('\n');
+  const out = (await ok(`python3 -c ${quote(script)} ${mnt}/huge`, 240_000)).trim().split(' ');
+  const hwm = /VmHWM:\s+(\d+) kB/.exec(await fsp.readFile(`/proc/${server.pid}/status`, 'utf8'))?.[1];
+  const peakMiB = Number(hwm) / 1024;
+  console.log(`# 1 GiB: write() returned ${out[0]} in ${out[3]} s, read got ${out[1]} bytes in ${out[4]} s, equal=${out[2]}; server peak RSS ${peakMiB.toFixed(0)} MiB`);
+  assert.deepEqual(out.slice(0, 3), [String(1 << 30), String(1 << 30), 'True']);
+  assert.ok(peakMiB < 600, `server peak RSS ${peakMiB} MiB for a 1 GiB transfer`);
+  await ok(`rm ${mnt}/huge`);
 });
