@@ -9,6 +9,12 @@ export interface Resumable {
   expire(): void;
 }
 
+/**
+ * Detached sessions kept at most: a peer that opens sessions and drops them cannot make the server
+ * hold an unbounded number for the grace period; beyond this the oldest is ended early.
+ */
+export const MAX_DETACHED = 1024;
+
 export class SessionRegistry<S extends Resumable> {
   private readonly byId = new Map<bigint, S>();
   private readonly timers = new Map<bigint, NodeJS.Timeout>();
@@ -17,7 +23,7 @@ export class SessionRegistry<S extends Resumable> {
   /** Sessions ended because their grace period ran out. */
   expired = 0;
 
-  constructor(readonly graceMs: number) {}
+  constructor(readonly graceMs: number, private readonly maxDetached = MAX_DETACHED) {}
 
   add(s: S): void {
     this.byId.set(s.sessionId, s);
@@ -35,6 +41,16 @@ export class SessionRegistry<S extends Resumable> {
     }, this.graceMs);
     timer.unref();
     this.timers.set(s.sessionId, timer);
+    if (this.timers.size > this.maxDetached) {
+      // Timers are kept in the order sessions detached: the first is the oldest.
+      const oldest = this.timers.keys().next().value as bigint;
+      const victim = this.byId.get(oldest);
+      this.remove(victim ?? s);
+      if (victim) {
+        this.expired++;
+        victim.expire();
+      }
+    }
   }
 
   /** Hands session `id` (attached or not) to a reconnecting client, or undefined if it is gone. */

@@ -1,9 +1,11 @@
 // The pieces of surviving the network that need no network: the reply cache's window and waiters,
+// the session registry's grace and cap,
 // serial arithmetic on seqs, backoff bounds, and the client's record of names across renames.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ReplyCache } from '../../src/server/reply-cache.js';
+import { SessionRegistry } from '../../src/server/registry.js';
 import { SEQ_WINDOW, nextSeq, seqDistance } from '../../src/wire/seq.js';
 import { backoffMs } from '../../src/client/reconnect.js';
 import { NodeTable } from '../../src/client/remap.js';
@@ -93,4 +95,20 @@ test('node table: names follow rename and unlink; after a restart nodes are foun
   // A node never seen before gets a fresh id above anything handed out.
   assert.ok(t.entry(e(52), 3, 'new').nodeid >= 2 ** 40);
   assert.equal(t.forget(4, 2), 51);
+});
+
+test('session registry: detached sessions expire after the grace, and beyond the cap the oldest goes first', async () => {
+  const ended: bigint[] = [];
+  const mk = (id: bigint): { sessionId: bigint; expire(): void } => ({ sessionId: id, expire: () => ended.push(id) });
+  const r = new SessionRegistry<ReturnType<typeof mk>>(50, 2);
+  const [a, b, c] = [mk(1n), mk(2n), mk(3n)];
+  for (const s of [a, b, c]) {
+    r.add(s);
+    r.detached(s);
+  }
+  assert.deepEqual(ended, [1n], 'over the cap of 2: the oldest ended at once');
+  assert.equal(r.take(2n), b, 'a detached session can be taken back');
+  await new Promise((res) => setTimeout(res, 100));
+  assert.deepEqual(ended, [1n, 3n], 'the one not taken back expired after the grace');
+  assert.equal(r.take(3n), undefined);
 });
