@@ -26,7 +26,7 @@ interface Command {
 const commands: Record<string, Command> = {
   serve: {
     summary: 'export a file system to wirefs clients',
-    usage: 'wirefs serve [-p PORT] [--bind ADDR] [--secret-file KEY | --cert F --key F [--client-ca F]] [EXPORT RULES] [--lease-time S] SOURCE',
+    usage: 'wirefs serve [-p PORT] [--bind ADDR] [--secret-file KEY | --cert F --key F [--client-ca F]] [EXPORT RULES] [--lease-time S] [--session-grace S] SOURCE',
     options: {
       port: { type: 'string', short: 'p', default: '12675' },
       bind: { type: 'string', default: '0.0.0.0' },
@@ -46,12 +46,15 @@ const commands: Record<string, Command> = {
       'map-gid': { type: 'string', multiple: true },
       'max-connections': { type: 'string' },
       'max-per-address': { type: 'string' },
+      'session-grace': { type: 'string', default: '60' },
     },
     help: [
       '  -p, --port PORT     TCP port to listen on (default 12675; 0 picks a free one)',
       '      --bind ADDR     address to listen on (default 0.0.0.0, every interface)',
       '      --lease-time S  how long a change waits for other clients to drop their cached copy',
       '                      before going on without them (default 2 seconds)',
+      '      --session-grace S  keep the session of a client whose connection dropped for S seconds',
+      '                      (its open files, lookups and reply cache), so it can resume (default 60)',
       '',
       'Transport (see docs/DESIGN.md, "Threat model"):',
       '      --secret-file KEY   TLS with a shared secret (make one with `wirefs keygen KEY`);',
@@ -113,6 +116,9 @@ const commands: Record<string, Command> = {
       '                        attr_timeout=S     kernel cache time for attributes (seconds)',
       '                        negative_timeout=S kernel cache time for absent names (seconds)',
       '                        (defaults: 60 when the server reports every change, else 1, 1, 0)',
+      '                        timeout=S          when the server is unreachable, calls wait up to S seconds',
+      '                                           for it to come back, then fail with EIO (default 60)',
+      '                        hard               wait for the server forever, as an NFS hard mount does',
       '                        (defaults, _netdev, rw, auto, noauto, user, nofail are accepted and ignored)',
       '      --direct        mount a SOURCE (see `wirefs serve --help`) in this process, no network',
       '      --timeout S     give up connecting after S seconds (default 10)',

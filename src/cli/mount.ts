@@ -9,7 +9,7 @@ import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { openSource } from '../sources/index.js';
-import { connect } from '../client/client.js';
+import { DEFAULT_OUTAGE_MS, connect } from '../client/client.js';
 import { WriteBehindVfs } from '../client/writeback.js';
 import { DirCacheVfs } from '../client/dircache.js';
 import { mountVfs, readaheadFor, setReadahead, type FuseMount } from '../fuse/mount.js';
@@ -48,7 +48,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   const mp = path.resolve(mpArg);
   const opts = parseMountOptions(values['options'] as string[] | undefined);
   for (const key of opts.keys()) {
-    if (!IGNORED_OPTIONS.has(key) && !['ro', 'sync', 'readahead_kb', 'entry_timeout', 'attr_timeout', 'negative_timeout', 'secret-file', 'ca', 'cert', 'key'].includes(key)) {
+    if (!IGNORED_OPTIONS.has(key) && !['ro', 'sync', 'readahead_kb', 'entry_timeout', 'attr_timeout', 'negative_timeout', 'secret-file', 'ca', 'cert', 'key', 'timeout', 'hard', 'soft'].includes(key)) {
       throw new UsageError(`unknown mount option "${key}"`);
     }
   }
@@ -61,6 +61,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   if (raOpt !== undefined && !(raOpt >= 0 && raOpt <= 1 << 20)) throw new UsageError(`bad readahead_kb "${String(raText)}"`);
   const timeoutS = Number(values['timeout']);
   if (!(timeoutS > 0)) throw new UsageError(`bad --timeout "${String(values['timeout'])}"`);
+  const outageMs = outageOption(opts);
 
   if (!values['foreground']) return spawnDaemon(mp, process.argv.slice(3));
 
@@ -88,11 +89,11 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
       const addr = parseAddress(spec);
       source = `${addr.host}:${addr.port}`;
       const security = await clientSecurity(values, opts);
-      const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000, security });
+      const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000, security, outageMs });
       server = client;
       // The round trip decides how far to read ahead: the best of a few pings.
       rttMs = Infinity;
-      for (let i = 0; i < 5; i++) rttMs = Math.min(rttMs, await client.ping());
+      for (let i = 0; i < 5; i++) rttMs = Math.min(rttMs, await client.roundTrip());
       const inner = opts.has('sync') ? client : (writeBehind = new WriteBehindVfs(client));
       // Absent names in directories this client made, and directory attributes after its own
       // changes, are answered locally (only sound when every change reaches us as a push).
@@ -156,6 +157,19 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   control.close();
   await vfs.close().catch(() => {});
   return 0;
+}
+
+/** -o timeout=SECONDS (how long calls ride out a lost server before EIO), -o hard (forever), -o soft. */
+function outageOption(opts: Map<string, string | true>): number {
+  const t = opts.get('timeout');
+  if (opts.has('hard')) {
+    if (t !== undefined || opts.has('soft')) throw new UsageError('-o hard waits forever: it takes no timeout and no soft');
+    return Infinity;
+  }
+  if (t === undefined) return DEFAULT_OUTAGE_MS;
+  const n = Number(t);
+  if (t === true || !(n > 0) || !Number.isFinite(n)) throw new UsageError(`bad -o timeout "${String(t)}" (seconds, above 0)`);
+  return n * 1000;
 }
 
 /** Starts this command again as a detached foreground daemon and waits for its verdict. */
@@ -260,10 +274,23 @@ export async function statusCommand(_values: Record<string, unknown>, positional
 }
 
 function formatStatus(s: Record<string, unknown>): string {
-  const flat = (o: unknown, prefix: string): string[] =>
-    o && typeof o === 'object'
-      ? Object.entries(o as Record<string, unknown>).flatMap(([k, v]) => flat(v, prefix ? `${prefix}.${k}` : k))
-      : [`${prefix}=${String(o)}`];
-  return `${String(s['mountpoint'])}  ${String(s['server'])}  fuse.${String(s['type'])}  pid=${String(s['pid'])}  ` +
-    flat({ fuse: s['fuse'], client: s['client'] }, '').filter((x) => !x.endsWith('=undefined')).join(' ');
+  const c = (s['client'] ?? {}) as Record<string, unknown>;
+  const f = (s['fuse'] ?? {}) as Record<string, unknown>;
+  const head = `${String(s['mountpoint'])}  ${String(s['server'])}  fuse.${String(s['type'])}  pid=${String(s['pid'])}`;
+  if (!s['client']) return `${head}  direct  ${flat(f, 'fuse').join(' ')}`;
+  const state = String(c['state']) + (c['lastError'] ? ` (${String(c['lastError'])})` : '');
+  const lines = [
+    head,
+    `  connection: ${state}; ${String(c['reconnects'])} reconnects (${String(c['newSessions'])} to a restarted server), ${String(c['timedOut'])} calls timed out, ${String(c['resent'])} requests resent`,
+    `  requests: ${String(c['inFlight'])} in flight, ${String(c['requests'])} sent, ${String(c['errors'])} errors, ${String(c['pushes'])} invalidations received`,
+    `  cache: ${String(c['nodes'])} nodes and ${String(c['handles'])} open handles held for the kernel; ${String(c['remapped'])} re-resolved and ${String(c['reopened'])} reopened after restarts, ${String(c['stale'])} stale`,
+    `  ${flat(f, 'fuse').join(' ')}`,
+  ];
+  return lines.join('\n');
+}
+
+function flat(o: unknown, prefix: string): string[] {
+  return o && typeof o === 'object'
+    ? Object.entries(o as Record<string, unknown>).flatMap(([k, v]) => flat(v, prefix ? `${prefix}.${k}` : k))
+    : [`${prefix}=${String(o)}`];
 }

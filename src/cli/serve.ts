@@ -13,6 +13,8 @@ export async function serveCommand(values: Record<string, unknown>, positionals:
   const host = String(values['bind']);
   const leaseS = Number(values['lease-time'] ?? 2);
   if (!(leaseS > 0 && leaseS <= 3600)) throw new UsageError(`bad --lease-time "${String(values['lease-time'])}" (seconds, up to 3600)`);
+  const grace = Number(values['session-grace'] ?? 60);
+  if (!(grace >= 0) || !Number.isFinite(grace)) throw new UsageError(`bad --session-grace "${String(values['session-grace'])}"`);
   const rules = exportRules(values);
   const security = await serverSecurity(values);
   const maxConnections = countFlag(values, 'max-connections');
@@ -22,6 +24,7 @@ export async function serveCommand(values: Record<string, unknown>, positionals:
   try {
     server = await startServer({
       vfs, host, port, security, export: rules, insecure: values['insecure'] === true, leaseMs: Math.round(leaseS * 1000),
+      sessionGraceMs: grace * 1000,
       ...(maxConnections !== undefined ? { maxConnections } : {}),
       ...(maxConnectionsPerAddress !== undefined ? { maxConnectionsPerAddress } : {}),
     });

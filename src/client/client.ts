@@ -1,14 +1,19 @@
 // The wirefs client: RemoteVfs is a Vfs whose every call crosses the network to a server. Each
 // request is registered under its id before it is written and settled by the reply with that id, in
 // any order; many are in flight at once. Pushed change events reach watch() listeners. The request
-// table and session id live here, the socket in a Link (link.ts): today a lost link fails every
-// pending and later call with EIO; a reconnect loop will open a new link and resend instead.
+// table, the session id and the names of what the kernel holds (remap.ts) live here, the socket in a
+// Link (link.ts). When the link drops, a reconnect loop (reconnect.ts) opens a new one: the same
+// session is resumed and every unanswered request is resent (the server's reply cache answers the
+// non-idempotent ones it already ran); a restarted server gets what the client held re-established by
+// path. Callers see no error for an outage shorter than the outage timeout, and EIO after it.
 
 import { ProtocolError, Reader } from '../lib/bytes.js';
 import { Errno, FsError } from '../lib/errno.js';
 import { logger, type Logger } from '../lib/log.js';
-import type {
-  Attr, ChangeListener, CreateResult, Ctx, DirEntry, Entry, FsInfo, OpenResult, SetAttr, StatFs, Vfs,
+import {
+  O_CREAT, O_EXCL, O_TRUNC,
+  type Attr, type ChangeEvent, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
+  type OpenResult, type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
 import { EncodeError, type WireCtx } from '../wire/codec.js';
 import {
@@ -16,13 +21,27 @@ import {
 } from '../wire/frame.js';
 import { OPS, decodeRep, decodeReq, opLabel, type OpName, type Rep, type Req } from '../wire/ops.js';
 import type { Security } from '../wire/transport.js';
+import { SEQ_WINDOW, nextSeq, seqDistance } from '../wire/seq.js';
 import { openLink, type Link } from './link.js';
+import { Liveness, Reconnector } from './reconnect.js';
+import { NodeTable } from './remap.js';
 
 export interface ConnectOptions {
   host: string;
   port: number;
-  /** Give up connecting and negotiating after this long (default 5000 ms). */
+  /** Give up one attempt at connecting and negotiating after this long (default 5000 ms). */
   timeoutMs?: number;
+  /**
+   * How long calls wait for the server to come back when the connection is lost (default 60 s);
+   * after that they fail with EIO. Infinity waits forever, as an NFS hard mount does.
+   */
+  outageMs?: number;
+  /** A silent link is pinged after this long and given up after three times this (default 5 s). */
+  pingMs?: number;
+  /** The longest backoff between reconnect attempts (default 2 s; the first is 50 ms). */
+  retryMaxMs?: number;
+  /** Pieces of one big read or write in flight at once (default 8). */
+  piecesInFlight?: number;
   log?: Logger;
   /** Shown in the server's log. */
   name?: string;
@@ -30,8 +49,10 @@ export interface ConnectOptions {
   security?: Security;
 }
 
+export const DEFAULT_OUTAGE_MS = 60_000;
+
 export interface ClientStats {
-  state: 'open' | 'closed';
+  state: 'open' | 'reconnecting' | 'closed';
   /** Requests awaiting their reply now. */
   inFlight: number;
   /** Requests sent since connect. */
@@ -40,84 +61,258 @@ export interface ClientStats {
   errors: number;
   /** CHANGE frames received. */
   pushes: number;
+  /** Links lost since connect. */
+  disconnects: number;
+  /** New links since connect (resumed or not). */
+  reconnects: number;
+  /** Reconnects that found a new server session (the server restarted or the grace ran out). */
+  newSessions: number;
+  /** Requests sent again on a new link. */
+  resent: number;
+  /** Calls failed with EIO because the outage outlasted the timeout. */
+  timedOut: number;
+  /** Why the last reconnect attempt failed, while reconnecting. */
+  lastError: string;
+  /** Nodes and open handles the client remembers for the kernel, and the restart bookkeeping. */
+  nodes: number;
+  handles: number;
+  remapped: number;
+  reopened: number;
+  stale: number;
 }
 
 type CallOp = { [N in OpName]: (typeof OPS)[N]['kind'] extends 'call' ? N : never }[OpName];
 
 interface Pending {
-  op: OpName;
+  op: CallOp;
+  /** In client ids: translated again each time it is sent, in case the server restarted. */
+  req: Record<string, unknown>;
+  seq: number;
+  /** In the current session's ids already (restart bookkeeping, pings): never sent to another session. */
+  raw: boolean;
+  /** Written on a link of the current session; and whether an earlier session may have run it. */
+  written: boolean;
+  crossed: boolean;
+  /** When it started waiting for a link (undefined while it has one). */
+  waitingSince: number | undefined;
   resolve(rep: unknown): void;
   reject(err: Error): void;
   /** Detaches the abort listener. */
   done(): void;
 }
 
+/** An errno that, for a request resent across a server restart, says its first attempt was done. */
+const DONE_BEFORE: Partial<Record<CallOp, number>> = {
+  mknod: Errno.EEXIST, mkdir: Errno.EEXIST, symlink: Errno.EEXIST, link: Errno.EEXIST, create: Errno.EEXIST,
+  unlink: Errno.ENOENT, rmdir: Errno.ENOENT,
+};
+
+/** The failure of a request that crossed a server restart and probably ran before it (see DONE_BEFORE). */
+class CrossedRestart extends FsError {}
+
+function alreadyDone(err: unknown): void {
+  if (!(err instanceof CrossedRestart)) throw err;
+}
+
 /** Bytes of a write request besides its data: header, ctx, nodeid, fh, offset, blob length. */
 const WRITE_OVERHEAD = 128;
+const SERVER_CTX: WireCtx = { uid: 0, gid: 0, pid: 0 };
 
 export async function connect(opts: ConnectOptions): Promise<RemoteVfs> {
-  const link = await openLink({
-    host: opts.host, port: opts.port, timeoutMs: opts.timeoutMs ?? 5000,
+  const timeoutMs = opts.timeoutMs ?? 5000;
+  const open = (sessionId: bigint, ms: number): Promise<Link> => openLink({
+    host: opts.host, port: opts.port, timeoutMs: ms, sessionId,
     ...(opts.name !== undefined ? { name: opts.name } : {}),
     ...(opts.security !== undefined ? { security: opts.security } : {}),
   });
-  return new RemoteVfs(`${opts.host}:${opts.port}`, link, opts.log ?? logger('client'));
+  const link = await open(0n, timeoutMs);
+  // A reconnect attempt into a silent network (its HELLO swallowed) gives up after 3 s, so the next
+  // one starts soon after the network is back; a reachable server answers HELLO in milliseconds.
+  const retryTimeoutMs = Math.min(timeoutMs, 3000);
+  return new RemoteVfs(`${opts.host}:${opts.port}`, link, (id) => open(id, retryTimeoutMs), opts, opts.log ?? logger('client'));
 }
 
 function wireCtx(ctx: Ctx): WireCtx {
   return { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid };
 }
 
+/** Runs fn over 0..n-1 with at most `limit` running at once; results in order. */
+async function bounded<T>(n: number, limit: number, fn: (i: number) => Promise<T>): Promise<T[]> {
+  const out = new Array<T>(n);
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    while (next < n) {
+      const i = next++;
+      out[i] = await fn(i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, n) }, worker));
+  return out;
+}
+
 export class RemoteVfs implements Vfs {
   /** 'host:port' as given to connect(). */
   readonly server: string;
-  /** Resolves once the connection is gone (closed by either side or lost). */
+  /** Resolves once close() has ended the client. */
   readonly closed: Promise<void>;
-  /** The session the server gave us; a reconnect asks to resume it. */
-  readonly sessionId: bigint;
-  /** The root's attributes as of the HELLO. */
+  /** The root's attributes as of the first HELLO. */
   readonly rootAttr: Attr;
+  private sessionId: bigint;
   private readonly fsInfo: FsInfo;
   private readonly pending = new Map<number, Pending>();
+  /** Seqs of outstanding non-idempotent requests, oldest first (they are handed out in order). */
+  private readonly seqs = new Set<number>();
+  private readonly seqWaiters: Array<() => void> = [];
   private readonly listeners = new Set<ChangeListener>();
   private readonly attrHints = new Set<(nodeid: number, attr: Attr) => void>();
+  private readonly nodes: NodeTable;
+  private wire: Link | undefined;
+  private maxFrame: number;
+  private liveness: Liveness | undefined;
+  private outageTimer: NodeJS.Timeout | undefined;
+  private readonly reconnector: Reconnector;
+  private readonly outageMs: number;
+  private readonly pingMs: number;
+  private readonly piecesInFlight: number;
   private nextId = 1;
   private nextSeq = 1;
-  private state: 'open' | 'closed' = 'open';
-  private readonly counters = { requests: 0, errors: 0, pushes: 0 };
+  private state: 'open' | 'reconnecting' | 'closed' = 'open';
+  private readonly counters = { requests: 0, errors: 0, pushes: 0, disconnects: 0, reconnects: 0, newSessions: 0, resent: 0, timedOut: 0 };
   private markClosed!: () => void;
 
-  constructor(server: string, private readonly conn: Link, private readonly log: Logger) {
+  constructor(server: string, link: Link, open: (sessionId: bigint) => Promise<Link>, opts: ConnectOptions, private readonly log: Logger) {
     this.server = server;
     this.closed = new Promise((resolve) => (this.markClosed = resolve));
-    this.sessionId = conn.welcome.sessionId;
-    this.rootAttr = conn.welcome.root;
+    this.sessionId = link.welcome.sessionId;
+    this.rootAttr = link.welcome.root;
     // Pushes from a source that reports all its changes: the kernel may cache without a bound.
-    const coherent = (conn.features & FEATURE_PUSH) !== 0n && (conn.features & FEATURE_COHERENT) !== 0n;
-    this.fsInfo = { type: conn.welcome.fsType, readOnly: conn.welcome.readOnly, coherent };
-    const { socket } = conn;
-    socket.on('data', (chunk: Buffer) => {
-      conn.splitter.push(chunk);
-      this.drain();
+    const coherent = (link.features & FEATURE_PUSH) !== 0n && (link.features & FEATURE_COHERENT) !== 0n;
+    this.fsInfo = { type: link.welcome.fsType, readOnly: link.welcome.readOnly, coherent };
+    this.maxFrame = link.maxFrame;
+    this.outageMs = opts.outageMs ?? DEFAULT_OUTAGE_MS;
+    this.pingMs = opts.pingMs ?? 5000;
+    this.piecesInFlight = opts.piecesInFlight ?? 8;
+    this.nodes = new NodeTable({
+      lookup: async (parent, name) => (await this.call('lookup', { ctx: SERVER_CTX, parent, name }, undefined, true)).entry,
+      open: async (nodeid, flags) => (await this.call('open', { ctx: SERVER_CTX, nodeid, flags }, undefined, true)).open.fh,
+      opendir: async (nodeid) => (await this.call('opendir', { ctx: SERVER_CTX, nodeid }, undefined, true)).open.fh,
     });
-    socket.on('error', (err) => this.log.debug(`${server}: ${err.message}`));
-    socket.on('close', () => this.lost(`connection to ${server} closed`));
-    this.drain();
+    this.reconnector = new Reconnector(() => open(this.sessionId), (l) => this.attach(l),
+      { baseMs: 50, maxMs: opts.retryMaxMs ?? 2000 }, log);
+    this.attach(link);
   }
 
   stats(): ClientStats {
-    return { state: this.state, inFlight: this.pending.size, ...this.counters };
+    return {
+      state: this.state, inFlight: this.pending.size, ...this.counters, lastError: this.state === 'reconnecting' ? this.reconnector.lastError : '',
+      nodes: this.nodes.nodeCount, handles: this.nodes.handleCount, ...this.nodes.counters,
+    };
+  }
+
+  // --- the link ----------------------------------------------------------------------------------
+
+  /** Takes a new link into use: the first, or one the reconnect loop opened. */
+  private attach(link: Link): void {
+    if (this.state === 'closed') {
+      link.socket.destroy();
+      return;
+    }
+    const first = this.wire === undefined && this.counters.disconnects === 0;
+    this.wire = link;
+    this.maxFrame = link.maxFrame;
+    const { socket } = link;
+    socket.on('data', (chunk: Buffer) => {
+      this.liveness?.touch();
+      link.splitter.push(chunk);
+      this.drain(link);
+    });
+    socket.on('error', (err) => this.log.debug(`${this.server}: ${err.message}`));
+    socket.on('close', () => this.lost(link, `connection to ${this.server} lost`));
+    this.liveness = new Liveness(this.pingMs, () => this.ping(), (silent) => {
+      this.log.warn(`${this.server}: no answer for ${Math.round(silent / 1000)} s; reconnecting`);
+      socket.destroy();
+    });
+    if (first) {
+      this.drain(link);
+      return;
+    }
+
+    this.counters.reconnects++;
+    this.state = 'open';
+    clearInterval(this.outageTimer);
+    this.outageTimer = undefined;
+    const resumed = link.welcome.sessionId === this.sessionId;
+    if (!resumed) {
+      // The server restarted (or kept our session less long than we were away): what the kernel
+      // holds is found again by name, lazily, and requests are sent to the new session's ids.
+      this.counters.newSessions++;
+      this.sessionId = link.welcome.sessionId;
+      this.nodes.newEpoch();
+      for (const [id, p] of this.pending) {
+        if (p.written) p.crossed = true;
+        if (!p.raw) continue;
+        this.settle(id, p);
+        p.reject(new FsError(Errno.EIO, 'the server restarted'));
+      }
+    }
+    this.log.info(`${this.server}: reconnected (${resumed ? 'session resumed' : 'new server session; re-establishing by path'}); resending ${this.pending.size} requests`);
+    // Pushes in flight when the link died are lost: drop everything the kernel may have cached.
+    for (const ev of this.nodes.everything()) void this.emit(ev, false);
+    for (const [id, p] of [...this.pending]) {
+      p.waitingSince = undefined;
+      p.written = false;
+      this.counters.resent++;
+      void this.transmit(id, p);
+    }
+    this.drain(link);
+  }
+
+  /** The link is gone (not by close()): keep the calls, and start getting a new link. */
+  private lost(link: Link, why: string): void {
+    if (this.wire !== link) return;
+    this.wire = undefined;
+    this.liveness?.stop();
+    this.liveness = undefined;
+    if (this.state === 'closed') return;
+    this.state = 'reconnecting';
+    this.counters.disconnects++;
+    this.log.warn(`${why}; reconnecting (${this.pending.size} requests waiting)`);
+    const now = Date.now();
+    for (const p of this.pending.values()) p.waitingSince = now;
+    this.startOutageTimer();
+    this.reconnector.start();
+  }
+
+  /** While there is no link, fails the calls that have waited longer than the outage timeout. */
+  private startOutageTimer(): void {
+    if (this.outageTimer || !Number.isFinite(this.outageMs)) return;
+    this.outageTimer = setInterval(() => {
+      const now = Date.now();
+      for (const [id, p] of [...this.pending]) {
+        if (p.waitingSince === undefined || now - p.waitingSince < this.outageMs) continue;
+        this.settle(id, p);
+        this.counters.timedOut++;
+        this.counters.errors++;
+        p.reject(new FsError(Errno.EIO, `${this.server} unreachable for ${this.outageMs / 1000} s`));
+      }
+    }, Math.min(250, Math.max(10, this.outageMs / 4)));
+    this.outageTimer.unref();
+  }
+
+  private ping(): void {
+    if (!this.wire) return;
+    this.call('ping', {}, undefined, true).catch(() => {});
   }
 
   // --- the request table -----------------------------------------------------------------------
 
-  private drain(): void {
+  private drain(link: Link): void {
     try {
-      for (let frame = this.conn.splitter.next(); frame; frame = this.conn.splitter.next()) this.onFrame(frame);
+      for (let frame = link.splitter.next(); frame && this.wire === link; frame = link.splitter.next()) this.onFrame(frame);
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
       this.log.warn(`${this.server}: protocol error, closing the connection: ${err.message}`);
-      this.conn.socket.destroy();
+      link.socket.destroy();
     }
   }
 
@@ -128,15 +323,7 @@ export class RemoteVfs implements Vfs {
       if (h.op !== OPS.change.code) return; // a push from a newer server: not for us
       const { event } = decodeReq(r, 'change');
       this.counters.pushes++;
-      const acting: Promise<void>[] = [];
-      for (const l of this.listeners) {
-        try {
-          const p = l(event);
-          if (p) acting.push(p.catch((err: unknown) => this.log.warn(`a change listener failed: ${(err as Error).message}`)));
-        } catch (err) {
-          this.log.warn(`a change listener failed: ${(err as Error).message}`);
-        }
-      }
+      const acting = this.emit(event, true);
       // The server holds the change's author until we say our kernel has dropped what it cached.
       if (h.id !== 0) {
         const id = h.id;
@@ -153,13 +340,29 @@ export class RemoteVfs implements Vfs {
     const status = r.i32();
     if (status < 0) throw new ProtocolError(`negative status ${status}`);
     const rep = status === 0 ? decodeRep(r, p.op) : undefined;
-    this.pending.delete(h.id);
-    p.done();
+    this.settle(h.id, p);
     if (status === 0) p.resolve(rep);
+    else if (p.crossed && DONE_BEFORE[p.op] === status) p.reject(new CrossedRestart(status));
     else {
       this.counters.errors++;
       p.reject(new FsError(status));
     }
+  }
+
+  /** Tells the listeners; returns what they are still doing (the FUSE notify), for CHANGE_ACK. */
+  private emit(event: ChangeEvent, fromServer: boolean): Promise<void>[] {
+    const acting: Promise<void>[] = [];
+    const ev = fromServer ? this.nodes.change(event) : event;
+    if (!ev) return acting;
+    for (const l of this.listeners) {
+      try {
+        const p = l(ev);
+        if (p) acting.push(p.catch((err: unknown) => this.log.warn(`a change listener failed: ${(err as Error).message}`)));
+      } catch (err) {
+        this.log.warn(`a change listener failed: ${(err as Error).message}`);
+      }
+    }
+    return acting;
   }
 
   private allocId(): number {
@@ -170,65 +373,115 @@ export class RemoteVfs implements Vfs {
     return this.nextId;
   }
 
-  /** Sends one request and waits for its reply. Rejects with FsError; EIO when the link is gone. */
-  private call<N extends CallOp>(op: N, req: Req<N>, signal?: AbortSignal): Promise<Rep<N>> {
-    if (this.state !== 'open') return Promise.reject(new FsError(Errno.EIO, `not connected to ${this.server}`));
-    if (signal?.aborted) return Promise.reject(new FsError(Errno.EINTR));
-    const id = this.allocId();
-    // Non-idempotent requests carry a session sequence number: the key of the future reply cache.
+  /** Takes request p out of the table (answered, failed or given up). */
+  private settle(id: number, p: Pending): void {
+    this.pending.delete(id);
+    p.done();
+    if (p.seq !== 0 && this.seqs.delete(p.seq)) {
+      for (const w of this.seqWaiters.splice(0)) w();
+    }
+  }
+
+  private isClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  /** Whether a new seq would put the oldest outstanding one SEQ_WINDOW behind (the server forgets it). */
+  private windowFull(): boolean {
+    const oldest = this.seqs.values().next();
+    return !oldest.done && seqDistance(this.nextSeq, oldest.value) >= SEQ_WINDOW;
+  }
+
+  /**
+   * Sends one request and waits for its reply. Rejects with FsError: EIO when the server stayed out
+   * of reach longer than the outage timeout or the client is closed. `raw` requests are already in
+   * the current session's ids.
+   */
+  private async call<N extends CallOp>(op: N, req: Req<N>, signal?: AbortSignal, raw = false): Promise<Rep<N>> {
+    if (this.state === 'closed') throw new FsError(Errno.EIO, `not connected to ${this.server}`);
+    if (signal?.aborted) throw new FsError(Errno.EINTR);
     let seq = 0;
     if (!OPS[op].idempotent) {
+      // Every outstanding seq stays within the server's reply window (see wire/seq.ts).
+      while (this.windowFull() && !this.isClosed()) await new Promise<void>((resolve) => this.seqWaiters.push(resolve));
+      if (this.isClosed()) throw new FsError(Errno.EIO, `not connected to ${this.server}`);
       seq = this.nextSeq;
-      this.nextSeq = this.nextSeq >= 0xffffffff ? 1 : this.nextSeq + 1;
+      this.nextSeq = nextSeq(seq);
+      this.seqs.add(seq);
     }
-    let frame: Buffer;
-    try {
-      frame = encodeRequestFrame(op, id, seq, req);
-    } catch (err) {
-      if (err instanceof EncodeError) return Promise.reject(new FsError(Errno.EINVAL, `${opLabel(op)}: ${err.message}`));
-      throw err;
-    }
-    if (frame.length > this.conn.maxFrame) {
-      return Promise.reject(new FsError(Errno.E2BIG, `${opLabel(op)} request of ${frame.length} bytes is over the frame limit`));
-    }
+    const id = this.allocId();
     return new Promise<Rep<N>>((resolve, reject) => {
-      const onAbort = (): void => {
-        if (!this.pending.delete(id)) return;
-        reject(new FsError(Errno.EINTR));
-        if (this.conn.features & FEATURE_CANCEL) this.sendOneway('cancel', { id });
-      };
-      signal?.addEventListener('abort', onAbort, { once: true });
-      this.pending.set(id, {
-        op,
+      const p: Pending = {
+        op, req: req as Record<string, unknown>, seq, raw, written: false, crossed: false, waitingSince: this.wire ? undefined : Date.now(),
         resolve: resolve as (rep: unknown) => void,
         reject,
         done: () => signal?.removeEventListener('abort', onAbort),
-      });
+      };
+      const onAbort = (): void => {
+        if (this.pending.get(id) !== p) return;
+        this.settle(id, p);
+        reject(new FsError(Errno.EINTR));
+        if (this.wire && this.wire.features & FEATURE_CANCEL) this.sendOneway('cancel', { id });
+      };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.pending.set(id, p);
       this.counters.requests++;
-      this.conn.socket.write(frame);
+      if (this.wire) void this.transmit(id, p);
+      else this.startOutageTimer();
     });
   }
 
-  private sendOneway<N extends 'forget' | 'cancel' | 'changeAck'>(op: N, req: Req<N>): void {
-    if (this.state === 'open') this.conn.socket.write(encodeRequestFrame(op, 0, 0, req));
+  /** Writes request p on the current link, in the current session's ids. */
+  private async transmit(id: number, p: Pending): Promise<void> {
+    const link = this.wire;
+    if (!link) return;
+    let req = p.req;
+    if (!p.raw && this.nodes.epoch !== 0) {
+      try {
+        req = await this.nodes.outbound(p.op, req);
+      } catch (err) {
+        // A new link came meanwhile: it resends p itself.
+        if (this.wire !== link || this.pending.get(id) !== p) return;
+        this.settle(id, p);
+        this.counters.errors++;
+        p.reject(err instanceof FsError ? err : new FsError(Errno.EIO, (err as Error).message));
+        return;
+      }
+      if (this.wire !== link || this.pending.get(id) !== p) return;
+    }
+    let frame: Buffer;
+    try {
+      frame = encodeRequestFrame(p.op, id, p.seq, req as Req<typeof p.op>);
+    } catch (err) {
+      if (!(err instanceof EncodeError)) throw err;
+      this.settle(id, p);
+      p.reject(new FsError(Errno.EINVAL, `${opLabel(p.op)}: ${err.message}`));
+      return;
+    }
+    if (frame.length > link.maxFrame) {
+      this.settle(id, p);
+      p.reject(new FsError(Errno.E2BIG, `${opLabel(p.op)} request of ${frame.length} bytes is over the frame limit`));
+      return;
+    }
+    p.written = true;
+    link.socket.write(frame);
   }
 
-  /** The link is gone: every waiting call fails with EIO (later: hand them to a reconnect loop). */
-  private lost(why: string): void {
-    if (this.state === 'closed') return;
-    this.state = 'closed';
-    const waiting = [...this.pending.values()];
-    this.pending.clear();
-    for (const p of waiting) {
-      p.done();
+  private sendOneway<N extends 'forget' | 'cancel' | 'bye' | 'changeAck'>(op: N, req: Req<N>): void {
+    if (this.wire) this.wire.socket.write(encodeRequestFrame(op, 0, 0, req));
+  }
+
+  /** Fails every waiting call with EIO: close() only. */
+  private failAll(why: string): void {
+    for (const [id, p] of [...this.pending]) {
+      this.settle(id, p);
       p.reject(new FsError(Errno.EIO, why));
     }
-    if (waiting.length) this.log.debug(`${why}; failed ${waiting.length} pending requests with EIO`);
-    this.markClosed();
+    for (const w of this.seqWaiters.splice(0)) w();
   }
 
   /** One PING round trip, in milliseconds. */
-  async ping(): Promise<number> {
+  async roundTrip(): Promise<number> {
     const t0 = process.hrtime.bigint();
     await this.call('ping', {});
     return Number(process.hrtime.bigint() - t0) / 1e6;
@@ -241,12 +494,13 @@ export class RemoteVfs implements Vfs {
   }
 
   async lookup(ctx: Ctx, parent: number, name: string): Promise<Entry> {
-    return (await this.call('lookup', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).entry;
+    return this.nodes.entry((await this.call('lookup', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).entry, parent, name);
   }
   forget(nodeid: number, nlookup: number): void {
-    if (Number.isSafeInteger(nodeid) && nodeid > 0 && Number.isSafeInteger(nlookup) && nlookup > 0) {
-      this.sendOneway('forget', { nodeid, nlookup });
-    }
+    if (!(Number.isSafeInteger(nodeid) && nodeid > 0 && Number.isSafeInteger(nlookup) && nlookup > 0)) return;
+    // A forget is not resent: a lost one leaves the session a lookup too many until it ends.
+    const server = this.nodes.forget(nodeid, nlookup);
+    if (server !== undefined) this.sendOneway('forget', { nodeid: server, nlookup });
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
     return (await this.call('getattr', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal)).attr;
@@ -269,55 +523,82 @@ export class RemoteVfs implements Vfs {
   private hint(nodeid: number, attr: Attr | undefined): void {
     if (attr) for (const l of this.attrHints) l(nodeid, attr);
   }
+  private hinted<R extends { parentAttr: Attr | undefined }>(parent: number, call: Promise<R>): Promise<R> {
+    return call.then((rep) => {
+      this.hint(parent, rep.parentAttr);
+      return rep;
+    });
+  }
+
+  // A creation or removal that was sent to a server which then crashed may have been done before
+  // the crash, with its reply lost; resent to the restarted server it fails with EEXIST or ENOENT.
+  // There is no reply cache across a restart, so (as NFSv3 clients do) such a failure of a request
+  // that crossed a restart is taken as the first attempt's success: the name is looked up instead.
 
   async mknod(ctx: Ctx, parent: number, name: string, mode: number, rdev: number): Promise<Entry> {
-    const rep = await this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, ctx.signal);
-    this.hint(parent, rep.parentAttr);
-    return rep.entry;
+    return this.made(ctx, parent, name, this.hinted(parent, this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, ctx.signal)));
   }
   async mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry> {
-    const rep = await this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, ctx.signal);
-    this.hint(parent, rep.parentAttr);
-    return rep.entry;
+    return this.made(ctx, parent, name, this.hinted(parent, this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, ctx.signal)));
   }
   async symlink(ctx: Ctx, parent: number, name: string, target: string): Promise<Entry> {
-    const rep = await this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, ctx.signal);
-    this.hint(parent, rep.parentAttr);
-    return rep.entry;
+    return this.made(ctx, parent, name, this.hinted(parent, this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, ctx.signal)));
   }
   async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
-    const rep = await this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, ctx.signal);
-    this.hint(newparent, rep.parentAttr);
-    return rep.entry;
+    return this.made(ctx, newparent, newname, this.hinted(newparent, this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, ctx.signal)));
+  }
+  private async made(ctx: Ctx, parent: number, name: string, call: Promise<{ entry: Entry }>): Promise<Entry> {
+    try {
+      return this.nodes.entry((await call).entry, parent, name);
+    } catch (err) {
+      if (!(err instanceof CrossedRestart)) throw err;
+      return this.lookup(ctx, parent, name);
+    }
   }
   async unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
-    this.hint(parent, (await this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).parentAttr);
+    await this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).catch(alreadyDone);
+    this.nodes.removed(parent, name);
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
-    this.hint(parent, (await this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).parentAttr);
+    await this.hinted(parent, this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).catch(alreadyDone);
+    this.nodes.removed(parent, name);
   }
   async rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
     const rep = await this.call('rename', { ctx: wireCtx(ctx), parent, name, newparent, newname, flags }, ctx.signal);
     this.hint(parent, rep.parentAttr);
     this.hint(newparent, rep.newParentAttr);
+    this.nodes.renamed(parent, name, newparent, newname, flags);
   }
   async open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
-    return (await this.call('open', { ctx: wireCtx(ctx), nodeid, flags }, ctx.signal)).open;
+    const { open } = await this.call('open', { ctx: wireCtx(ctx), nodeid, flags }, ctx.signal);
+    return { ...open, fh: this.nodes.handle(open.fh, false, nodeid, flags) };
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
-    const rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, ctx.signal);
+    let rep: Rep<'create'>;
+    try {
+      rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, ctx.signal);
+    } catch (err) {
+      if (!(err instanceof CrossedRestart)) throw err;
+      const entry = await this.lookup(ctx, parent, name);
+      return { ...(await this.open(ctx, entry.nodeid, flags & ~(O_CREAT | O_EXCL | O_TRUNC))), entry };
+    }
     this.hint(parent, rep.parentAttr);
-    return { ...rep.open, entry: rep.entry };
+    const entry = this.nodes.entry(rep.entry, parent, name);
+    return { ...rep.open, fh: this.nodes.handle(rep.open.fh, false, entry.nodeid, flags), entry };
   }
 
-  /** Reads larger than a frame are split into concurrent pieces and joined up to the first short one. */
+  /**
+   * Reads larger than a frame are split into pieces, at most piecesInFlight of them on the wire at
+   * once (so one huge read neither floods the server nor starves other callers), and joined up to
+   * the first short one.
+   */
   async read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
-    const piece = this.conn.maxFrame - READ_OVERHEAD;
+    const piece = this.maxFrame - READ_OVERHEAD;
     const one = async (off: number, n: number): Promise<Buffer> =>
       (await this.call('read', { ctx: wireCtx(ctx), nodeid, fh, offset: off, size: n }, ctx.signal)).data;
     if (size <= piece) return one(offset, size);
-    const parts = await Promise.all(Array.from({ length: Math.ceil(size / piece) }, (_, i) =>
-      one(offset + i * piece, Math.min(piece, size - i * piece))));
+    const parts = await bounded(Math.ceil(size / piece), this.piecesInFlight, (i) =>
+      one(offset + i * piece, Math.min(piece, size - i * piece)));
     const kept: Buffer[] = [];
     for (const [i, p] of parts.entries()) {
       kept.push(p);
@@ -326,14 +607,14 @@ export class RemoteVfs implements Vfs {
     return Buffer.concat(kept);
   }
 
-  /** Writes larger than a frame are split into concurrent pieces; the count stops at the first short one. */
+  /** Writes larger than a frame are split likewise; the count stops at the first short piece. */
   async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
-    const piece = this.conn.maxFrame - WRITE_OVERHEAD;
+    const piece = this.maxFrame - WRITE_OVERHEAD;
     const one = async (off: number, d: Buffer): Promise<number> =>
       (await this.call('write', { ctx: wireCtx(ctx), nodeid, fh, offset: off, data: d }, ctx.signal)).count;
     if (data.length <= piece) return one(offset, data);
-    const counts = await Promise.all(Array.from({ length: Math.ceil(data.length / piece) }, (_, i) =>
-      one(offset + i * piece, data.subarray(i * piece, (i + 1) * piece))));
+    const counts = await bounded(Math.ceil(data.length / piece), this.piecesInFlight, (i) =>
+      one(offset + i * piece, data.subarray(i * piece, (i + 1) * piece)));
     let total = 0;
     for (const [i, n] of counts.entries()) {
       total += n;
@@ -349,19 +630,23 @@ export class RemoteVfs implements Vfs {
     await this.call('fsync', { ctx: wireCtx(ctx), nodeid, fh, datasync }, ctx.signal);
   }
   async release(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    await this.call('release', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal);
+    // A handle the restarted server never saw needs no round trip: there is nothing to release.
+    if (!this.nodes.unbound(fh, false)) await this.call('release', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal).finally(() => this.nodes.released(fh, false));
+    this.nodes.released(fh, false);
   }
   async opendir(ctx: Ctx, nodeid: number): Promise<OpenResult> {
-    return (await this.call('opendir', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).open;
+    const { open } = await this.call('opendir', { ctx: wireCtx(ctx), nodeid }, ctx.signal);
+    return { ...open, fh: this.nodes.handle(open.fh, true, nodeid, 0) };
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    return (await this.call('readdir', { ctx: wireCtx(ctx), nodeid, fh, offset, maxEntries, plus }, ctx.signal)).entries;
+    return this.nodes.entries((await this.call('readdir', { ctx: wireCtx(ctx), nodeid, fh, offset, maxEntries, plus }, ctx.signal)).entries, nodeid);
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
     await this.call('fsyncdir', { ctx: wireCtx(ctx), nodeid, fh, datasync }, ctx.signal);
   }
   async releasedir(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    await this.call('releasedir', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal);
+    if (!this.nodes.unbound(fh, true)) await this.call('releasedir', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal).finally(() => this.nodes.released(fh, true));
+    this.nodes.released(fh, true);
   }
   async statfs(ctx: Ctx, nodeid: number): Promise<StatFs> {
     return (await this.call('statfs', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).statfs;
@@ -399,8 +684,20 @@ export class RemoteVfs implements Vfs {
 
   /** Ends the session: the server releases what this client held. Pending calls fail with EIO. */
   async close(): Promise<void> {
-    this.conn.socket.end();
-    this.lost(`connection to ${this.server} closed by the client`);
+    if (this.state !== 'closed') {
+      this.state = 'closed';
+      this.reconnector.stop();
+      clearInterval(this.outageTimer);
+      this.liveness?.stop();
+      const link = this.wire;
+      this.sendOneway('bye', {});
+      this.wire = undefined;
+      link?.socket.end();
+      // A peer that does not finish the close politely still lets us go.
+      link?.socket.setTimeout(2000, () => link.socket.destroy());
+      this.failAll(`connection to ${this.server} closed by the client`);
+      this.markClosed();
+    }
     await this.closed;
   }
 }

@@ -10,6 +10,7 @@ import { DEFAULT_MAX_FRAME, MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR } from '
 import type { Security } from '../wire/transport.js';
 import { Admission, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS } from './admission.js';
 import { guardVfs, isLoopback, type ExportRules } from './export.js';
+import { SessionRegistry } from './registry.js';
 import { Session, type ServerCore } from './session.js';
 
 export interface ServerOptions {
@@ -40,6 +41,11 @@ export interface ServerOptions {
   maxConnections?: number;
   /** Connections open at once from one client address (default 64). */
   maxConnectionsPerAddress?: number;
+  /**
+   * How long a session whose connection dropped is kept for its client to resume it (default 60 s,
+   * the client's default outage timeout); 0 ends sessions with their connection.
+   */
+  sessionGraceMs?: number;
 }
 
 export interface ServerStats {
@@ -59,6 +65,14 @@ export interface ServerStats {
   leaseExpiries: number;
   /** Connections refused since start (limits, allow-list, failed TLS handshakes). */
   refused: number;
+  /** Retried non-idempotent requests answered from the reply cache instead of run again. */
+  replayed: number;
+  /** Sessions whose connection dropped, waiting for their client now. */
+  detached: number;
+  /** Sessions resumed by a reconnecting client since start. */
+  resumes: number;
+  /** Sessions ended because no client resumed them within the grace period. */
+  expired: number;
 }
 
 export interface WireServer {
@@ -93,7 +107,8 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
     strictNodes: opts.export !== undefined,
     serverName: `wirefs/${VERSION_MAJOR}.${VERSION_MINOR} ${os.hostname()}`,
     sessions,
-    counters: { requests: 0, pushes: 0, protocolErrors: 0, connections: 0, leaseExpiries: 0 },
+    registry: new SessionRegistry<Session>(opts.sessionGraceMs ?? 60_000),
+    counters: { requests: 0, pushes: 0, protocolErrors: 0, connections: 0, leaseExpiries: 0, replayed: 0 },
     broadcast(events, from) {
       let waits: Promise<void>[] | undefined;
       for (const s of sessions) {
@@ -155,7 +170,11 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
     stats() {
       let inFlight = 0;
       for (const s of sessions) inFlight += s.inFlight;
-      return { sessions: sessions.size, inFlight, ...core.counters, refused: admission.refused };
+      const { registry } = core;
+      return {
+        sessions: sessions.size, inFlight, ...core.counters, refused: admission.refused,
+        detached: registry.waiting, resumes: registry.resumes, expired: registry.expired,
+      };
     },
   };
 }

@@ -2,6 +2,9 @@
 // the shared Vfs (each its own task, answered exactly once, in any order), with a bounded number in
 // flight and socket backpressure honoured. The session records the lookups and open handles it hands
 // out; when it ends it gives them all back to the Vfs, so one source can serve many clients safely.
+// A session outlives its connection: when the socket goes, the session waits (registry.ts) for its
+// client to come back with a HELLO naming it; the new connection's Session then adopts what the old
+// one held, and retried non-idempotent requests are answered from the reply cache (reply-cache.ts).
 
 import type net from 'node:net';
 import { randomBytes } from 'node:crypto';
@@ -35,6 +38,8 @@ import {
 import { OPS, OP_BY_CODE, decodeReq, opLabel, type OpName, type Rep } from '../wire/ops.js';
 import { strangerNode } from './export.js';
 import { HANDLERS, type SessionApi } from './handlers.js';
+import type { SessionRegistry } from './registry.js';
+import { ReplyCache, readdress } from './reply-cache.js';
 
 /** What every session shares: the source, the limits, the other sessions, the counters. */
 export interface ServerCore {
@@ -49,7 +54,9 @@ export interface ServerCore {
   readonly strictNodes: boolean;
   readonly serverName: string;
   readonly sessions: Set<Session>;
-  readonly counters: { requests: number; pushes: number; protocolErrors: number; connections: number; leaseExpiries: number };
+  readonly counters: { requests: number; pushes: number; protocolErrors: number; connections: number; leaseExpiries: number; replayed: number };
+  /** Sessions by id, and the ones waiting for their client to reconnect. */
+  readonly registry: SessionRegistry<Session>;
   /**
    * Sends events to every open session that knows the nodes, except `from`; resolves once each
    * has acknowledged them (or the lease time has passed for those that did not).
@@ -59,6 +66,9 @@ export interface ServerCore {
 
 /** Pushes queued beyond this many bytes mean the client no longer reads: drop it rather than grow. */
 const PUSH_BACKLOG_LIMIT = 64 * 1024 * 1024;
+
+/** Changes kept for a detached session, replayed when its client is back; beyond this they are dropped. */
+const MISSED_LIMIT = 10_000;
 
 /** The identity the server uses for its own cleanup calls (releasing a departed client's handles). */
 const SERVER_CTX: Ctx = { uid: 0, gid: 0, pid: 0 };
@@ -75,15 +85,22 @@ export class Session implements SessionApi {
   maxFrame = HELLO_MAX_FRAME;
   sessionId = 0n;
   private features = 0n;
-  private state: 'hello' | 'negotiating' | 'open' | 'closed' = 'hello';
+  /** detached: the connection is gone, the client may resume; moved: a new connection adopted it. */
+  private state: 'hello' | 'negotiating' | 'open' | 'detached' | 'moved' | 'closed' = 'hello';
   private readonly splitter = new FrameSplitter(HELLO_MAX_FRAME);
-  private readonly running = new Map<number, LazyAbort>();
+  /** Requests running for this connection, by id; seq is nonzero for a non-idempotent one. */
+  private readonly running = new Map<number, { ac: LazyAbort; seq: number }>();
   private writeBlocked = false;
   private readonly helloTimer: NodeJS.Timeout;
-  private readonly lookups = new Map<number, number>();
+  // What the client holds; shared with the Session that adopts this one on a resume.
+  private lookups = new Map<number, number>();
   /** Open handles by fh, files and directories apart: a source may number them independently. */
-  private readonly files = new Map<number, OpenHandle>();
-  private readonly dirs = new Map<number, OpenHandle>();
+  private files = new Map<number, OpenHandle>();
+  private dirs = new Map<number, OpenHandle>();
+  private replies = new ReplyCache();
+  private missed: ChangeEvent[] = [];
+  /** server.close() is ending this session: release at once, no grace. */
+  private closing = false;
   /**
    * Nodes whose whole-inode invalidation this client was sent and that it has not asked about
    * since: its kernel holds nothing of them, so further changes need no push (a writer streaming
@@ -175,7 +192,12 @@ export class Session implements SessionApi {
       return;
     }
     if (op === 'cancel') {
-      this.running.get(decodeReq(r, 'cancel').id)?.abort();
+      this.running.get(decodeReq(r, 'cancel').id)?.ac.abort();
+      return;
+    }
+    if (op === 'bye') {
+      this.closing = true;
+      this.socket.end();
       return;
     }
     if (op === 'changeAck') {
@@ -196,13 +218,41 @@ export class Session implements SessionApi {
       const a = args as { nodeid?: number; nodeIn?: number; nodeOut?: number };
       for (const id of [a.nodeid, a.nodeIn, a.nodeOut]) if (id !== undefined) this.dropped.delete(id);
     }
+    const seq = OPS[op].idempotent ? 0 : h.seq;
     const ac = new LazyAbort();
-    this.running.set(h.id, ac);
-    void this.run(op, h, args, ac);
+    if (seq !== 0) {
+      const first = this.replies.begin(seq);
+      if (first.kind !== 'run') {
+        this.retried(h, seq, first);
+        return;
+      }
+    }
+    this.running.set(h.id, { ac, seq });
+    void this.run(op, h, args, ac, seq);
+  }
+
+  /** A retry of a non-idempotent request: answered with its first run's reply, never run twice. */
+  private retried(h: Header, seq: number, first: Exclude<ReturnType<ReplyCache['begin']>, { kind: 'run' }>): void {
+    this.core.counters.replayed++;
+    if (first.kind === 'cached') {
+      this.send(readdress(first.frame, h.id));
+      return;
+    }
+    if (first.kind === 'stale') {
+      this.core.log.warn(`${this.peer}: request seq ${seq} is behind the reply window; answering EIO`);
+      this.send(encodeErrorFrame(h.op, h.id, Errno.EIO));
+      return;
+    }
+    this.running.set(h.id, { ac: new LazyAbort(), seq });
+    void first.reply.then((frame) => {
+      this.running.delete(h.id);
+      this.send(readdress(frame, h.id));
+      this.pump();
+    });
   }
 
   /** One request as its own task: always ends in exactly one reply. */
-  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'forget'>, h: Header, args: object, ac: LazyAbort): Promise<void> {
+  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'forget' | 'bye'>, h: Header, args: object, ac: LazyAbort, seq: number): Promise<void> {
     let frame: Buffer;
     try {
       const { ctx: wctx, ...rest } = args as { ctx: Omit<Ctx, 'signal'> };
@@ -221,6 +271,8 @@ export class Session implements SessionApi {
       frame = encodeErrorFrame(h.op, h.id, errno);
       if (this.core.log.debugEnabled) this.core.log.debug(`${this.peer} #${h.id} ${opLabel(op)} ${errnoName(errno)}`);
     }
+    // Kept for a retry even when this connection is gone: that is what the cache is for.
+    if (seq !== 0) this.replies.finish(seq, frame);
     this.running.delete(h.id);
     this.send(frame);
     this.pump();
@@ -236,9 +288,11 @@ export class Session implements SessionApi {
     this.state = 'negotiating';
     this.maxFrame = Math.min(a.maxFrame, this.core.maxFrame);
     this.features = a.features & FEATURES_V1 & (this.vfs.info().coherent ? ~0n : ~FEATURE_COHERENT);
-    // v1 keeps no session across connections: a resume request gets a fresh session (the client
-    // sees the id change and knows its old state is gone).
-    this.sessionId = randomBytes(8).readBigUInt64LE() || 1n;
+    // A resume gets the session back if it is still there; otherwise (expired, or the server
+    // restarted) a fresh one, and the client sees by the id that its old state is gone.
+    const old = a.sessionId !== 0n && !mismatch ? this.core.registry.take(a.sessionId) : undefined;
+    if (old) this.adopt(old);
+    else this.sessionId = randomBytes(8).readBigUInt64LE() || 1n;
     Promise.resolve()
       .then(() => this.vfs.getattr(SERVER_CTX, ROOT_ID))
       .then((root) => {
@@ -257,7 +311,12 @@ export class Session implements SessionApi {
         this.state = 'open';
         clearTimeout(this.helloTimer);
         this.splitter.maxFrame = this.maxFrame;
-        this.core.log.debug(`${this.peer}: session ${this.sessionId.toString(16)} open (${a.clientName})`);
+        this.core.registry.add(this);
+        this.core.log.debug(`${this.peer}: session ${this.sessionId.toString(16)} ${old ? 'resumed' : 'open'} (${a.clientName})`);
+        // What changed while the client was away, in order, before anything else it will read.
+        const missed = this.missed;
+        this.missed = [];
+        for (const ev of missed) void this.push(ev);
         this.pump();
       })
       .catch((err: unknown) => {
@@ -266,6 +325,48 @@ export class Session implements SessionApi {
         this.send(encodeErrorFrame(h.op, h.id, errno));
         this.socket.end();
       });
+  }
+
+  // --- resuming --------------------------------------------------------------------------------
+
+  /** Takes over what `old` holds (lookups, handles, reply cache, missed changes) for this connection. */
+  private adopt(old: Session): void {
+    old.handOver();
+    this.sessionId = old.sessionId;
+    this.lookups = old.lookups;
+    this.files = old.files;
+    this.dirs = old.dirs;
+    this.replies = old.replies;
+    this.missed = old.missed;
+  }
+
+  /**
+   * Gives this session to a new connection. If the old connection still looks alive (the client
+   * saw it die first: a blackhole, a half-open socket), it is cut now. Idempotent requests still
+   * running are aborted (the client resends them); non-idempotent ones run on and leave their reply
+   * in the shared reply cache for the retry.
+   */
+  private handOver(): void {
+    if (this.state === 'open' || this.state === 'negotiating') this.detach();
+    this.state = 'moved';
+    this.core.sessions.delete(this);
+    this.core.registry.remove(this);
+    this.markEnded();
+  }
+
+  private detach(): void {
+    this.state = 'detached';
+    for (const { ac, seq } of this.running.values()) if (seq === 0) ac.abort();
+    // Pushes in flight will not be acknowledged on this connection: the client gets the changes
+    // replayed (missed) if it resumes, so their authors need not wait.
+    for (const done of [...this.acks.values()]) done();
+    this.dropped.clear();
+    this.socket.destroy();
+  }
+
+  /** The grace period ran out with no resume: give everything back (SessionRegistry calls this). */
+  expire(): void {
+    void this.release();
   }
 
   // --- what the client holds -------------------------------------------------------------------
@@ -341,7 +442,7 @@ export class Session implements SessionApi {
   }
 
   get wantsPushes(): boolean {
-    return this.state === 'open' && (this.features & FEATURE_PUSH) !== 0n;
+    return (this.state === 'open' || this.state === 'detached') && (this.features & FEATURE_PUSH) !== 0n;
   }
 
   /** Whether this client may have the node (or, for names, the directory) cached. */
@@ -352,6 +453,11 @@ export class Session implements SessionApi {
   /** Sends one change; resolves when the client has acted on it, or after the lease time. */
   push(ev: ChangeEvent): Promise<void> {
     if (!this.wantsPushes) return Promise.resolve();
+    if (this.state === 'detached') {
+      // Replayed when the client is back; nobody waits for a client that is away.
+      if (this.missed.length < MISSED_LIMIT) this.missed.push(ev);
+      return Promise.resolve();
+    }
     if (ev.kind === 'inode' && ev.off < 0) {
       if (this.dropped.has(ev.nodeid)) return Promise.resolve();
       this.dropped.add(ev.nodeid);
@@ -400,15 +506,31 @@ export class Session implements SessionApi {
     if (!this.socket.write(frame)) this.writeBlocked = true;
   }
 
+  /** Ends the session now, with no grace (the server is shutting down). */
   close(): void {
-    this.socket.destroy();
+    this.closing = true;
+    if (this.state === 'detached') void this.release();
+    else this.socket.destroy();
   }
 
-  /** The connection is gone: stop running requests and give back every lookup and handle. */
+  /** The connection is gone: an open session waits for its client to resume it, unless closing. */
   private async end(): Promise<void> {
-    if (this.state === 'closed') return;
+    if (this.state === 'open' && !this.closing && this.core.registry.graceMs > 0) {
+      this.detach();
+      this.core.registry.detached(this);
+      this.core.log.debug(`${this.peer}: connection lost; session ${this.sessionId.toString(16)} kept for ${this.core.registry.graceMs} ms`);
+      return;
+    }
+    if (this.state === 'moved' || this.state === 'detached') return;
+    await this.release();
+  }
+
+  /** Stops running requests and gives back every lookup and handle. */
+  private async release(): Promise<void> {
+    if (this.state === 'closed' || this.state === 'moved') return;
     this.state = 'closed';
-    for (const ac of this.running.values()) ac.abort();
+    this.core.registry.remove(this);
+    for (const { ac } of this.running.values()) ac.abort();
     // Nobody is left to acknowledge: let the authors of pending changes go on.
     for (const done of [...this.acks.values()]) done();
     const handles = [...this.files, ...this.dirs];

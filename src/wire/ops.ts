@@ -44,8 +44,12 @@ export const OPS = {
     doc: 'A cached node or name changed: drop it (FUSE notify). A nonzero request id (with PUSH_ACK) asks for a CHANGE_ACK once the client\'s kernel has dropped it.',
     req: [['event', 'change']], rep: [],
   },
+  bye: {
+    code: 5, kind: 'oneway', idempotent: true, doc: 'The client is done: the server ends the session at once (releasing what it held) instead of keeping it for a resume. The client then closes the connection.',
+    req: [], rep: [],
+  },
   changeAck: {
-    code: 5, kind: 'oneway', idempotent: true, doc: 'The CHANGE push with request id `id` has been acted on (PUSH_ACK).',
+    code: 6, kind: 'oneway', idempotent: true, doc: 'The CHANGE push with request id `id` has been acted on (PUSH_ACK).',
     req: [['id', 'u32']], rep: [],
   },
 
@@ -112,7 +116,7 @@ type Struct<S extends Schema> = { -readonly [F in S[number] as F[0]]: FieldValue
 export type Req<N extends OpName> = Struct<(typeof OPS)[N]['req']>;
 export type Rep<N extends OpName> = Struct<(typeof OPS)[N]['rep']>;
 /** The ops that carry Vfs methods (everything after the session ops). */
-export type VfsOpName = Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck'>;
+export type VfsOpName = Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'bye'>;
 
 export const OP_BY_CODE: ReadonlyMap<number, OpName> = new Map(
   (Object.keys(OPS) as OpName[]).map((name) => [OPS[name].code, name]),

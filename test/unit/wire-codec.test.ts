@@ -14,6 +14,7 @@ import {
   encodePushFrame, encodeReplyFrame, encodeRequestFrame,
 } from '../../src/wire/frame.js';
 import { OPS, OP_BY_CODE, decodeRep, decodeReq, describeOps, opLabel, type OpName } from '../../src/wire/ops.js';
+import { SEQ_WINDOW } from '../../src/wire/seq.js';
 import { ROOT } from '../helpers/wirefs.js';
 
 const ts = { sec: 1_700_000_000, nsec: 123_456_789 };
@@ -190,4 +191,9 @@ test('docs/PROTOCOL.md carries the generated op tables, every op included', () =
   for (const op of Object.keys(OPS) as OpName[]) assert.ok(m[1]!.includes(`### ${opLabel(op)} (${OPS[op].code})`), `${opLabel(op)} is documented`);
   // Regenerate with: node -e "import('./dist/src/wire/ops.js').then(m => console.log(m.describeOps()))"
   assert.equal(m[1]!.trim(), describeOps().trim(), 'the op section matches the table (regenerate it)');
+  // The session rules the code keeps are the ones the page states.
+  const sessions = /## Sessions and exactly-once\n([\s\S]*?)\n## /.exec(doc)?.[1] ?? '';
+  for (const rule of ['HELLO with its session id', 'BYE', `${SEQ_WINDOW} or more behind`, 'reply cache', 'EEXIST', 'grace period']) {
+    assert.ok(sessions.includes(rule), `PROTOCOL.md's sessions section states: ${rule}`);
+  }
 });
