@@ -54,9 +54,9 @@ export class SessionRegistry<S extends Resumable> {
   }
 
   /** Hands session `id` (attached or not) to a reconnecting client, or undefined if it is gone. */
-  take(id: bigint): S | undefined {
+  take(id: bigint, accept: (s: S) => boolean = () => true): S | undefined {
     const s = this.byId.get(id);
-    if (!s) return undefined;
+    if (!s || !accept(s)) return undefined;
     clearTimeout(this.timers.get(id));
     this.timers.delete(id);
     this.resumes++;

@@ -82,6 +82,8 @@ interface OpenHandle {
 export class Session implements SessionApi {
   readonly vfs: Vfs;
   readonly peer: string;
+  /** The client's address, without the port. */
+  readonly host: string;
   maxFrame = HELLO_MAX_FRAME;
   sessionId = 0n;
   private features = 0n;
@@ -117,6 +119,7 @@ export class Session implements SessionApi {
   constructor(private readonly core: ServerCore, private readonly socket: net.Socket) {
     this.vfs = core.vfs;
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
+    this.host = socket.remoteAddress ?? '';
     this.ended = new Promise((resolve) => (this.markEnded = resolve));
     socket.setNoDelay(true);
     // A peer that connects and says nothing (a port scanner, a stuck client) does not keep a slot.
@@ -290,7 +293,9 @@ export class Session implements SessionApi {
     this.features = a.features & FEATURES_V1 & (this.vfs.info().coherent ? ~0n : ~FEATURE_COHERENT);
     // A resume gets the session back if it is still there; otherwise (expired, or the server
     // restarted) a fresh one, and the client sees by the id that its old state is gone.
-    const old = a.sessionId !== 0n && !mismatch ? this.core.registry.take(a.sessionId) : undefined;
+    // A session id alone is not a credential: only the address it was opened from may resume it
+    // (with TLS, the connection has also passed the same authentication).
+    const old = a.sessionId !== 0n && !mismatch ? this.core.registry.take(a.sessionId, (s) => s.host === this.host) : undefined;
     if (old) this.adopt(old);
     else this.sessionId = randomBytes(8).readBigUInt64LE() || 1n;
     Promise.resolve()
