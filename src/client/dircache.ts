@@ -7,6 +7,12 @@
 // 2. Directory attributes as the server sent them after this client's own create, unlink or
 //    rename (protocol 1.1): the kernel drops a directory's attributes at each such change and asks
 //    again at the next path walk through it; that GETATTR is answered here.
+// 3. Extended attributes, present or absent: the kernel caches none, and `ls -l`, `cp -a` or a
+//    write (security.capability) ask for them again and again. Any change to a node is pushed as
+//    an inode change, which drops its entries here.
+// 4. Directory handles, opened on the server only when a listing is really read: the kernel keeps
+//    listings in its page cache (FOPEN_CACHE_DIR), so `find` or `git status` over a tree it has
+//    listed before open and close every directory without reading it; those opens cost nothing.
 //
 // The list is exact because the server pushes every change to a directory to the sessions that
 // hold it (and this session holds what it made, until its kernel forgets it): any push naming a
@@ -26,12 +32,30 @@ const MAX_NAMES = 100_000;
 /** Directory attributes are kept at most this long (the kernel's own bound for a coherent mount). */
 const ATTR_TTL_MS = 60_000;
 const MAX_ATTRS = 10_000;
+/** Extended attribute answers kept at most (names over all nodes); beyond, the cache starts over. */
+const MAX_XATTRS = 100_000;
+
+type XattrAnswer = Buffer | FsError;
+
+/** A directory handle given to the kernel, opened on the server at its first real use. */
+interface LazyDir {
+  nodeid: number;
+  ctx: Ctx;
+  real: Promise<number> | undefined;
+}
 
 export class DirCacheVfs implements Vfs {
   /** Directory id -> every name in it, for directories made by this client and unchanged since. */
   private readonly known = new Map<number, Set<string>>();
   /** Directory id -> its attributes as of our last change to it, for as long as nothing else changed it. */
   private readonly attrs = new Map<number, { attr: Attr; at: number }>();
+  /** nodeid -> xattr name (or '' for the list) -> the answer the server gave. */
+  private readonly xattrs = new Map<number, Map<string, XattrAnswer | string[]>>();
+  private xattrCount = 0;
+  /** Bumped at every drop: an answer that was in flight across one is not kept (it may be older). */
+  private xattrEpoch = 0;
+  private readonly dirHandles = new Map<number, LazyDir>();
+  private nextDirFh = 1;
   private readonly unwatch: () => void;
   private readonly unhint: () => void;
   private readonly counters = { answered: 0, attrsAnswered: 0 };
@@ -42,6 +66,8 @@ export class DirCacheVfs implements Vfs {
       const dir = ev.kind === 'inode' ? ev.nodeid : ev.parent;
       this.known.delete(dir);
       this.attrs.delete(dir);
+      if (ev.kind === 'inode') this.dropXattrs(ev.nodeid);
+      else if (ev.kind === 'delete') this.dropXattrs(ev.child);
     });
     this.unhint = hints?.((nodeid, attr) => {
       if (this.attrs.size >= MAX_ATTRS) this.attrs.delete(this.attrs.keys().next().value!);
@@ -77,9 +103,10 @@ export class DirCacheVfs implements Vfs {
     return this.inner.lookup(ctx, parent, name);
   }
   forget(nodeid: number, nlookup: number): void {
-    // The server stops telling us about a directory the kernel no longer holds.
+    // The server stops telling us about a node the kernel no longer holds.
     this.known.delete(nodeid);
     this.attrs.delete(nodeid);
+    this.dropXattrs(nodeid);
     this.inner.forget(nodeid, nlookup);
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
@@ -92,6 +119,8 @@ export class DirCacheVfs implements Vfs {
   }
   setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
     this.attrs.delete(nodeid);
+    // A mode change rewrites a POSIX ACL's xattr too.
+    if (set.mode !== undefined) this.dropXattrs(nodeid);
     return this.inner.setattr(ctx, nodeid, set, fh);
   }
   readlink(ctx: Ctx, nodeid: number): Promise<string> {
@@ -175,32 +204,92 @@ export class DirCacheVfs implements Vfs {
   release(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
     return this.inner.release(ctx, nodeid, fh);
   }
-  opendir(ctx: Ctx, nodeid: number): Promise<OpenResult> {
-    return this.inner.opendir(ctx, nodeid);
+  // --- lazy directory handles -------------------------------------------------------------------
+
+  async opendir(ctx: Ctx, nodeid: number): Promise<OpenResult> {
+    // The kernel has checked the permission itself (default_permissions) and nodeid is a directory.
+    const fh = this.nextDirFh++;
+    this.dirHandles.set(fh, { nodeid, ctx: { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid }, real: undefined });
+    return { fh };
   }
-  readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    return this.inner.readdir(ctx, nodeid, fh, offset, maxEntries, plus);
+  private real(fh: number, nodeid: number): Promise<number> {
+    const d = this.dirHandles.get(fh);
+    if (!d || d.nodeid !== nodeid) return Promise.reject(new FsError(Errno.EBADF));
+    d.real ??= this.inner.opendir(d.ctx, nodeid).then((r) => r.fh);
+    return d.real;
   }
-  fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
-    return this.inner.fsyncdir(ctx, nodeid, fh, datasync);
+  async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
+    return this.inner.readdir(ctx, nodeid, await this.real(fh, nodeid), offset, maxEntries, plus);
   }
-  releasedir(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    return this.inner.releasedir(ctx, nodeid, fh);
+  async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
+    return this.inner.fsyncdir(ctx, nodeid, await this.real(fh, nodeid), datasync);
+  }
+  async releasedir(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
+    const d = this.dirHandles.get(fh);
+    if (!d || d.nodeid !== nodeid) throw new FsError(Errno.EBADF);
+    this.dirHandles.delete(fh);
+    if (!d.real) return;
+    let real: number;
+    try {
+      real = await d.real;
+    } catch {
+      return; // never opened: nothing to release
+    }
+    await this.inner.releasedir(ctx, nodeid, real);
+  }
+
+  // --- extended attributes -----------------------------------------------------------------------
+
+  private dropXattrs(nodeid: number): void {
+    this.xattrEpoch++;
+    this.xattrs.delete(nodeid);
+  }
+
+  private remember(nodeid: number, key: string, answer: XattrAnswer | string[], epoch: number): void {
+    if (epoch !== this.xattrEpoch) return;
+    if (this.xattrCount >= MAX_XATTRS) {
+      this.xattrs.clear();
+      this.xattrCount = 0;
+    }
+    let m = this.xattrs.get(nodeid);
+    if (!m) this.xattrs.set(nodeid, (m = new Map()));
+    m.set(key, answer);
+    this.xattrCount++;
   }
   statfs(ctx: Ctx, nodeid: number): Promise<StatFs> {
     return this.inner.statfs(ctx, nodeid);
   }
-  setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
-    return this.inner.setxattr(ctx, nodeid, name, value, flags);
+  async setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
+    this.dropXattrs(nodeid);
+    await this.inner.setxattr(ctx, nodeid, name, value, flags);
   }
-  getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
-    return this.inner.getxattr(ctx, nodeid, name);
+  async getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
+    // Names are never '' (the kernel refuses an empty name), so '' can key the list.
+    const got = this.xattrs.get(nodeid)?.get(name);
+    if (got instanceof FsError) throw new FsError(got.errno);
+    if (Buffer.isBuffer(got)) return Buffer.from(got);
+    const epoch = this.xattrEpoch;
+    try {
+      const value = await this.inner.getxattr(ctx, nodeid, name);
+      this.remember(nodeid, name, Buffer.from(value), epoch);
+      return value;
+    } catch (err) {
+      // Absent, or not supported there: answers that hold until the node changes.
+      if (err instanceof FsError && (err.errno === Errno.ENODATA || err.errno === Errno.EOPNOTSUPP)) this.remember(nodeid, name, err, epoch);
+      throw err;
+    }
   }
-  listxattr(ctx: Ctx, nodeid: number): Promise<string[]> {
-    return this.inner.listxattr(ctx, nodeid);
+  async listxattr(ctx: Ctx, nodeid: number): Promise<string[]> {
+    const got = this.xattrs.get(nodeid)?.get('');
+    if (Array.isArray(got)) return [...got];
+    const epoch = this.xattrEpoch;
+    const names = await this.inner.listxattr(ctx, nodeid);
+    this.remember(nodeid, '', [...names], epoch);
+    return names;
   }
-  removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
-    return this.inner.removexattr(ctx, nodeid, name);
+  async removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
+    this.dropXattrs(nodeid);
+    await this.inner.removexattr(ctx, nodeid, name);
   }
   access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
     return this.inner.access(ctx, nodeid, mask);

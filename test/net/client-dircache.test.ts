@@ -86,3 +86,44 @@ test('a directory\'s attributes after our own change are answered here, and drop
   assert.ok(a.stats().requests > before, 'that getattr went to the server');
   assert.equal(cache.stats().getattrsAnswered, 1);
 });
+
+test('extended attributes are asked once, and asked again after any change to the node', async (t) => {
+  const { a, b } = await twoClients(t);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
+  const f = await a.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+  const enodata = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENODATA;
+  await assert.rejects(cache.getxattr(ctx, f.entry.nodeid, 'user.k'), enodata);
+  const before = a.stats().requests;
+  await assert.rejects(cache.getxattr(ctx, f.entry.nodeid, 'user.k'), enodata);
+  assert.deepEqual(await cache.listxattr(ctx, f.entry.nodeid), []);
+  assert.deepEqual(await cache.listxattr(ctx, f.entry.nodeid), []);
+  assert.equal(a.stats().requests, before + 1, 'only the first listxattr went out');
+
+  // Another client sets it: the push drops what we knew.
+  const bf = await b.lookup(ctx, ROOT_ID, 'f');
+  await b.setxattr(ctx, bf.nodeid, 'user.k', Buffer.from('v1'), 0);
+  assert.equal((await cache.getxattr(ctx, f.entry.nodeid, 'user.k')).toString(), 'v1');
+  assert.deepEqual(await cache.listxattr(ctx, f.entry.nodeid), ['user.k']);
+  // Our own change too.
+  await cache.setxattr(ctx, f.entry.nodeid, 'user.k', Buffer.from('v2'), 0);
+  assert.equal((await cache.getxattr(ctx, f.entry.nodeid, 'user.k')).toString(), 'v2');
+  await cache.removexattr(ctx, f.entry.nodeid, 'user.k');
+  await assert.rejects(cache.getxattr(ctx, f.entry.nodeid, 'user.k'), enodata);
+});
+
+test('a directory handle is opened on the server only when the listing is read', async (t) => {
+  const { a } = await twoClients(t);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
+  const d = await cache.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  await cache.create(ctx, d.nodeid, 'x', S_IFREG | 0o644, O_RDWR);
+  const before = a.stats().requests;
+  const unread = await cache.opendir(ctx, d.nodeid);
+  await cache.releasedir(ctx, d.nodeid, unread.fh);
+  assert.equal(a.stats().requests, before, 'an unread directory costs no request');
+  const read = await cache.opendir(ctx, d.nodeid);
+  const names = (await cache.readdir(ctx, d.nodeid, read.fh, 0, 100, false)).map((e) => e.name).sort();
+  assert.deepEqual(names, ['.', '..', 'x']);
+  await cache.releasedir(ctx, d.nodeid, read.fh);
+  assert.equal(a.stats().requests, before + 3, 'opendir, readdir, releasedir once read');
+  await assert.rejects(cache.readdir(ctx, d.nodeid, read.fh, 0, 100, false), (e: unknown) => e instanceof FsError && e.errno === Errno.EBADF);
+});
