@@ -7,6 +7,8 @@
 // 2. Directory attributes as the server sent them after this client's own create, unlink or
 //    rename (protocol 1.1): the kernel drops a directory's attributes at each such change and asks
 //    again at the next path walk through it; that GETATTR is answered here.
+//    Likewise the attributes a SETATTR of ours returned, until anything else touches the node:
+//    after a chown the kernel asks for them again at once (to recompute set-id bits).
 // 3. Extended attributes, present or absent: the kernel caches none, and `ls -l`, `cp -a` or a
 //    write (security.capability) ask for them again and again. Any change to a node is pushed as
 //    an inode change, which drops its entries here.
@@ -49,6 +51,9 @@ export class DirCacheVfs implements Vfs {
   private readonly known = new Map<number, Set<string>>();
   /** Directory id -> its attributes as of our last change to it, for as long as nothing else changed it. */
   private readonly attrs = new Map<number, { attr: Attr; at: number }>();
+  /** Node id -> the attributes our last SETATTR of it returned, while nothing else touched it. */
+  private readonly setAttrs = new Map<number, Attr>();
+  private setEpoch = 0;
   /** nodeid -> xattr name (or '' for the list) -> the answer the server gave. */
   private readonly xattrs = new Map<number, Map<string, XattrAnswer | string[]>>();
   private xattrCount = 0;
@@ -68,6 +73,7 @@ export class DirCacheVfs implements Vfs {
       this.attrs.delete(dir);
       if (ev.kind === 'inode') this.dropXattrs(ev.nodeid);
       else if (ev.kind === 'delete') this.dropXattrs(ev.child);
+      this.touched(ev.kind === 'inode' ? ev.nodeid : ev.kind === 'delete' ? ev.child : 0);
     });
     this.unhint = hints?.((nodeid, attr) => {
       if (this.attrs.size >= MAX_ATTRS) this.attrs.delete(this.attrs.keys().next().value!);
@@ -107,7 +113,14 @@ export class DirCacheVfs implements Vfs {
     this.known.delete(nodeid);
     this.attrs.delete(nodeid);
     this.dropXattrs(nodeid);
+    this.touched(nodeid);
     this.inner.forget(nodeid, nlookup);
+  }
+  /** Something changed node `nodeid` (0: some unknown node): what our SETATTR said may be old. */
+  private touched(nodeid: number): void {
+    this.setEpoch++;
+    if (nodeid === 0) this.setAttrs.clear();
+    else this.setAttrs.delete(nodeid);
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
     const got = this.attrs.get(nodeid);
@@ -115,13 +128,25 @@ export class DirCacheVfs implements Vfs {
       this.counters.attrsAnswered++;
       return { ...got.attr };
     }
+    const set = this.setAttrs.get(nodeid);
+    if (set) {
+      this.counters.attrsAnswered++;
+      return { ...set };
+    }
     return this.inner.getattr(ctx, nodeid, fh);
   }
-  setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
+  async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
     this.attrs.delete(nodeid);
+    this.touched(nodeid);
     // A mode change rewrites a POSIX ACL's xattr too.
     if (set.mode !== undefined) this.dropXattrs(nodeid);
-    return this.inner.setattr(ctx, nodeid, set, fh);
+    const epoch = this.setEpoch;
+    const attr = await this.inner.setattr(ctx, nodeid, set, fh);
+    if (epoch === this.setEpoch) {
+      if (this.setAttrs.size >= MAX_ATTRS) this.setAttrs.clear();
+      this.setAttrs.set(nodeid, { ...attr });
+    }
+    return attr;
   }
   readlink(ctx: Ctx, nodeid: number): Promise<string> {
     return this.inner.readlink(ctx, nodeid);
@@ -145,6 +170,7 @@ export class DirCacheVfs implements Vfs {
     return e;
   }
   async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
+    this.touched(nodeid);
     const e = await this.changing(newparent, this.inner.link(ctx, nodeid, newparent, newname));
     this.add(newparent, newname);
     return e;
@@ -159,14 +185,17 @@ export class DirCacheVfs implements Vfs {
     }
   }
   async unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
+    this.touched(0);
     await this.changing(parent, this.inner.unlink(ctx, parent, name));
     this.remove(parent, name);
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
+    this.touched(0);
     await this.changing(parent, this.inner.rmdir(ctx, parent, name));
     this.remove(parent, name);
   }
   async rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
+    this.touched(0);
     try {
       await this.inner.rename(ctx, parent, name, newparent, newname, flags);
     } catch (err) {
@@ -182,6 +211,7 @@ export class DirCacheVfs implements Vfs {
     this.add(newparent, newname);
   }
   open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
+    this.touched(nodeid); // O_TRUNC, and atime
     return this.inner.open(ctx, nodeid, flags);
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
@@ -193,6 +223,7 @@ export class DirCacheVfs implements Vfs {
     return this.inner.read(ctx, nodeid, fh, offset, size);
   }
   write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
+    this.touched(nodeid);
     return this.inner.write(ctx, nodeid, fh, offset, data);
   }
   flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
@@ -261,6 +292,7 @@ export class DirCacheVfs implements Vfs {
   }
   async setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
     this.dropXattrs(nodeid);
+    this.touched(nodeid);
     await this.inner.setxattr(ctx, nodeid, name, value, flags);
   }
   async getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
@@ -289,18 +321,21 @@ export class DirCacheVfs implements Vfs {
   }
   async removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
     this.dropXattrs(nodeid);
+    this.touched(nodeid);
     await this.inner.removexattr(ctx, nodeid, name);
   }
   access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
     return this.inner.access(ctx, nodeid, mask);
   }
   fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
+    this.touched(nodeid);
     return this.inner.fallocate(ctx, nodeid, fh, mode, offset, length);
   }
   lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
     return this.inner.lseek(ctx, nodeid, fh, offset, whence);
   }
   copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
+    this.touched(nodeOut);
     return this.inner.copyFileRange(ctx, nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len);
   }
   watch(listener: ChangeListener): () => void {

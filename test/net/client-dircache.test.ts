@@ -127,3 +127,19 @@ test('a directory handle is opened on the server only when the listing is read',
   assert.equal(a.stats().requests, before + 3, 'opendir, readdir, releasedir once read');
   await assert.rejects(cache.readdir(ctx, d.nodeid, read.fh, 0, 100, false), (e: unknown) => e instanceof FsError && e.errno === Errno.EBADF);
 });
+
+test('the attributes a SETATTR returned answer the next GETATTR, until the node is touched', async (t) => {
+  const { a, b } = await twoClients(t);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
+  const f = await cache.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+  const set = await cache.setattr(ctx, f.entry.nodeid, { uid: 1000, gid: 1000 });
+  const before = a.stats().requests;
+  assert.deepEqual(await cache.getattr(ctx, f.entry.nodeid), set);
+  assert.equal(a.stats().requests, before, 'answered here');
+  await cache.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.from('abc'));
+  assert.equal((await cache.getattr(ctx, f.entry.nodeid)).size, 3, 'a write sends the next getattr to the server');
+  await cache.setattr(ctx, f.entry.nodeid, { mode: 0o600 });
+  const bf = await b.lookup(ctx, ROOT_ID, 'f');
+  await b.setattr(ctx, bf.nodeid, { mode: 0o640 });
+  assert.equal((await cache.getattr(ctx, f.entry.nodeid)).mode & 0o777, 0o640, 'another client\'s change is seen');
+});
