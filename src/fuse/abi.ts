@@ -35,6 +35,8 @@ export const Init = {
   BIG_WRITES: 1 << 5, DONT_MASK: 1 << 6, FLOCK_LOCKS: 1 << 10, AUTO_INVAL_DATA: 1 << 12,
   DO_READDIRPLUS: 1 << 13, READDIRPLUS_AUTO: 1 << 14, ASYNC_DIO: 1 << 15, WRITEBACK_CACHE: 1 << 16,
   PARALLEL_DIROPS: 1 << 18, ABORT_ERROR: 1 << 21, MAX_PAGES: 1 << 22, CACHE_SYMLINKS: 1 << 23,
+  /** 7.29: the kernel takes ENOSYS to OPENDIR as "never send OPENDIR/RELEASEDIR again". */
+  NO_OPENDIR_SUPPORT: 1 << 24,
   INIT_EXT: 1 << 30,
 } as const;
 

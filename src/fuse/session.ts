@@ -5,6 +5,7 @@
 
 import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
 import { Errno, errnoName, toErrno } from '../lib/errno.js';
+import { LazyAbort } from '../lib/abort.js';
 import { logger } from '../lib/log.js';
 import type { ChangeEvent, Ctx, Entry, SetAttr, Vfs } from '../vfs/types.js';
 import {
@@ -82,10 +83,13 @@ export class FuseSession {
   private readonly entryT: number;
   private readonly attrT: number;
   private readonly negT: number;
+  /** Answer OPENDIR with ENOSYS so the kernel stops sending OPENDIR/RELEASEDIR (coherent Vfs only). */
+  private noOpendir: boolean;
+  private readonly dirFhs = new Map<number, Promise<number>>();
   private readonly fileFlags: number;
   private readonly dirFlags: number;
   private readonly maxWrite: number;
-  private readonly inflight = new Map<bigint, AbortController>();
+  private readonly inflight = new Map<bigint, LazyAbort>();
   private requests = 0;
   private initDone = false;
   private ended = false;
@@ -95,6 +99,7 @@ export class FuseSession {
     this.entryT = opts.entryTimeoutS ?? 1;
     this.attrT = opts.attrTimeoutS ?? 1;
     this.negT = opts.negativeTimeoutS ?? 0;
+    this.noOpendir = opts.keepCache === true;
     this.fileFlags = opts.keepCache ? FOPEN.KEEP_CACHE : 0;
     // CACHE_DIR (7.28): the kernel keeps readdir results in the directory's page cache until
     // its mtime changes or an inval_inode drops them.
@@ -164,15 +169,15 @@ export class FuseSession {
   }
 
   private async run(h: InHeader, spec: OpSpec, key: HandlerKey, req: unknown): Promise<void> {
-    const ac = spec.noReply ? undefined : new AbortController();
+    const ac = spec.noReply ? undefined : new LazyAbort();
     if (ac) this.inflight.set(h.unique, ac);
-    const ctx: Ctx = ac ? { uid: h.uid, gid: h.gid, pid: h.pid, signal: ac.signal } : { uid: h.uid, gid: h.gid, pid: h.pid };
+    const ctx: Ctx = ac ? { uid: h.uid, gid: h.gid, pid: h.pid, get signal() { return ac.signal; } } : { uid: h.uid, gid: h.gid, pid: h.pid };
     if (log.debugEnabled) log.debug(`<- ${spec.name} #${h.unique} node ${h.nodeid}`);
     let reply: Reply;
     try {
       reply = await (this.handlers[key] as Handler<HandlerKey>)(h, req as never, ctx);
     } catch (err) {
-      reply = { error: ac?.signal.aborted && !(err as { errno?: unknown })?.errno ? Errno.EINTR : this.errnoOf(err, spec.name) };
+      reply = { error: ac?.aborted && !(err as { errno?: unknown })?.errno ? Errno.EINTR : this.errnoOf(err, spec.name) };
     } finally {
       if (ac) this.inflight.delete(h.unique);
     }
@@ -350,6 +355,10 @@ export class FuseSession {
       return FuseSession.ok;
     },
     opendir: async (h, _req, ctx) => {
+      // Zero-message opendir (7.29, fs/fuse/file.c fuse_do_open): after one ENOSYS the kernel sends
+      // no more OPENDIR or RELEASEDIR, and keeps listings with KEEP_CACHE | CACHE_DIR. Handles on
+      // the Vfs are then ours to open when a listing is really read (dirHandle).
+      if (this.noOpendir) return { error: Errno.ENOSYS };
       const r = await this.vfs.opendir(ctx, h.nodeid);
       return {
         chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.dirFlags)), OPEN_OUT_SIZE),
@@ -362,7 +371,8 @@ export class FuseSession {
       return FuseSession.ok;
     },
     fsyncdir: async (h, req, ctx) => {
-      await this.vfs.fsyncdir(ctx, h.nodeid, req.fh, req.datasync);
+      const fh = this.noOpendir ? await this.dirHandle(h.nodeid, false, ctx) : req.fh;
+      await this.vfs.fsyncdir(ctx, h.nodeid, fh, req.datasync);
       return FuseSession.ok;
     },
     access: async (h, req, ctx) => {
@@ -402,11 +412,36 @@ export class FuseSession {
   private forget(nodeid: number, nlookup: number): void {
     // The root is never forgotten (kernel never sends it; a Vfs must not drop it either).
     if (nodeid === FUSE_ROOT_ID || nlookup === 0) return;
+    // FORGET comes once the kernel evicts the inode: its listing handle, if any, goes too.
+    if (this.dirFhs.size) this.dropDirHandle(nodeid);
     try {
       this.vfs.forget(nodeid, nlookup);
     } catch (err) {
       toErrno(err, 'FUSE FORGET');
     }
+  }
+
+  /**
+   * The Vfs directory handle READDIR uses when the kernel opens directories without telling us:
+   * one per directory, made afresh when a listing starts at offset 0 (a new snapshot), given back
+   * at the end of the listing or when the kernel forgets the directory.
+   */
+  private dirHandle(nodeid: number, fresh: boolean, ctx: Ctx): Promise<number> {
+    let p = this.dirFhs.get(nodeid);
+    if (p && !fresh) return p;
+    if (p) this.dropDirHandle(nodeid);
+    p = this.vfs.opendir({ uid: ctx.uid, gid: ctx.gid, pid: ctx.pid }, nodeid).then((r) => r.fh);
+    const mine = p;
+    this.dirFhs.set(nodeid, mine);
+    mine.catch(() => { if (this.dirFhs.get(nodeid) === mine) this.dirFhs.delete(nodeid); });
+    return mine;
+  }
+
+  private dropDirHandle(nodeid: number): void {
+    const p = this.dirFhs.get(nodeid);
+    if (!p) return;
+    this.dirFhs.delete(nodeid);
+    p.then((fh) => this.releaseQuietly(nodeid, fh, true), () => {});
   }
 
   private releaseQuietly(nodeid: number, fh: number, dir: boolean): void {
@@ -423,6 +458,8 @@ export class FuseSession {
       return { error: Errno.EPROTO, after: () => this.rejectInit(new Error(msg)) };
     }
     const minor = Math.min(req.minor, FUSE_KERNEL_MINOR_VERSION);
+    // Zero-message opendir only where the kernel says it knows it (older ones would fail opendir).
+    if (!(req.flags & Init.NO_OPENDIR_SUPPORT)) this.noOpendir = false;
     let flags = req.flags & (WANTED_FLAGS | (this.opts.exportSupport ? Init.EXPORT_SUPPORT : 0));
     // flags2 is read only when we echo INIT_EXT (7.36); we want none of its bits (SECURITY_CTX,
     // HAS_INODE_DAX, HAS_EXPIRE_ONLY), so it is zero, but the bit says we understand the layout.
@@ -449,7 +486,10 @@ export class FuseSession {
   private async readdir(h: InHeader, req: Decoded<'readdir'>, ctx: Ctx, plus: boolean): Promise<Reply> {
     // A hint only: names average well under 16 bytes; entries that do not fit are dropped.
     const hint = Math.max(1, Math.floor(req.size / ((plus ? DIRENTPLUS_NAME_OFFSET : DIRENT_NAME_OFFSET) + 16)));
-    const list = await this.vfs.readdir(ctx, h.nodeid, req.fh, req.offset, hint, plus);
+    const fh = this.noOpendir ? await this.dirHandle(h.nodeid, req.offset === 0, ctx) : req.fh;
+    const list = await this.vfs.readdir(ctx, h.nodeid, fh, req.offset, hint, plus);
+    // The end of a listing: the kernel now has it all (and reads from offset 0 anew next time).
+    if (this.noOpendir && list.length === 0) this.dropDirHandle(h.nodeid);
     // The kernel asks for a page or so; never trust a size beyond what a request may carry.
     const limit = Math.min(req.size, this.maxWrite);
     const w = new Writer(Math.max(limit, 1));

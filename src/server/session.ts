@@ -12,24 +12,9 @@ import { ProtocolError, Reader } from '../lib/bytes.js';
 import { Errno, FsError, errnoName, toErrno } from '../lib/errno.js';
 import type { Logger } from '../lib/log.js';
 import { ROOT_ID, type ChangeEvent, type Ctx, type Entry, type Vfs } from '../vfs/types.js';
+import { LazyAbort } from '../lib/abort.js';
 import { EncodeError } from '../wire/codec.js';
 
-/** An AbortController made on first use: most requests finish without anyone asking for one. */
-class LazyAbort {
-  private ac: AbortController | undefined;
-  aborted = false;
-  get signal(): AbortSignal {
-    if (!this.ac) {
-      this.ac = new AbortController();
-      if (this.aborted) this.ac.abort();
-    }
-    return this.ac.signal;
-  }
-  abort(): void {
-    this.aborted = true;
-    this.ac?.abort();
-  }
-}
 import {
   FEATURE_COHERENT, FEATURE_PUSH, FEATURE_PUSH_ACK, FEATURES_V1, FLAG_NOREPLY, FLAG_PUSH, FLAG_REPLY, FrameSplitter, HELLO_MAX_FRAME, MAGIC,
   MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR, decodeHeader, encodeErrorFrame, encodePushFrame, encodeReplyFrame,
