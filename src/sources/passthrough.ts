@@ -146,7 +146,8 @@ export class PassthroughFs implements Vfs {
    * What our own last change left at a path: `ino:ctime:size`, or "gone". A watch event whose path
    * still shows exactly that is the echo of our own change (the server already told the other
    * clients); anything else was done by someone else. Two changes within one tick of the host's
-   * coarse clock with the same size look alike: such a local change goes unseen.
+   * coarse clock with the same size look alike: such a local change goes unseen. Also kept under
+   * "#ino", since an inode's hard links all show its latest change.
    */
   private readonly own = new Map<string, { sig: string; at: number }>();
   private ownSweep = 0;
@@ -1040,7 +1041,9 @@ export class PassthroughFs implements Vfs {
   private noteOwn(p: string | undefined): void {
     if (!this.watcher || p === undefined) return;
     const now = Date.now();
-    this.own.set(p, { sig: PassthroughFs.signature(p), at: now });
+    const sig = PassthroughFs.signature(p);
+    this.own.set(p, { sig, at: now });
+    if (sig !== 'gone') this.own.set(`#${sig.slice(0, sig.indexOf(':'))}`, { sig, at: now });
     // Events arrive within milliseconds; records older than that only take memory.
     if (now - this.ownSweep > 10_000 || this.own.size > 100_000) {
       this.ownSweep = now;
@@ -1054,7 +1057,7 @@ export class PassthroughFs implements Vfs {
   }
 
   /** A watched directory saw a change: report it unless it is the echo of our own. */
-  private onLocalChange(dirId: number, kind: DirEventKind, name: string | null): void {
+  private onLocalChange(dirId: number, kind: DirEventKind, name: string | null, attempt = 0): void {
     const d = this.nodes.get(dirId);
     if (!d || this.closed) return;
     const whole = (nodeid: number): ChangeEvent => ({ kind: 'inode', nodeid, off: -1, len: 0 });
@@ -1077,6 +1080,15 @@ export class PassthroughFs implements Vfs {
     }
     const mine = this.own.get(p);
     if (mine && mine.sig === sig) return;
+    const byIno = sig !== 'gone' ? this.own.get(`#${sig.slice(0, sig.indexOf(':'))}`) : undefined;
+    if (byIno?.sig === sig) return;
+    // We changed this very file a moment ago: one of our calls on it may still be running (its
+    // last step on the thread pool), so look again shortly before calling it someone else's.
+    const now = Date.now();
+    if (attempt < 3 && ((mine && now - mine.at < 1000) || (byIno && now - byIno.at < 1000))) {
+      setTimeout(() => this.onLocalChange(dirId, kind, name, attempt + 1), 50).unref();
+      return;
+    }
     this.own.delete(p);
     const child = this.index.get(this.linkKey(d, name));
     if (kind === 'change') {
