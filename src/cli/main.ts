@@ -115,7 +115,7 @@ const commands: Record<string, Command> = {
       '                        entry_timeout=S    kernel cache time for names (seconds)',
       '                        attr_timeout=S     kernel cache time for attributes (seconds)',
       '                        negative_timeout=S kernel cache time for absent names (seconds)',
-      '                        (defaults: 60 when the server reports every change, else 1, 1, 0)',
+      '                        (defaults: 600, 600, 60 when the server reports every change, else 1, 1, 0)',
       '                        timeout=S          when the server is unreachable, calls wait up to S seconds',
       '                                           for it to come back, then fail with EIO (default 60)',
       '                        hard               wait for the server forever, as an NFS hard mount does',

@@ -32,7 +32,7 @@ const MAX_DIRS = 10_000;
 /** Names per directory at most; a larger directory stops being tracked. */
 const MAX_NAMES = 100_000;
 /** Directory attributes are kept at most this long (the kernel's own bound for a coherent mount). */
-const ATTR_TTL_MS = 60_000;
+const ATTR_TTL_MS = 600_000;
 const MAX_ATTRS = 10_000;
 /** Extended attribute answers kept at most (names over all nodes); beyond, the cache starts over. */
 const MAX_XATTRS = 100_000;

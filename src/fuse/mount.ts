@@ -37,7 +37,9 @@ export interface MountOptions {
  * notification. Data pages are then kept across opens. A Vfs that is not coherent gets 1 s and
  * its pages are dropped at each open (close-to-open, as NFS does).
  */
-export const COHERENT_CACHE_S = 60;
+export const COHERENT_CACHE_S = 600;
+/** How long a coherent mount's kernel keeps a name's absence. */
+export const COHERENT_NEGATIVE_S = 60;
 
 export interface FuseMount {
   mountpoint: string;
@@ -189,7 +191,9 @@ export async function mountVfs(vfs: Vfs, mountpoint: string, opts: MountOptions)
     maxWrite,
     entryTimeoutS: opts.entryTimeoutS ?? cacheS,
     attrTimeoutS: opts.attrTimeoutS ?? cacheS,
-    negativeTimeoutS: opts.negativeTimeoutS ?? (coherent ? cacheS : 0),
+    // Absences are kept for less: after a server restart (the only case in which a push can be
+    // lost for good) the client cannot name the absences its kernel holds to drop them.
+    negativeTimeoutS: opts.negativeTimeoutS ?? (coherent ? COHERENT_NEGATIVE_S : 0),
     keepCache: coherent,
   });
   const closed = channel.closed.then(() => session.close());
