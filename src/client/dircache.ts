@@ -34,6 +34,7 @@ const MAX_NAMES = 100_000;
 /** Directory attributes are kept at most this long (the kernel's own bound for a coherent mount). */
 const ATTR_TTL_MS = 600_000;
 const MAX_ATTRS = 10_000;
+const CAPS = 'security.capability';
 /** Extended attribute answers kept at most (names over all nodes); beyond, the cache starts over. */
 const MAX_XATTRS = 100_000;
 
@@ -50,10 +51,13 @@ export class DirCacheVfs implements Vfs {
   /** Directory id -> every name in it, for directories made by this client and unchanged since. */
   private readonly known = new Map<number, Set<string>>();
   /** Directory id -> its attributes as of our last change to it, for as long as nothing else changed it. */
+  /**
+   * Node id -> attributes the server gave after a change of ours (a directory's after a create or
+   * unlink, a file's from our SETATTR), kept while nothing else touched the node.
+   */
   private readonly attrs = new Map<number, { attr: Attr; at: number }>();
-  /** Node id -> the attributes our last SETATTR of it returned, while nothing else touched it. */
-  private readonly setAttrs = new Map<number, Attr>();
-  private setEpoch = 0;
+  /** Bumped by every touch: a SETATTR reply that crossed one is not kept. */
+  private attrEpoch = 0;
   /** nodeid -> xattr name (or '' for the list) -> the answer the server gave. */
   private readonly xattrs = new Map<number, Map<string, XattrAnswer | string[]>>();
   private xattrCount = 0;
@@ -70,16 +74,14 @@ export class DirCacheVfs implements Vfs {
     this.unwatch = inner.watch((ev) => {
       const dir = ev.kind === 'inode' ? ev.nodeid : ev.parent;
       this.known.delete(dir);
-      this.attrs.delete(dir);
+      this.touched(dir);
       if (ev.kind === 'inode') this.dropXattrs(ev.nodeid);
-      else if (ev.kind === 'delete') this.dropXattrs(ev.child);
-      this.touched(ev.kind === 'inode' ? ev.nodeid : ev.kind === 'delete' ? ev.child : 0);
+      if (ev.kind === 'delete') {
+        this.dropXattrs(ev.child);
+        this.touched(ev.child);
+      }
     });
-    this.unhint = hints?.((nodeid, attr) => {
-      if (this.attrs.size >= MAX_ATTRS) this.attrs.delete(this.attrs.keys().next().value!);
-      this.attrs.delete(nodeid);
-      this.attrs.set(nodeid, { attr, at: Date.now() });
-    }) ?? ((): void => {});
+    this.unhint = hints?.((nodeid, attr) => this.keepAttr(nodeid, attr)) ?? ((): void => {});
   }
 
   stats(): { knownDirs: number; lookupsAnswered: number; dirAttrs: number; getattrsAnswered: number } {
@@ -111,16 +113,20 @@ export class DirCacheVfs implements Vfs {
   forget(nodeid: number, nlookup: number): void {
     // The server stops telling us about a node the kernel no longer holds.
     this.known.delete(nodeid);
-    this.attrs.delete(nodeid);
     this.dropXattrs(nodeid);
     this.touched(nodeid);
     this.inner.forget(nodeid, nlookup);
   }
-  /** Something changed node `nodeid` (0: some unknown node): what our SETATTR said may be old. */
+  /** Something changed node `nodeid` (0: some node we cannot name): what we kept of it may be old. */
   private touched(nodeid: number): void {
-    this.setEpoch++;
-    if (nodeid === 0) this.setAttrs.clear();
-    else this.setAttrs.delete(nodeid);
+    this.attrEpoch++;
+    if (nodeid === 0) this.attrs.clear();
+    else this.attrs.delete(nodeid);
+  }
+  private keepAttr(nodeid: number, attr: Attr): void {
+    if (this.attrs.size >= MAX_ATTRS) this.attrs.delete(this.attrs.keys().next().value!);
+    this.attrs.delete(nodeid);
+    this.attrs.set(nodeid, { attr: { ...attr }, at: Date.now() });
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
     const got = this.attrs.get(nodeid);
@@ -128,24 +134,15 @@ export class DirCacheVfs implements Vfs {
       this.counters.attrsAnswered++;
       return { ...got.attr };
     }
-    const set = this.setAttrs.get(nodeid);
-    if (set) {
-      this.counters.attrsAnswered++;
-      return { ...set };
-    }
     return this.inner.getattr(ctx, nodeid, fh);
   }
   async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
-    this.attrs.delete(nodeid);
     this.touched(nodeid);
     // A mode change rewrites a POSIX ACL's xattr too.
     if (set.mode !== undefined) this.dropXattrs(nodeid);
-    const epoch = this.setEpoch;
+    const epoch = this.attrEpoch;
     const attr = await this.inner.setattr(ctx, nodeid, set, fh);
-    if (epoch === this.setEpoch) {
-      if (this.setAttrs.size >= MAX_ATTRS) this.setAttrs.clear();
-      this.setAttrs.set(nodeid, { ...attr });
-    }
+    if (epoch === this.attrEpoch) this.keepAttr(nodeid, attr);
     return attr;
   }
   readlink(ctx: Ctx, nodeid: number): Promise<string> {
@@ -215,8 +212,12 @@ export class DirCacheVfs implements Vfs {
     return this.inner.open(ctx, nodeid, flags);
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
+    const epoch = this.xattrEpoch;
     const r = await this.changing(parent, this.inner.create(ctx, parent, name, mode, flags));
     this.add(parent, name);
+    // A new file has no capability: the kernel's probe before its first write (file_remove_privs)
+    // is answered from the cache like any other absent xattr.
+    this.remember(r.entry.nodeid, CAPS, new FsError(Errno.ENODATA), epoch);
     return r;
   }
   read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {

@@ -15,10 +15,6 @@
 //
 // FLUSH itself is answered here: no source keeps anything per flush (their writes are in the source
 // once answered), so a close costs no round trip beyond waiting for its writes.
-//
-// Also answered here: getxattr("security.capability") of a file this client created and has not
-// seen change since. The kernel asks for it before the first write to every file (file_remove_privs);
-// a new file cannot have it, and any change to the file drops the node from that set.
 
 import { Errno, FsError } from '../lib/errno.js';
 import {
@@ -31,9 +27,6 @@ import {
 export const WRITE_BEHIND_BYTES = 32 << 20;
 const O_SYNC = 0o4010000;
 const O_DSYNC = 0o10000;
-const CAPS = 'security.capability';
-/** The fresh-file set is dropped whole beyond this size (a hint cache, not a record). */
-const FRESH_MAX = 100_000;
 
 interface Flight {
   off: number;
@@ -55,18 +48,11 @@ function plain(ctx: Ctx): Ctx {
 export class WriteBehindVfs implements Vfs {
   private readonly flights = new Map<number, Set<Flight>>();
   private readonly handles = new Map<number, Handle>();
-  private readonly fresh = new Set<number>();
   private inFlightBytes = 0;
   private roomWaiters: Array<() => void> = [];
-  private readonly unwatch: () => void;
   private readonly counters = { behind: 0, waitedForRoom: 0, deferredErrors: 0 };
 
-  constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES) {
-    this.unwatch = inner.watch((ev) => {
-      if (ev.kind === 'inode') this.fresh.delete(ev.nodeid);
-      else if (ev.kind === 'delete') this.fresh.delete(ev.child);
-    });
-  }
+  constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES) {}
 
   stats(): { writeBehindBytes: number; writesBehind: number; waitedForRoom: number; deferredErrors: number } {
     return { writeBehindBytes: this.inFlightBytes, writesBehind: this.counters.behind, waitedForRoom: this.counters.waitedForRoom, deferredErrors: this.counters.deferredErrors };
@@ -119,7 +105,6 @@ export class WriteBehindVfs implements Vfs {
     return this.inner.getattr(ctx, nodeid, fh);
   }
   async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
-    // chown, chmod, truncate or utimes cannot give a file a capability; only setxattr can.
     await this.drain(nodeid);
     return this.inner.setattr(ctx, nodeid, set, fh);
   }
@@ -165,8 +150,6 @@ export class WriteBehindVfs implements Vfs {
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
     const r = await this.inner.create(ctx, parent, name, mode, flags);
     this.track(r.fh, r.entry.nodeid, flags);
-    if (this.fresh.size >= FRESH_MAX) this.fresh.clear();
-    this.fresh.add(r.entry.nodeid);
     return r;
   }
   async read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
@@ -245,20 +228,17 @@ export class WriteBehindVfs implements Vfs {
   statfs(ctx: Ctx, nodeid: number): Promise<StatFs> {
     return this.inner.statfs(ctx, nodeid);
   }
-  async setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
-    this.fresh.delete(nodeid);
-    await this.inner.setxattr(ctx, nodeid, name, value, flags);
+  setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
+    return this.inner.setxattr(ctx, nodeid, name, value, flags);
   }
-  async getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
-    if (name === CAPS && this.fresh.has(nodeid)) throw new FsError(Errno.ENODATA);
+  getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
     return this.inner.getxattr(ctx, nodeid, name);
   }
   listxattr(ctx: Ctx, nodeid: number): Promise<string[]> {
     return this.inner.listxattr(ctx, nodeid);
   }
-  async removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
-    this.fresh.delete(nodeid);
-    await this.inner.removexattr(ctx, nodeid, name);
+  removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
+    return this.inner.removexattr(ctx, nodeid, name);
   }
   access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
     return this.inner.access(ctx, nodeid, mask);
@@ -280,7 +260,6 @@ export class WriteBehindVfs implements Vfs {
   }
   async close(): Promise<void> {
     await Promise.all([...this.flights.keys()].map((id) => this.drain(id)));
-    this.unwatch();
     await this.inner.close();
   }
 }
