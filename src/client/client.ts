@@ -8,6 +8,7 @@
 // path. Callers see no error for an outage shorter than the outage timeout, and EIO after it.
 
 import { ProtocolError, Reader } from '../lib/bytes.js';
+import { signalCancel, type Cancel } from '../lib/abort.js';
 import { Errno, FsError } from '../lib/errno.js';
 import { logger, type Logger } from '../lib/log.js';
 import {
@@ -130,6 +131,11 @@ export async function connect(opts: ConnectOptions): Promise<RemoteVfs> {
   // one starts soon after the network is back; a reachable server answers HELLO in milliseconds.
   const retryTimeoutMs = Math.min(timeoutMs, 3000);
   return new RemoteVfs(`${opts.host}:${opts.port}`, link, (id) => open(id, retryTimeoutMs), opts, opts.log ?? logger('client'));
+}
+
+/** A request's cancellation: the cheap hooks when the caller's session made them, else its signal. */
+function cancelOf(ctx: Ctx): Cancel | undefined {
+  return ctx.cancel ?? (ctx.signal ? signalCancel(ctx.signal) : undefined);
 }
 
 function wireCtx(ctx: Ctx): WireCtx {
@@ -397,9 +403,9 @@ export class RemoteVfs implements Vfs {
    * of reach longer than the outage timeout or the client is closed. `raw` requests are already in
    * the current session's ids.
    */
-  private async call<N extends CallOp>(op: N, req: Req<N>, signal?: AbortSignal, raw = false): Promise<Rep<N>> {
+  private async call<N extends CallOp>(op: N, req: Req<N>, cancel?: Cancel, raw = false): Promise<Rep<N>> {
     if (this.state === 'closed') throw new FsError(Errno.EIO, `not connected to ${this.server}`);
-    if (signal?.aborted) throw new FsError(Errno.EINTR);
+    if (cancel?.aborted) throw new FsError(Errno.EINTR);
     let seq = 0;
     if (!OPS[op].idempotent) {
       // Every outstanding seq stays within the server's reply window (see wire/seq.ts).
@@ -415,7 +421,7 @@ export class RemoteVfs implements Vfs {
         op, req: req as Record<string, unknown>, seq, raw, written: false, crossed: false, waitingSince: this.wire ? undefined : Date.now(),
         resolve: resolve as (rep: unknown) => void,
         reject,
-        done: () => signal?.removeEventListener('abort', onAbort),
+        done: () => unhook?.(),
       };
       const onAbort = (): void => {
         if (this.pending.get(id) !== p) return;
@@ -423,7 +429,7 @@ export class RemoteVfs implements Vfs {
         reject(new FsError(Errno.EINTR));
         if (this.wire && this.wire.features & FEATURE_CANCEL) this.sendOneway('cancel', { id });
       };
-      signal?.addEventListener('abort', onAbort, { once: true });
+      const unhook = cancel?.onAbort(onAbort);
       this.pending.set(id, p);
       this.counters.requests++;
       if (this.wire) void this.transmit(id, p);
@@ -494,7 +500,7 @@ export class RemoteVfs implements Vfs {
   }
 
   async lookup(ctx: Ctx, parent: number, name: string): Promise<Entry> {
-    return this.nodes.entry((await this.call('lookup', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).entry, parent, name);
+    return this.nodes.entry((await this.call('lookup', { ctx: wireCtx(ctx), parent, name }, cancelOf(ctx))).entry, parent, name);
   }
   forget(nodeid: number, nlookup: number): void {
     if (!(Number.isSafeInteger(nodeid) && nodeid > 0 && Number.isSafeInteger(nlookup) && nlookup > 0)) return;
@@ -503,13 +509,13 @@ export class RemoteVfs implements Vfs {
     if (server !== undefined) this.sendOneway('forget', { nodeid: server, nlookup });
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
-    return (await this.call('getattr', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal)).attr;
+    return (await this.call('getattr', { ctx: wireCtx(ctx), nodeid, fh }, cancelOf(ctx))).attr;
   }
   async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
-    return (await this.call('setattr', { ctx: wireCtx(ctx), nodeid, set, fh }, ctx.signal)).attr;
+    return (await this.call('setattr', { ctx: wireCtx(ctx), nodeid, set, fh }, cancelOf(ctx))).attr;
   }
   async readlink(ctx: Ctx, nodeid: number): Promise<string> {
-    return (await this.call('readlink', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).target;
+    return (await this.call('readlink', { ctx: wireCtx(ctx), nodeid }, cancelOf(ctx))).target;
   }
   /**
    * Subscribes to the directory attributes the server sends after a change of names (1.1): the
@@ -536,16 +542,16 @@ export class RemoteVfs implements Vfs {
   // that crossed a restart is taken as the first attempt's success: the name is looked up instead.
 
   async mknod(ctx: Ctx, parent: number, name: string, mode: number, rdev: number): Promise<Entry> {
-    return this.made(ctx, parent, name, this.hinted(parent, this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, ctx.signal)));
+    return this.made(ctx, parent, name, this.hinted(parent, this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, cancelOf(ctx))));
   }
   async mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry> {
-    return this.made(ctx, parent, name, this.hinted(parent, this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, ctx.signal)));
+    return this.made(ctx, parent, name, this.hinted(parent, this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, cancelOf(ctx))));
   }
   async symlink(ctx: Ctx, parent: number, name: string, target: string): Promise<Entry> {
-    return this.made(ctx, parent, name, this.hinted(parent, this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, ctx.signal)));
+    return this.made(ctx, parent, name, this.hinted(parent, this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, cancelOf(ctx))));
   }
   async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
-    return this.made(ctx, newparent, newname, this.hinted(newparent, this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, ctx.signal)));
+    return this.made(ctx, newparent, newname, this.hinted(newparent, this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, cancelOf(ctx))));
   }
   private async made(ctx: Ctx, parent: number, name: string, call: Promise<{ entry: Entry }>): Promise<Entry> {
     try {
@@ -556,27 +562,27 @@ export class RemoteVfs implements Vfs {
     }
   }
   async unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
-    await this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).catch(alreadyDone);
+    await this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, cancelOf(ctx))).catch(alreadyDone);
     this.nodes.removed(parent, name);
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
-    await this.hinted(parent, this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx.signal)).catch(alreadyDone);
+    await this.hinted(parent, this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, cancelOf(ctx))).catch(alreadyDone);
     this.nodes.removed(parent, name);
   }
   async rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
-    const rep = await this.call('rename', { ctx: wireCtx(ctx), parent, name, newparent, newname, flags }, ctx.signal);
+    const rep = await this.call('rename', { ctx: wireCtx(ctx), parent, name, newparent, newname, flags }, cancelOf(ctx));
     this.hint(parent, rep.parentAttr);
     this.hint(newparent, rep.newParentAttr);
     this.nodes.renamed(parent, name, newparent, newname, flags);
   }
   async open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
-    const { open } = await this.call('open', { ctx: wireCtx(ctx), nodeid, flags }, ctx.signal);
+    const { open } = await this.call('open', { ctx: wireCtx(ctx), nodeid, flags }, cancelOf(ctx));
     return { ...open, fh: this.nodes.handle(open.fh, false, nodeid, flags) };
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
     let rep: Rep<'create'>;
     try {
-      rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, ctx.signal);
+      rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, cancelOf(ctx));
     } catch (err) {
       if (!(err instanceof CrossedRestart)) throw err;
       const entry = await this.lookup(ctx, parent, name);
@@ -595,7 +601,7 @@ export class RemoteVfs implements Vfs {
   async read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
     const piece = this.maxFrame - READ_OVERHEAD;
     const one = async (off: number, n: number): Promise<Buffer> =>
-      (await this.call('read', { ctx: wireCtx(ctx), nodeid, fh, offset: off, size: n }, ctx.signal)).data;
+      (await this.call('read', { ctx: wireCtx(ctx), nodeid, fh, offset: off, size: n }, cancelOf(ctx))).data;
     if (size <= piece) return one(offset, size);
     const parts = await bounded(Math.ceil(size / piece), this.piecesInFlight, (i) =>
       one(offset + i * piece, Math.min(piece, size - i * piece)));
@@ -611,7 +617,7 @@ export class RemoteVfs implements Vfs {
   async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
     const piece = this.maxFrame - WRITE_OVERHEAD;
     const one = async (off: number, d: Buffer): Promise<number> =>
-      (await this.call('write', { ctx: wireCtx(ctx), nodeid, fh, offset: off, data: d }, ctx.signal)).count;
+      (await this.call('write', { ctx: wireCtx(ctx), nodeid, fh, offset: off, data: d }, cancelOf(ctx))).count;
     if (data.length <= piece) return one(offset, data);
     const counts = await bounded(Math.ceil(data.length / piece), this.piecesInFlight, (i) =>
       one(offset + i * piece, data.subarray(i * piece, (i + 1) * piece)));
@@ -624,56 +630,56 @@ export class RemoteVfs implements Vfs {
   }
 
   async flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    await this.call('flush', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal);
+    await this.call('flush', { ctx: wireCtx(ctx), nodeid, fh }, cancelOf(ctx));
   }
   async fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
-    await this.call('fsync', { ctx: wireCtx(ctx), nodeid, fh, datasync }, ctx.signal);
+    await this.call('fsync', { ctx: wireCtx(ctx), nodeid, fh, datasync }, cancelOf(ctx));
   }
   async release(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
     // A handle the restarted server never saw needs no round trip: there is nothing to release.
-    if (!this.nodes.unbound(fh, false)) await this.call('release', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal).finally(() => this.nodes.released(fh, false));
+    if (!this.nodes.unbound(fh, false)) await this.call('release', { ctx: wireCtx(ctx), nodeid, fh }, cancelOf(ctx)).finally(() => this.nodes.released(fh, false));
     this.nodes.released(fh, false);
   }
   async opendir(ctx: Ctx, nodeid: number): Promise<OpenResult> {
-    const { open } = await this.call('opendir', { ctx: wireCtx(ctx), nodeid }, ctx.signal);
+    const { open } = await this.call('opendir', { ctx: wireCtx(ctx), nodeid }, cancelOf(ctx));
     return { ...open, fh: this.nodes.handle(open.fh, true, nodeid, 0) };
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    return this.nodes.entries((await this.call('readdir', { ctx: wireCtx(ctx), nodeid, fh, offset, maxEntries, plus }, ctx.signal)).entries, nodeid);
+    return this.nodes.entries((await this.call('readdir', { ctx: wireCtx(ctx), nodeid, fh, offset, maxEntries, plus }, cancelOf(ctx))).entries, nodeid);
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
-    await this.call('fsyncdir', { ctx: wireCtx(ctx), nodeid, fh, datasync }, ctx.signal);
+    await this.call('fsyncdir', { ctx: wireCtx(ctx), nodeid, fh, datasync }, cancelOf(ctx));
   }
   async releasedir(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    if (!this.nodes.unbound(fh, true)) await this.call('releasedir', { ctx: wireCtx(ctx), nodeid, fh }, ctx.signal).finally(() => this.nodes.released(fh, true));
+    if (!this.nodes.unbound(fh, true)) await this.call('releasedir', { ctx: wireCtx(ctx), nodeid, fh }, cancelOf(ctx)).finally(() => this.nodes.released(fh, true));
     this.nodes.released(fh, true);
   }
   async statfs(ctx: Ctx, nodeid: number): Promise<StatFs> {
-    return (await this.call('statfs', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).statfs;
+    return (await this.call('statfs', { ctx: wireCtx(ctx), nodeid }, cancelOf(ctx))).statfs;
   }
   async setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
-    await this.call('setxattr', { ctx: wireCtx(ctx), nodeid, name, value, flags }, ctx.signal);
+    await this.call('setxattr', { ctx: wireCtx(ctx), nodeid, name, value, flags }, cancelOf(ctx));
   }
   async getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
-    return (await this.call('getxattr', { ctx: wireCtx(ctx), nodeid, name }, ctx.signal)).value;
+    return (await this.call('getxattr', { ctx: wireCtx(ctx), nodeid, name }, cancelOf(ctx))).value;
   }
   async listxattr(ctx: Ctx, nodeid: number): Promise<string[]> {
-    return (await this.call('listxattr', { ctx: wireCtx(ctx), nodeid }, ctx.signal)).names;
+    return (await this.call('listxattr', { ctx: wireCtx(ctx), nodeid }, cancelOf(ctx))).names;
   }
   async removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
-    await this.call('removexattr', { ctx: wireCtx(ctx), nodeid, name }, ctx.signal);
+    await this.call('removexattr', { ctx: wireCtx(ctx), nodeid, name }, cancelOf(ctx));
   }
   async access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
-    await this.call('access', { ctx: wireCtx(ctx), nodeid, mask }, ctx.signal);
+    await this.call('access', { ctx: wireCtx(ctx), nodeid, mask }, cancelOf(ctx));
   }
   async fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
-    await this.call('fallocate', { ctx: wireCtx(ctx), nodeid, fh, mode, offset, length }, ctx.signal);
+    await this.call('fallocate', { ctx: wireCtx(ctx), nodeid, fh, mode, offset, length }, cancelOf(ctx));
   }
   async lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
-    return (await this.call('lseek', { ctx: wireCtx(ctx), nodeid, fh, offset, whence }, ctx.signal)).offset;
+    return (await this.call('lseek', { ctx: wireCtx(ctx), nodeid, fh, offset, whence }, cancelOf(ctx))).offset;
   }
   async copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
-    return (await this.call('copyFileRange', { ctx: wireCtx(ctx), nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len }, ctx.signal)).count;
+    return (await this.call('copyFileRange', { ctx: wireCtx(ctx), nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len }, cancelOf(ctx))).count;
   }
 
   /** Pushed CHANGE events from the server: other clients' changes and the source's own. */

@@ -8,7 +8,9 @@
 //    rename (protocol 1.1): the kernel drops a directory's attributes at each such change and asks
 //    again at the next path walk through it; that GETATTR is answered here.
 //    Likewise the attributes a SETATTR of ours returned, until anything else touches the node:
-//    after a chown the kernel asks for them again at once (to recompute set-id bits).
+//    after a chown the kernel asks for them again at once (to recompute set-id bits). And every
+//    directory's attributes from a GETATTR: the kernel asks again after each listing it reads
+//    (its atime), and only a push can change them otherwise.
 // 3. Extended attributes, present or absent: the kernel caches none, and `ls -l`, `cp -a` or a
 //    write (security.capability) ask for them again and again. Any change to a node is pushed as
 //    an inode change, which drops its entries here.
@@ -23,8 +25,10 @@
 // this cache says what a negative dentry in the kernel would have said.
 
 import { Errno, FsError } from '../lib/errno.js';
-import type {
-  Attr, ChangeListener, CreateResult, Ctx, DirEntry, Entry, FsInfo, OpenResult, SetAttr, StatFs, Vfs,
+import {
+  S_IFDIR, S_IFMT,
+  type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo, type OpenResult,
+  type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
 
 /** Directories tracked at most; beyond it the oldest list is dropped. */
@@ -39,6 +43,7 @@ const CAPS = 'security.capability';
 const MAX_XATTRS = 100_000;
 
 type XattrAnswer = Buffer | FsError;
+const NO_DATA = new FsError(Errno.ENODATA);
 
 /** A directory handle given to the kernel, opened on the server at its first real use. */
 interface LazyDir {
@@ -61,6 +66,8 @@ export class DirCacheVfs implements Vfs {
   /** nodeid -> xattr name (or '' for the list) -> the answer the server gave. */
   private readonly xattrs = new Map<number, Map<string, XattrAnswer | string[]>>();
   private xattrCount = 0;
+  /** Nodes known to have no security.capability (the kernel asks before every first write). */
+  private readonly noCaps = new Set<number>();
   /** Bumped at every drop: an answer that was in flight across one is not kept (it may be older). */
   private xattrEpoch = 0;
   private readonly dirHandles = new Map<number, LazyDir>();
@@ -134,7 +141,13 @@ export class DirCacheVfs implements Vfs {
       this.counters.attrsAnswered++;
       return { ...got.attr };
     }
-    return this.inner.getattr(ctx, nodeid, fh);
+    const epoch = this.attrEpoch;
+    const attr = await this.inner.getattr(ctx, nodeid, fh);
+    // A directory's attributes change only with what the server pushes (its names, or a chmod): kept
+    // until then. The kernel asks again after every listing it reads (to refresh the atime it keeps),
+    // so without this a second `find` over a tree would cost one round trip per directory.
+    if ((attr.mode & S_IFMT) === S_IFDIR && epoch === this.attrEpoch) this.keepAttr(nodeid, attr);
+    return attr;
   }
   async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
     this.touched(nodeid);
@@ -217,7 +230,7 @@ export class DirCacheVfs implements Vfs {
     this.add(parent, name);
     // A new file has no capability: the kernel's probe before its first write (file_remove_privs)
     // is answered from the cache like any other absent xattr.
-    this.remember(r.entry.nodeid, CAPS, new FsError(Errno.ENODATA), epoch);
+    this.remember(r.entry.nodeid, CAPS, NO_DATA, epoch);
     return r;
   }
   read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
@@ -275,13 +288,21 @@ export class DirCacheVfs implements Vfs {
   private dropXattrs(nodeid: number): void {
     this.xattrEpoch++;
     this.xattrs.delete(nodeid);
+    this.noCaps.delete(nodeid);
   }
 
   private remember(nodeid: number, key: string, answer: XattrAnswer | string[], epoch: number): void {
     if (epoch !== this.xattrEpoch) return;
     if (this.xattrCount >= MAX_XATTRS) {
       this.xattrs.clear();
+      this.noCaps.clear();
       this.xattrCount = 0;
+    }
+    if (key === CAPS && answer instanceof FsError && answer.errno === Errno.ENODATA) {
+      // The one answer nearly every written file has: a set entry, not a map and an error per node.
+      this.noCaps.add(nodeid);
+      this.xattrCount++;
+      return;
     }
     let m = this.xattrs.get(nodeid);
     if (!m) this.xattrs.set(nodeid, (m = new Map()));
@@ -298,6 +319,7 @@ export class DirCacheVfs implements Vfs {
   }
   async getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
     // Names are never '' (the kernel refuses an empty name), so '' can key the list.
+    if (name === CAPS && this.noCaps.has(nodeid)) throw new FsError(Errno.ENODATA);
     const got = this.xattrs.get(nodeid)?.get(name);
     if (got instanceof FsError) throw new FsError(got.errno);
     if (Buffer.isBuffer(got)) return Buffer.from(got);

@@ -15,11 +15,21 @@
 //
 // FLUSH itself is answered here: no source keeps anything per flush (their writes are in the source
 // once answered), so a close costs no round trip beyond waiting for its writes.
+//
+// Attribute changes behind too: a file this client created and still holds open is, as long as no
+// push says otherwise, known here exactly (the server's attributes from CREATE, then our writes).
+// A chmod, chown or utimes of it whose outcome the POSIX rules fix (the caller owns the file, a
+// chown is root's or a chgrp to the caller's own group, no set-ID bit to clear) is answered with
+// the attributes it will give and sent after the file's writes, as one more flight: tar, cp -p and
+// rsync set three attributes on every file they write, each a round trip otherwise. The same
+// waits apply (close, fsync and every later call on the file wait for it), a failure is reported
+// at close like a failed write, and if the server's answer differs from ours the kernel's copy of
+// the attributes is dropped (an inode change to the listeners).
 
 import { Errno, FsError } from '../lib/errno.js';
 import {
-  O_ACCMODE, O_APPEND, O_DIRECT, O_RDONLY,
-  type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
+  O_ACCMODE, O_APPEND, O_DIRECT, O_RDONLY, S_IFMT, S_IFREG,
+  type Attr, type ChangeEvent, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
   type OpenResult, type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
 
@@ -40,6 +50,58 @@ interface Handle {
   error: Error | undefined;
 }
 
+const S_ISUID = 0o4000;
+const S_ISGID = 0o2000;
+
+/** A file this client created and holds open: its attributes as they are once our calls land. */
+interface Made {
+  attr: Attr;
+  /** Made by uid 0 and owned by uid 0: root is root on the server (not squashed or mapped). */
+  rootActs: boolean;
+  open: number;
+  /** The kernel was given `attr` by a GETATTR: its times are ours, to be corrected at close. */
+  told: boolean;
+}
+
+function nowTs(): { sec: number; nsec: number } {
+  const ms = Date.now();
+  return { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 };
+}
+
+/**
+ * The attributes `set` leaves on a file with attributes `attr` when `ctx` asks, or undefined when
+ * the server might decide otherwise (permission, set-ID bits the kernel clears, a size change).
+ * The caller must own the file, or be root where `rootActs` (root made the file and the server
+ * gave it to uid 0: a squashed or mapped root would have got another owner).
+ */
+export function predictSetattr(ctx: Ctx, attr: Attr, set: SetAttr, rootActs: boolean): Attr | undefined {
+  const root = ctx.uid === 0 && rootActs;
+  if (set.size !== undefined || (attr.mode & S_IFMT) !== S_IFREG || (ctx.uid !== attr.uid && !root)) return undefined;
+  const uid = set.uid ?? attr.uid;
+  const gid = set.gid ?? attr.gid;
+  if (uid !== attr.uid && !root) return undefined;
+  if (gid !== attr.gid && !root && gid !== ctx.gid) return undefined;
+  if ((uid !== attr.uid || gid !== attr.gid || set.uid !== undefined || set.gid !== undefined) && attr.mode & (S_ISUID | S_ISGID)) return undefined;
+  if (set.mode !== undefined && set.mode & (S_ISUID | S_ISGID)) return undefined;
+  const now = nowTs();
+  const time = (t: SetAttr['atime'], old: Attr['atime']): Attr['atime'] => (t === undefined ? old : t === 'now' ? now : { sec: t.sec, nsec: t.nsec });
+  return {
+    ...attr,
+    mode: set.mode === undefined ? attr.mode : (attr.mode & S_IFMT) | (set.mode & 0o7777),
+    uid, gid,
+    atime: time(set.atime, attr.atime),
+    mtime: time(set.mtime, attr.mtime),
+    ctime: now,
+  };
+}
+
+/** Whether the server's attributes after a SETATTR differ from ours in what the caller set or sees. */
+function differs(real: Attr, mine: Attr, set: SetAttr): boolean {
+  const t = (a: Attr['atime'], b: Attr['atime']): boolean => a.sec !== b.sec || a.nsec !== b.nsec;
+  return real.mode !== mine.mode || real.uid !== mine.uid || real.gid !== mine.gid || real.size !== mine.size ||
+    (typeof set.atime === 'object' && t(real.atime, mine.atime)) || (typeof set.mtime === 'object' && t(real.mtime, mine.mtime));
+}
+
 function plain(ctx: Ctx): Ctx {
   // The kernel has its answer already: an interrupt can no longer come for this request.
   return { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid };
@@ -50,12 +112,34 @@ export class WriteBehindVfs implements Vfs {
   private readonly handles = new Map<number, Handle>();
   private inFlightBytes = 0;
   private roomWaiters: Array<() => void> = [];
-  private readonly counters = { behind: 0, waitedForRoom: 0, deferredErrors: 0 };
+  private readonly counters = { behind: 0, waitedForRoom: 0, deferredErrors: 0, setattrsBehind: 0 };
+  /** Files this client created and holds open, while no push said another changed them. */
+  private readonly made = new Map<number, Made>();
+  private readonly listeners = new Set<ChangeListener>();
+  private readonly unwatch: () => void;
 
-  constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES) {}
+  constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES) {
+    this.unwatch = inner.watch((ev) => {
+      if (ev.kind === 'inode') this.made.delete(ev.nodeid);
+      else if (ev.kind === 'delete') this.made.delete(ev.child);
+    });
+  }
 
-  stats(): { writeBehindBytes: number; writesBehind: number; waitedForRoom: number; deferredErrors: number } {
-    return { writeBehindBytes: this.inFlightBytes, writesBehind: this.counters.behind, waitedForRoom: this.counters.waitedForRoom, deferredErrors: this.counters.deferredErrors };
+  stats(): { writeBehindBytes: number; writesBehind: number; setattrsBehind: number; waitedForRoom: number; deferredErrors: number } {
+    return {
+      writeBehindBytes: this.inFlightBytes, writesBehind: this.counters.behind, setattrsBehind: this.counters.setattrsBehind,
+      waitedForRoom: this.counters.waitedForRoom, deferredErrors: this.counters.deferredErrors,
+    };
+  }
+
+  private emit(ev: ChangeEvent): void {
+    for (const l of this.listeners) {
+      try {
+        void Promise.resolve(l(ev)).catch(() => {});
+      } catch {
+        // A listener's failure is its own; the others still hear of the change.
+      }
+    }
   }
 
   info(): FsInfo {
@@ -101,12 +185,47 @@ export class WriteBehindVfs implements Vfs {
     this.inner.forget(nodeid, nlookup);
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
+    // A file of ours is known here: size and owner exactly, its times as the server will have them
+    // within milliseconds. Asked mostly by the kernel itself before a chown (to clear set-ID bits)
+    // and by fstat after writing; corrected at close.
+    const m = this.made.get(nodeid);
+    if (m) {
+      m.told = true;
+      return { ...m.attr };
+    }
     await this.drain(nodeid);
     return this.inner.getattr(ctx, nodeid, fh);
   }
   async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
-    await this.drain(nodeid);
-    return this.inner.setattr(ctx, nodeid, set, fh);
+    const m = this.made.get(nodeid);
+    const mine = m && predictSetattr(ctx, m.attr, set, m.rootActs);
+    if (!m || !mine) {
+      await this.drain(nodeid);
+      this.made.delete(nodeid);
+      return this.inner.setattr(ctx, nodeid, set, fh);
+    }
+    m.attr = mine;
+    this.counters.setattrsBehind++;
+    // Sent at once, behind the writes in flight: the server applies a SETATTR of times after the
+    // node's WRITEs sent before it (protocol 1.1), and a chmod or chown commutes with them here (no
+    // set-ID bits involved). Later writes wait for it (it covers every offset): a write after a
+    // utimes must land after it.
+    this.fly(nodeid, 0, Number.POSITIVE_INFINITY, 0, this.inner.setattr(plain(ctx), nodeid, set, fh).then(
+      (real) => {
+        // The kernel keeps what we answered; its ctime (at least) is ours, not the server's. Once
+        // the last of these lands, it is told to ask again, so no one sees the file change later.
+        if (differs(real, mine, set)) this.made.delete(nodeid);
+        else if (this.made.get(nodeid)?.attr !== mine && this.made.has(nodeid)) return;
+        this.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
+      },
+      (err: unknown) => {
+        this.made.delete(nodeid);
+        this.counters.deferredErrors++;
+        for (const h of this.handles.values()) if (h.nodeid === nodeid) h.error ??= err instanceof Error ? err : new FsError(Errno.EIO);
+        this.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
+      },
+    ));
+    return { ...mine };
   }
   readlink(ctx: Ctx, nodeid: number): Promise<string> {
     return this.inner.readlink(ctx, nodeid);
@@ -122,15 +241,18 @@ export class WriteBehindVfs implements Vfs {
   }
   async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
     await this.drain(nodeid);
+    this.made.delete(nodeid); // its link count
     return this.inner.link(ctx, nodeid, newparent, newname);
   }
   unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
+    this.made.clear(); // some file's link count, and we cannot tell whose
     return this.inner.unlink(ctx, parent, name);
   }
   rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
     return this.inner.rmdir(ctx, parent, name);
   }
   rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
+    this.made.clear(); // a replaced file's link count
     return this.inner.rename(ctx, parent, name, newparent, newname, flags);
   }
 
@@ -145,11 +267,19 @@ export class WriteBehindVfs implements Vfs {
     await this.drain(nodeid);
     const r = await this.inner.open(ctx, nodeid, flags);
     this.track(r.fh, nodeid, flags);
+    const m = this.made.get(nodeid);
+    if (m && this.handles.get(r.fh)!.behind) m.open++;
+    else this.made.delete(nodeid);
     return r;
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
     const r = await this.inner.create(ctx, parent, name, mode, flags);
     this.track(r.fh, r.entry.nodeid, flags);
+    if (this.handles.get(r.fh)!.behind) {
+      const m = this.made.get(r.entry.nodeid);
+      if (m) m.open++;
+      else this.made.set(r.entry.nodeid, { attr: { ...r.entry.attr }, rootActs: ctx.uid === 0 && r.entry.attr.uid === 0, open: 1, told: false });
+    }
     return r;
   }
   async read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
@@ -159,47 +289,80 @@ export class WriteBehindVfs implements Vfs {
 
   async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
     const h = this.handles.get(fh);
-    if (!h?.behind || h.nodeid !== nodeid) return this.inner.write(ctx, nodeid, fh, offset, data);
+    if (!h?.behind || h.nodeid !== nodeid) {
+      this.made.delete(nodeid);
+      return this.inner.write(ctx, nodeid, fh, offset, data);
+    }
     // An earlier write of this handle failed: say so now rather than pile more on.
     this.takeError(fh);
     await this.room(data.length);
     const end = offset + data.length;
-    let set = this.flights.get(nodeid);
+    const set = this.flights.get(nodeid);
     if (set) {
       const overlapping = [...set].filter((f) => f.off < end && offset < f.end);
       if (overlapping.length) await Promise.all(overlapping.map((f) => f.done));
     }
-    set = this.flights.get(nodeid) ?? new Set();
-    this.flights.set(nodeid, set);
-    const flight: Flight = { off: offset, end, done: Promise.resolve() };
-    const mine = set;
-    this.inFlightBytes += data.length;
+    const m = this.made.get(nodeid);
+    if (m) {
+      const now = nowTs();
+      const size = Math.max(m.attr.size, end);
+      m.attr = { ...m.attr, size, blocks: Math.max(m.attr.blocks, Math.ceil(size / 4096) * 8), mtime: now, ctime: now };
+    }
     this.counters.behind++;
-    flight.done = this.inner.write(plain(ctx), nodeid, fh, offset, data).then(
+    this.fly(nodeid, offset, end, data.length, this.inner.write(plain(ctx), nodeid, fh, offset, data).then(
       (n) => {
-        if (n < data.length && !h.error) h.error = new FsError(Errno.ENOSPC, `short write at ${offset + n}`);
+        if (n >= data.length) return;
+        h.error ??= new FsError(Errno.ENOSPC, `short write at ${offset + n}`);
+        this.unsure(nodeid);
       },
       (err: unknown) => {
         h.error ??= err instanceof Error ? err : new FsError(Errno.EIO);
         this.counters.deferredErrors++;
+        this.unsure(nodeid);
       },
-    ).finally(() => {
-      mine.delete(flight);
-      if (mine.size === 0 && this.flights.get(nodeid) === mine) this.flights.delete(nodeid);
-      this.inFlightBytes -= data.length;
+    ));
+    return data.length;
+  }
+
+  /** Tracks `work` (which never rejects) as a flight of the node covering [off, end). */
+  private fly(nodeid: number, off: number, end: number, bytes: number, work: Promise<void>): void {
+    const set = this.flights.get(nodeid) ?? new Set();
+    this.flights.set(nodeid, set);
+    const flight: Flight = { off, end, done: Promise.resolve() };
+    this.inFlightBytes += bytes;
+    flight.done = work.finally(() => {
+      set.delete(flight);
+      if (set.size === 0 && this.flights.get(nodeid) === set) this.flights.delete(nodeid);
+      this.inFlightBytes -= bytes;
       const waiters = this.roomWaiters;
       this.roomWaiters = [];
       for (const w of waiters) w();
     });
     set.add(flight);
-    return data.length;
   }
 
   async flush(_ctx: Ctx, nodeid: number, fh: number): Promise<void> {
     const h = this.handles.get(fh);
     if (!h) throw new FsError(Errno.EBADF);
     if (h.behind) await this.drain(nodeid);
+    this.correct(nodeid);
     this.takeError(fh);
+  }
+
+  /** A call of ours on the file failed: what we would say of it is no longer sure. */
+  private unsure(nodeid: number): void {
+    const m = this.made.get(nodeid);
+    if (!m) return;
+    this.made.delete(nodeid);
+    if (m.told) this.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
+  }
+
+  /** The kernel holds times we made up for a file of ours: now that its calls landed, drop them. */
+  private correct(nodeid: number): void {
+    const m = this.made.get(nodeid);
+    if (!m?.told) return;
+    m.told = false;
+    this.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
   }
   async fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
     await this.drain(nodeid);
@@ -208,6 +371,9 @@ export class WriteBehindVfs implements Vfs {
   }
   async release(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
     await this.drain(nodeid);
+    const m = this.made.get(nodeid);
+    this.correct(nodeid);
+    if (m && this.handles.get(fh)?.behind && --m.open <= 0) this.made.delete(nodeid);
     this.handles.delete(fh);
     await this.inner.release(ctx, nodeid, fh);
   }
@@ -245,6 +411,7 @@ export class WriteBehindVfs implements Vfs {
   }
   async fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
     await this.drain(nodeid);
+    this.made.delete(nodeid);
     await this.inner.fallocate(ctx, nodeid, fh, mode, offset, length);
   }
   async lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
@@ -253,12 +420,19 @@ export class WriteBehindVfs implements Vfs {
   }
   async copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
     await Promise.all([this.drain(nodeIn), this.drain(nodeOut)]);
+    this.made.delete(nodeOut);
     return this.inner.copyFileRange(ctx, nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len);
   }
   watch(listener: ChangeListener): () => void {
-    return this.inner.watch(listener);
+    const unwatch = this.inner.watch(listener);
+    this.listeners.add(listener);
+    return () => {
+      unwatch();
+      this.listeners.delete(listener);
+    };
   }
   async close(): Promise<void> {
+    this.unwatch();
     await Promise.all([...this.flights.keys()].map((id) => this.drain(id)));
     await this.inner.close();
   }

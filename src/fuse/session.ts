@@ -5,7 +5,7 @@
 
 import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
 import { Errno, errnoName, toErrno } from '../lib/errno.js';
-import { LazyAbort } from '../lib/abort.js';
+import { LazyAbort, RequestCtx } from '../lib/abort.js';
 import { logger } from '../lib/log.js';
 import type { ChangeEvent, Ctx, Entry, SetAttr, Vfs } from '../vfs/types.js';
 import {
@@ -171,7 +171,7 @@ export class FuseSession {
   private async run(h: InHeader, spec: OpSpec, key: HandlerKey, req: unknown): Promise<void> {
     const ac = spec.noReply ? undefined : new LazyAbort();
     if (ac) this.inflight.set(h.unique, ac);
-    const ctx: Ctx = ac ? { uid: h.uid, gid: h.gid, pid: h.pid, get signal() { return ac.signal; } } : { uid: h.uid, gid: h.gid, pid: h.pid };
+    const ctx: Ctx = ac ? new RequestCtx(h.uid, h.gid, h.pid, ac) : { uid: h.uid, gid: h.gid, pid: h.pid };
     if (log.debugEnabled) log.debug(`<- ${spec.name} #${h.unique} node ${h.nodeid}`);
     let reply: Reply;
     try {
@@ -542,8 +542,10 @@ export class FuseSession {
       case 'inode':
         // off < 0 means the whole file: the kernel reads off 0, len 0 as "all pages" and always
         // drops the cached attributes too (fuse_reverse_inval_inode).
+        // A negative offset drops the attributes alone.
         code = Notify.INVAL_INODE;
-        encodeNotifyInvalInode(w, ev.nodeid, ev.off < 0 ? 0 : ev.off, ev.off < 0 ? 0 : ev.len);
+        if (ev.attrsOnly) encodeNotifyInvalInode(w, ev.nodeid, -1, 0);
+        else encodeNotifyInvalInode(w, ev.nodeid, ev.off < 0 ? 0 : ev.off, ev.off < 0 ? 0 : ev.len);
         break;
       case 'entry':
         code = Notify.INVAL_ENTRY;

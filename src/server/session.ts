@@ -12,7 +12,7 @@ import { ProtocolError, Reader } from '../lib/bytes.js';
 import { Errno, FsError, errnoName, toErrno } from '../lib/errno.js';
 import type { Logger } from '../lib/log.js';
 import { ROOT_ID, type ChangeEvent, type Ctx, type Entry, type Vfs } from '../vfs/types.js';
-import { LazyAbort } from '../lib/abort.js';
+import { LazyAbort, RequestCtx } from '../lib/abort.js';
 import { EncodeError } from '../wire/codec.js';
 
 import {
@@ -77,6 +77,8 @@ export class Session implements SessionApi {
   private readonly splitter = new FrameSplitter(HELLO_MAX_FRAME);
   /** Requests running for this connection, by id; seq is nonzero for a non-idempotent one. */
   private readonly running = new Map<number, { ac: LazyAbort; seq: number }>();
+  /** Node id -> its WRITEs running now (see onFrame: SETATTR of times waits for them). */
+  private readonly writing = new Map<number, Set<Promise<void>>>();
   private writeBlocked = false;
   private readonly helloTimer: NodeJS.Timeout;
   // What the client holds; shared with the Session that adopts this one on a resume.
@@ -216,7 +218,23 @@ export class Session implements SessionApi {
       }
     }
     this.running.set(h.id, { ac, seq });
-    void this.run(op, h, args, ac, seq);
+    // A SETATTR of times or size is applied after every WRITE of the node this session sent before
+    // it (the protocol's one ordering promise across requests): the client sends it right behind
+    // its writes instead of waiting for their replies.
+    const a = args as { nodeid: number; set?: { size?: number; atime?: unknown; mtime?: unknown } };
+    const after = op === 'setattr' && (a.set!.size !== undefined || a.set!.atime !== undefined || a.set!.mtime !== undefined)
+      ? this.writing.get(a.nodeid) : undefined;
+    const task = this.run(op, h, args, ac, seq, after && Promise.all(after));
+    if (op === 'write') {
+      let set = this.writing.get(a.nodeid);
+      if (!set) this.writing.set(a.nodeid, (set = new Set()));
+      const mine = set;
+      mine.add(task);
+      void task.finally(() => {
+        mine.delete(task);
+        if (mine.size === 0 && this.writing.get(a.nodeid) === mine) this.writing.delete(a.nodeid);
+      });
+    }
   }
 
   /** A retry of a non-idempotent request: answered with its first run's reply, never run twice. */
@@ -240,12 +258,13 @@ export class Session implements SessionApi {
   }
 
   /** One request as its own task: always ends in exactly one reply. */
-  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'forget' | 'bye'>, h: Header, args: object, ac: LazyAbort, seq: number): Promise<void> {
+  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'forget' | 'bye'>, h: Header, args: object, ac: LazyAbort, seq: number, after?: Promise<unknown>): Promise<void> {
     let frame: Buffer;
     try {
+      if (after) await after;
       const { ctx: wctx, ...rest } = args as { ctx: Omit<Ctx, 'signal'> };
       // Sources rarely look at the signal: it is made only when one does.
-      const ctx: Ctx = { uid: wctx.uid, gid: wctx.gid, pid: wctx.pid, get signal() { return ac.signal; } };
+      const ctx: Ctx = new RequestCtx(wctx.uid, wctx.gid, wctx.pid, ac);
       const stranger = this.core.strictNodes ? strangerNode(rest, (id) => this.knows(id)) : undefined;
       if (stranger !== undefined) throw new FsError(Errno.ESTALE, `node ${stranger} was never handed to this client`);
       const handler = HANDLERS[op] as (s: SessionApi, ctx: Ctx, a: object) => Promise<Rep<typeof op>>;

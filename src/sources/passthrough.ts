@@ -61,17 +61,23 @@ interface Link {
   name: string;
 }
 
+// One per node a client holds, so kept small: 100 000 nodes held must fit in well under 100 MB.
 interface PNode {
   readonly id: number;
-  readonly key: string; // `${dev}:${ino}`
+  /** The attribute ino (mapIno of dev and ino): unique per inode, so it keys byKey. */
+  readonly key: number;
+  /** The host's inode number, as stat shows it. */
+  readonly ino: number;
   readonly type: number;
+  /** The host device (one shared bigint per device). */
   readonly dev: bigint;
   /** The names the kernel knows this node by; the first gives its path. Empty once all are unlinked. */
   links: Link[];
-  /** Known children (links whose parent is this node): a parent outlives its known children. */
-  kids: number;
+  /** Known children by name (links whose parent is this node): a parent outlives its known children. */
+  children: Map<string, PNode> | undefined;
   lookups: number;
-  handles: Set<PHandle>;
+  /** Open handles, made at the first open. */
+  handles: Set<PHandle> | undefined;
 }
 
 interface PHandle {
@@ -115,6 +121,21 @@ function modeOfType(st: BigIntStats): number {
   return Number(st.mode) & S_IFMT;
 }
 
+/** This process's umask, read once (reading it means setting it back). */
+const UMASK = ((): number => {
+  const m = process.umask(0o022);
+  process.umask(m);
+  return m;
+})();
+
+/**
+ * Whether making a node with `mode` may not give exactly `mode`: this process's umask would clear
+ * bits the caller asked for, or the mode has set-ID or sticky bits (mkdir ignores set-ID bits).
+ */
+function narrowed(mode: number): boolean {
+  return (mode & 0o777 & UMASK) !== 0 || (mode & 0o7000) !== 0;
+}
+
 export class PassthroughFs implements Vfs {
   readonly root: string;
   private readonly readOnly: boolean;
@@ -122,9 +143,9 @@ export class PassthroughFs implements Vfs {
   private readonly maxFds: number;
   private readonly type: string;
   private readonly nodes = new Map<number, PNode>();
-  private readonly byKey = new Map<string, PNode>();
-  /** `${parentId}/${name}` -> the node known under that name. */
-  private readonly index = new Map<string, PNode>();
+  private readonly byKey = new Map<number, PNode>();
+  /** One bigint per host device, shared by its nodes. */
+  private readonly devs = new Map<bigint, bigint>();
   private nextId = ROOT_ID;
   /** The exported root's device, learnt asynchronously at construction (see `ready`). */
   private rootDev = -1n;
@@ -162,7 +183,7 @@ export class PassthroughFs implements Vfs {
     this.type = opts.type ?? 'passthrough';
     this.noWatch = opts.noWatch ?? false;
     const rootNode: PNode = {
-      id: this.nextId++, key: '', type: S_IFDIR, dev: -1n, links: [], kids: 0, lookups: 1, handles: new Set(),
+      id: this.nextId++, key: 0, ino: 0, type: S_IFDIR, dev: -1n, links: [], children: undefined, lookups: 1, handles: undefined,
     };
     this.nodes.set(rootNode.id, rootNode);
     this.fs = new Beneath(this.root);
@@ -278,31 +299,25 @@ export class PassthroughFs implements Vfs {
     };
   }
 
-  private linkKey(parent: PNode, name: string): string {
-    return `${parent.id}/${name}`;
-  }
-
   private addLink(n: PNode, parent: PNode, name: string): void {
-    const key = this.linkKey(parent, name);
-    const prev = this.index.get(key);
+    const prev = parent.children?.get(name);
     if (prev === n) return;
     if (prev) this.removeLink(prev, parent, name);
     n.links.push({ parent, name });
-    parent.kids++;
-    this.index.set(key, n);
+    (parent.children ??= new Map()).set(name, n);
   }
 
   private removeLink(n: PNode, parent: PNode, name: string): void {
     const i = n.links.findIndex((l) => l.parent === parent && l.name === name);
     if (i < 0) return;
     n.links.splice(i, 1);
-    parent.kids--;
-    this.index.delete(this.linkKey(parent, name));
+    parent.children?.delete(name);
+    if (parent.children?.size === 0) parent.children = undefined;
     this.maybeDrop(parent);
   }
 
   private maybeDrop(n: PNode): void {
-    if (n.id === ROOT_ID || n.lookups > 0 || n.handles.size > 0 || n.kids > 0) return;
+    if (n.id === ROOT_ID || n.lookups > 0 || n.handles?.size || n.children) return;
     this.nodes.delete(n.id);
     this.watcher?.remove(n.id);
     if (this.byKey.get(n.key) === n) this.byKey.delete(n.key);
@@ -311,7 +326,7 @@ export class PassthroughFs implements Vfs {
 
   /** The node for a stat seen under parent/name (reusing the one for this dev:ino), with one lookup counted. */
   private entryFor(parent: PNode, name: string, st: BigIntStats): Entry {
-    const key = `${st.dev}:${st.ino}`;
+    const key = this.mapIno(st.dev, st.ino);
     let n = this.byKey.get(key);
     if (n && n.type !== modeOfType(st)) {
       // The inode number was reused by a different file since: a new node.
@@ -319,7 +334,9 @@ export class PassthroughFs implements Vfs {
       n = undefined;
     }
     if (!n) {
-      n = { id: this.nextId++, key, type: modeOfType(st), dev: st.dev, links: [], kids: 0, lookups: 0, handles: new Set() };
+      let dev = this.devs.get(st.dev);
+      if (dev === undefined) this.devs.set(st.dev, (dev = st.dev));
+      n = { id: this.nextId++, key, ino: Number(st.ino), type: modeOfType(st), dev, links: [], children: undefined, lookups: 0, handles: undefined };
       this.nodes.set(n.id, n);
       this.byKey.set(key, n);
     }
@@ -341,7 +358,7 @@ export class PassthroughFs implements Vfs {
     const p = this.pathOf(n);
     if (h && h.node === n) return this.withFile(h, (f) => f.stat({ bigint: true }));
     if (p === undefined) {
-      const any = n.handles.values().next().value;
+      const any = n.handles?.values().next().value;
       if (!any) throw new FsError(Errno.ENOENT);
       return this.withFile(any, (f) => f.stat({ bigint: true }));
     }
@@ -354,12 +371,16 @@ export class PassthroughFs implements Vfs {
   }
 
   /** Makes a new file the caller's, as if the caller had created it (the server runs as root). */
-  private async ownAs(ctx: Ctx, parent: PNode, p: string): Promise<void> {
+  private async ownAs(ctx: Ctx, parent: PNode, p: string, f?: FileHandle): Promise<void> {
     if (process.getuid?.() !== 0) return;
+    // Made by this process as root:root: a root caller's file is already owned right (and in a
+    // set-group-ID directory its group came from the directory, as it should).
+    if (ctx.uid === 0 && ctx.gid === 0 && process.getegid?.() === 0) return;
     const pst = await this.statNode(parent);
     // In a set-group-ID directory the group comes from the directory (the kernel already did that).
     const gid = Number(pst.mode) & S_ISGID ? -1 : ctx.gid;
-    await this.fs.lchown(p, ctx.uid, gid);
+    if (f) await f.chown(ctx.uid, gid);
+    else await this.fs.lchown(p, ctx.uid, gid);
   }
 
   // --- open files and the fd bound -------------------------------------------------------------
@@ -492,7 +513,7 @@ export class PassthroughFs implements Vfs {
     h.fh = this.files.add(h);
     this.lru.set(h, true);
     this.wakeFdWaiters();
-    n.handles.add(h);
+    (n.handles ??= new Set()).add(h);
     const res: OpenResult = { fh: h.fh };
     if (PSEUDO_FS.has(await this.fsTypeOf(n.dev, p))) res.directIo = true;
     return res;
@@ -532,7 +553,7 @@ export class PassthroughFs implements Vfs {
       const p = this.pathOf(n);
       // An open file's own fd when the caller names it, or when the file has no name left.
       const given = this.files.find(fh);
-      const h = given?.node === n ? given : p === undefined ? n.handles.values().next().value : undefined;
+      const h = given?.node === n ? given : p === undefined ? n.handles?.values().next().value : undefined;
       if (!h && p === undefined) throw new FsError(Errno.ENOENT);
       if (set.atime && set.atime !== 'now') checkTimespec(set.atime);
       if (set.mtime && set.mtime !== 'now') checkTimespec(set.mtime);
@@ -627,7 +648,7 @@ export class PassthroughFs implements Vfs {
       }
       await this.ownAs(ctx, d, p);
       // The server's umask must not narrow the mode the caller's kernel already masked.
-      await this.fs.chmod(p, mode & 0o7777);
+      if (narrowed(mode)) await this.fs.chmod(p, mode & 0o7777);
       this.noteOwn(p);
       return this.lookupPath(d, name);
     });
@@ -643,8 +664,10 @@ export class PassthroughFs implements Vfs {
       await this.ownAs(ctx, d, p);
       // The server's umask must not narrow the mode the caller's kernel already masked; keep an
       // inherited set-group-ID bit.
-      const st = await this.fs.lstat(p);
-      await this.fs.chmod(p, (mode & 0o7777) | (Number(st.mode) & S_ISGID));
+      if (narrowed(mode)) {
+        const st = await this.fs.lstat(p);
+        await this.fs.chmod(p, (mode & 0o7777) | (Number(st.mode) & S_ISGID));
+      }
       this.noteOwn(p);
       return this.lookupPath(d, name);
     });
@@ -703,7 +726,7 @@ export class PassthroughFs implements Vfs {
   }
 
   private forgetName(d: PNode, name: string): void {
-    const n = this.index.get(this.linkKey(d, name));
+    const n = d.children?.get(name);
     if (!n) return;
     this.removeLink(n, d, name);
     this.maybeDrop(n);
@@ -726,8 +749,8 @@ export class PassthroughFs implements Vfs {
       }
       this.noteOwn(from);
       this.noteOwn(to);
-      const src = this.index.get(this.linkKey(sd, name));
-      const dst = this.index.get(this.linkKey(dd, newname));
+      const src = sd.children?.get(name);
+      const dst = dd.children?.get(newname);
       if (src) this.removeLink(src, sd, name);
       if (dst) this.removeLink(dst, dd, newname);
       // Add before any drop check so the parents keep their known-children count.
@@ -753,8 +776,8 @@ export class PassthroughFs implements Vfs {
       const f = await this.openFd(p, this.hostFlags(flags) | C.O_CREAT | C.O_EXCL, mode & 0o7777);
       let entry: Entry;
       try {
-        await this.ownAs(ctx, d, p);
-        await f.chmod(mode & 0o7777);
+        await this.ownAs(ctx, d, p, f);
+        if (narrowed(mode)) await f.chmod(mode & 0o7777);
         entry = this.entryFor(d, name, await f.stat({ bigint: true }));
       } catch (err) {
         await this.closeFd(f);
@@ -828,7 +851,8 @@ export class PassthroughFs implements Vfs {
       const h = this.files.delete(fh);
       if (!h) throw new FsError(Errno.EBADF);
       h.closed = true;
-      h.node.handles.delete(h);
+      h.node.handles?.delete(h);
+      if (h.node.handles?.size === 0) h.node.handles = undefined;
       this.lru.delete(h);
       const f = h.file;
       h.file = undefined;
@@ -916,7 +940,7 @@ export class PassthroughFs implements Vfs {
 
   /** A handle to use for an xattr call on a node that has lost all its names. */
   private orphanHandle(n: PNode): PHandle | undefined {
-    return this.pathOf(n) === undefined ? n.handles.values().next().value : undefined;
+    return this.pathOf(n) === undefined ? n.handles?.values().next().value : undefined;
   }
 
   async setxattr(_ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
@@ -1072,7 +1096,7 @@ export class PassthroughFs implements Vfs {
     // An event about the watched directory itself comes with the directory's own name (libuv
     // names self events so): its attributes changed, or it was removed. The parent's watch reports
     // the same change as a child of its own, so only a change to its attributes is news here.
-    if (name === path.basename(dirPath) && sig === 'gone' && !this.index.has(this.linkKey(d, name))) {
+    if (name === path.basename(dirPath) && sig === 'gone' && !d.children?.has(name)) {
       const selfSig = PassthroughFs.signature(dirPath);
       const mineSelf = this.own.get(dirPath);
       if (selfSig !== 'gone' && !(mineSelf && mineSelf.sig === selfSig)) this.emit([whole(d.id)]);
@@ -1090,7 +1114,7 @@ export class PassthroughFs implements Vfs {
       return;
     }
     this.own.delete(p);
-    const child = this.index.get(this.linkKey(d, name));
+    const child = d.children?.get(name);
     if (kind === 'change') {
       if (child) this.emit([whole(child.id)]);
       return;
@@ -1099,7 +1123,7 @@ export class PassthroughFs implements Vfs {
     if (child) {
       events.push(whole(child.id));
       // The name now leads elsewhere or nowhere: stop using it as the child's path.
-      if (sig === 'gone' || !sig.startsWith(`${child.key.split(':')[1]}:`)) {
+      if (sig === 'gone' || !sig.startsWith(`${child.ino}:`)) {
         this.removeLink(child, d, name);
         this.maybeDrop(child);
       }
@@ -1126,6 +1150,5 @@ export class PassthroughFs implements Vfs {
     this.watcher = undefined;
     this.nodes.clear();
     this.byKey.clear();
-    this.index.clear();
   }
 }

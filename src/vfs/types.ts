@@ -11,6 +11,8 @@
 // - Failures are thrown as FsError(errno). Anything else thrown is a bug and becomes EIO.
 // - Buffers passed in (write data, xattr values) are views valid only during the call: copy to keep.
 
+import type { Cancel } from '../lib/abort.js';
+
 export const ROOT_ID = 1;
 
 export interface Timespec {
@@ -47,6 +49,8 @@ export interface Ctx {
   pid: number;
   /** Aborted when the kernel interrupts the request or the connection goes away. */
   signal?: AbortSignal;
+  /** The same cancellation as `signal`, without making one (see lib/abort.ts). */
+  cancel?: Cancel;
 }
 
 /** A time to set: an explicit time, or the server's current time (UTIME_NOW). Absent = UTIME_OMIT. */
@@ -120,8 +124,11 @@ export interface FsInfo {
 
 /** A change pushed up from a source (or from a server to a client). */
 export type ChangeEvent =
-  /** The data and/or attributes of a node changed (off/len = -1/0: whole file). */
-  | { kind: 'inode'; nodeid: number; off: number; len: number }
+  /**
+   * The data and/or attributes of a node changed (off/len = -1/0: whole file). `attrsOnly`: only
+   * its attributes did (a local note, never sent on the wire): the kernel keeps the pages.
+   */
+  | { kind: 'inode'; nodeid: number; off: number; len: number; attrsOnly?: boolean }
   /** A name in a directory appeared, vanished or now points elsewhere. */
   | { kind: 'entry'; parent: number; name: string }
   /** A name was deleted and the child node is known (FUSE notify_delete). */

@@ -147,3 +147,20 @@ test('the attributes a SETATTR returned answer the next GETATTR, until the node 
   await b.setattr(ctx, bf.nodeid, { mode: 0o640 });
   assert.equal((await cache.getattr(ctx, f.entry.nodeid)).mode & 0o777, 0o640, 'another client\'s change is seen');
 });
+
+test('a directory\'s attributes are asked once, and asked again after any change to it', async (t) => {
+  const { a, b } = await twoClients(t);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
+  const bd = await b.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  const d = await cache.lookup(ctx, ROOT_ID, 'd');
+  const first = await cache.getattr(ctx, d.nodeid);
+  const before = a.stats().requests;
+  for (let i = 0; i < 20; i++) assert.deepEqual(await cache.getattr(ctx, d.nodeid), first);
+  assert.equal(a.stats().requests, before, 'answered here');
+  // Another client chmods it, then adds a name in it: each push drops what was kept.
+  await b.setattr(ctx, bd.nodeid, { mode: 0o700 });
+  assert.equal((await cache.getattr(ctx, d.nodeid)).mode & 0o777, 0o700);
+  const nlinkBefore = (await cache.getattr(ctx, d.nodeid)).nlink;
+  await b.mkdir(ctx, bd.nodeid, 'sub', 0o755);
+  assert.equal((await cache.getattr(ctx, d.nodeid)).nlink, nlinkBefore + 1, 'the new subdirectory is counted');
+});

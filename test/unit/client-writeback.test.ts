@@ -106,3 +106,38 @@ test('flush of an unwritten handle costs no call', async () => {
   await wb.flush(ctx, f.entry.nodeid, f.fh);
   assert.equal(calls.get('write'), 1, 'the write reached the source before flush returned');
 });
+
+test('an attribute change answered here and refused by the source is reported at close', async () => {
+  const mem = new MemoryFs();
+  let refuse = false;
+  const vfs = new Proxy(mem, {
+    get(target, prop, receiver) {
+      const v = Reflect.get(target, prop, receiver) as unknown;
+      if (typeof v !== 'function') return v;
+      if (prop !== 'setattr') return (v as (...a: unknown[]) => unknown).bind(target);
+      return async (...args: unknown[]) => {
+        await sleep(20);
+        if (refuse) throw new FsError(Errno.EIO, 'disk gone');
+        return (v as (...a: unknown[]) => unknown).apply(target, args);
+      };
+    },
+  }) as Vfs;
+  const wb = new WriteBehindVfs(vfs);
+  const events: string[] = [];
+  wb.watch((ev) => { if (ev.kind === 'inode') events.push(`${ev.nodeid}:${ev.attrsOnly ? 'attrs' : 'all'}`); });
+  const f = await wb.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+  const id = f.entry.nodeid;
+  refuse = true;
+  const t0 = Date.now();
+  const a = await wb.setattr(ctx, id, { mode: 0o600 });
+  assert.ok(Date.now() - t0 < 15, 'answered before the source');
+  assert.equal(a.mode, S_IFREG | 0o600);
+  await assert.rejects(wb.flush(ctx, id, f.fh), (e: unknown) => e instanceof FsError && e.errno === Errno.EIO);
+  assert.deepEqual(events, [`${id}:attrs`], 'the kernel is told to drop what it was answered');
+  assert.equal((await mem.getattr(ctx, id)).mode, S_IFREG | 0o644, 'the source kept its mode');
+  // Once refused, the file is no longer guessed: the next change waits for the source's answer.
+  await assert.rejects(wb.setattr(ctx, id, { mode: 0o640 }), (e: unknown) => e instanceof FsError && e.errno === Errno.EIO);
+  refuse = false;
+  assert.equal((await wb.setattr(ctx, id, { mode: 0o640 })).mode, S_IFREG | 0o640);
+  await wb.release(ctx, id, f.fh);
+});
