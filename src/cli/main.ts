@@ -111,7 +111,7 @@ const commands: Record<string, Command> = {
       '                        ro                 mount read-only',
       '                        sync               no write-behind: each write waits for the server',
       '                        readahead_kb=N     read-ahead window (default: 2 x round trip x 10 Gbit/s,',
-      '                                           between 1 and 16 MiB)',
+      '                                           between 4 and 16 MiB)',
       '                        entry_timeout=S    kernel cache time for names (seconds)',
       '                        attr_timeout=S     kernel cache time for attributes (seconds)',
       '                        negative_timeout=S kernel cache time for absent names (seconds)',

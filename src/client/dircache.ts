@@ -37,7 +37,8 @@ const MAX_DIRS = 10_000;
 const MAX_NAMES = 100_000;
 /** Directory attributes are kept at most this long (the kernel's own bound for a coherent mount). */
 const ATTR_TTL_MS = 600_000;
-const MAX_ATTRS = 10_000;
+const MAX_DIR_ATTRS = 20_000;
+const MAX_FILE_ATTRS = 10_000;
 const CAPS = 'security.capability';
 /** Extended attribute answers kept at most (names over all nodes); beyond, the cache starts over. */
 const MAX_XATTRS = 100_000;
@@ -55,12 +56,14 @@ interface LazyDir {
 export class DirCacheVfs implements Vfs {
   /** Directory id -> every name in it, for directories made by this client and unchanged since. */
   private readonly known = new Map<number, Set<string>>();
-  /** Directory id -> its attributes as of our last change to it, for as long as nothing else changed it. */
   /**
    * Node id -> attributes the server gave after a change of ours (a directory's after a create or
-   * unlink, a file's from our SETATTR), kept while nothing else touched the node.
+   * unlink, a file's from our SETATTR) or a directory's from a GETATTR, kept while nothing else
+   * touched the node. Directories and files apart: the thousands of files `tar` sets attributes on
+   * must not push out the few hundred directories a later `find` walks.
    */
-  private readonly attrs = new Map<number, { attr: Attr; at: number }>();
+  private readonly dirAttrs = new Map<number, { attr: Attr; at: number }>();
+  private readonly fileAttrs = new Map<number, { attr: Attr; at: number }>();
   /** Bumped by every touch: a SETATTR reply that crossed one is not kept. */
   private attrEpoch = 0;
   /** nodeid -> xattr name (or '' for the list) -> the answer the server gave. */
@@ -92,7 +95,7 @@ export class DirCacheVfs implements Vfs {
   }
 
   stats(): { knownDirs: number; lookupsAnswered: number; dirAttrs: number; getattrsAnswered: number } {
-    return { knownDirs: this.known.size, lookupsAnswered: this.counters.answered, dirAttrs: this.attrs.size, getattrsAnswered: this.counters.attrsAnswered };
+    return { knownDirs: this.known.size, lookupsAnswered: this.counters.answered, dirAttrs: this.dirAttrs.size, getattrsAnswered: this.counters.attrsAnswered };
   }
 
   private add(dir: number, name: string): void {
@@ -127,16 +130,23 @@ export class DirCacheVfs implements Vfs {
   /** Something changed node `nodeid` (0: some node we cannot name): what we kept of it may be old. */
   private touched(nodeid: number): void {
     this.attrEpoch++;
-    if (nodeid === 0) this.attrs.clear();
-    else this.attrs.delete(nodeid);
+    if (nodeid === 0) {
+      this.dirAttrs.clear();
+      this.fileAttrs.clear();
+    } else {
+      this.dirAttrs.delete(nodeid);
+      this.fileAttrs.delete(nodeid);
+    }
   }
   private keepAttr(nodeid: number, attr: Attr): void {
-    if (this.attrs.size >= MAX_ATTRS) this.attrs.delete(this.attrs.keys().next().value!);
-    this.attrs.delete(nodeid);
-    this.attrs.set(nodeid, { attr: { ...attr }, at: Date.now() });
+    const dir = (attr.mode & S_IFMT) === S_IFDIR;
+    const kept = dir ? this.dirAttrs : this.fileAttrs;
+    if (kept.size >= (dir ? MAX_DIR_ATTRS : MAX_FILE_ATTRS)) kept.delete(kept.keys().next().value!);
+    kept.delete(nodeid);
+    kept.set(nodeid, { attr: { ...attr }, at: Date.now() });
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
-    const got = this.attrs.get(nodeid);
+    const got = this.dirAttrs.get(nodeid) ?? this.fileAttrs.get(nodeid);
     if (got && Date.now() - got.at < ATTR_TTL_MS) {
       this.counters.attrsAnswered++;
       return { ...got.attr };
@@ -195,7 +205,12 @@ export class DirCacheVfs implements Vfs {
     }
   }
   async unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
-    this.touched(0);
+    // Some file's link count (whose, we cannot tell by name) and the parent change; never another
+    // directory (unlink does not remove directories): tar replaces its symlink placeholders so, and
+    // must not cost a later `find` every directory's attributes.
+    this.attrEpoch++;
+    this.fileAttrs.clear();
+    this.dirAttrs.delete(parent);
     await this.changing(parent, this.inner.unlink(ctx, parent, name));
     this.remove(parent, name);
   }
@@ -212,7 +227,7 @@ export class DirCacheVfs implements Vfs {
       // Whatever happened, what we knew of both directories is no longer certain.
       for (const d of [parent, newparent]) {
         this.known.delete(d);
-        this.attrs.delete(d);
+        this.dirAttrs.delete(d);
       }
       throw err;
     }

@@ -157,6 +157,12 @@ test('a directory\'s attributes are asked once, and asked again after any change
   const before = a.stats().requests;
   for (let i = 0; i < 20; i++) assert.deepEqual(await cache.getattr(ctx, d.nodeid), first);
   assert.equal(a.stats().requests, before, 'answered here');
+  // Our unlink of a file elsewhere changes no other directory: still answered here.
+  await cache.create(ctx, ROOT_ID, 'gone', S_IFREG | 0o644, O_RDWR);
+  await cache.unlink(ctx, ROOT_ID, 'gone');
+  const afterUnlink = a.stats().requests;
+  assert.deepEqual(await cache.getattr(ctx, d.nodeid), first);
+  assert.equal(a.stats().requests, afterUnlink, 'kept across an unlink in another directory');
   // Another client chmods it, then adds a name in it: each push drops what was kept.
   await b.setattr(ctx, bd.nodeid, { mode: 0o700 });
   assert.equal((await cache.getattr(ctx, d.nodeid)).mode & 0o777, 0o700);

@@ -6,9 +6,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Errno, FsError } from '../../src/lib/errno.js';
-import { WriteBehindVfs } from '../../src/client/writeback.js';
+import { WriteBehindVfs, predictSetattr } from '../../src/client/writeback.js';
 import { MemoryFs } from '../../src/sources/memory.js';
-import { O_RDWR, ROOT_ID, S_IFREG, type Ctx, type Vfs } from '../../src/vfs/types.js';
+import { O_RDWR, ROOT_ID, S_IFDIR, S_IFREG, type Attr, type Ctx, type Vfs } from '../../src/vfs/types.js';
 
 const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -140,4 +140,29 @@ test('an attribute change answered here and refused by the source is reported at
   refuse = false;
   assert.equal((await wb.setattr(ctx, id, { mode: 0o640 })).mode, S_IFREG | 0o640);
   await wb.release(ctx, id, f.fh);
+});
+
+test('an attribute change is guessed only where the server has no choice', () => {
+  const t = { sec: 5, nsec: 0 };
+  const file = (uid: number, gid: number, mode: number): Attr => ({
+    ino: 9, size: 3, blocks: 8, atime: t, mtime: t, ctime: t, mode: S_IFREG | mode, nlink: 1, uid, gid, rdev: 0, blksize: 4096,
+  });
+  const user: Ctx = { uid: 1000, gid: 100, pid: 1 };
+  const mine = file(1000, 100, 0o644);
+  // The owner's chmod, utimes and chgrp to its own group.
+  assert.equal(predictSetattr(user, mine, { mode: 0o600 }, false)?.mode, S_IFREG | 0o600);
+  assert.deepEqual(predictSetattr(user, mine, { mtime: { sec: 7, nsec: 9 } }, false)?.mtime, { sec: 7, nsec: 9 });
+  assert.equal(predictSetattr(user, mine, { gid: 100 }, false)?.gid, 100);
+  // Not for a group it may not be in, another owner, a set-ID bit, a size, a directory.
+  assert.equal(predictSetattr(user, mine, { gid: 200 }, false), undefined);
+  assert.equal(predictSetattr(user, mine, { uid: 0 }, false), undefined);
+  assert.equal(predictSetattr(user, file(1001, 100, 0o644), { mode: 0o600 }, false), undefined);
+  assert.equal(predictSetattr(user, mine, { mode: 0o2755 }, false), undefined);
+  assert.equal(predictSetattr(user, mine, { size: 0 }, false), undefined);
+  assert.equal(predictSetattr(user, { ...mine, mode: S_IFDIR | 0o755 }, { mode: 0o700 }, false), undefined);
+  // Root: anything on a file, when the server showed it does not squash root; but a chown of a
+  // set-ID file (the kernel clears the bits) is left to the server.
+  assert.equal(predictSetattr(ctx, mine, { uid: 5, gid: 6 }, true)?.uid, 5);
+  assert.equal(predictSetattr(ctx, mine, { uid: 5 }, false), undefined);
+  assert.equal(predictSetattr(ctx, file(1000, 100, 0o4755), { uid: 5 }, true), undefined);
 });
