@@ -26,6 +26,7 @@ import { SEQ_WINDOW, nextSeq, seqDistance } from '../wire/seq.js';
 import { openLink, type Link } from './link.js';
 import { Liveness, Reconnector } from './reconnect.js';
 import { NodeTable } from './remap.js';
+import { ChangeListeners } from '../vfs/listeners.js';
 
 export interface ConnectOptions {
   host: string;
@@ -169,7 +170,7 @@ export class RemoteVfs implements Vfs {
   /** Seqs of outstanding non-idempotent requests, oldest first (they are handed out in order). */
   private readonly seqs = new Set<number>();
   private readonly seqWaiters: Array<() => void> = [];
-  private readonly listeners = new Set<ChangeListener>();
+  private readonly listeners = new ChangeListeners((err) => this.log.warn(`a change listener failed: ${(err as Error).message}`));
   private readonly attrHints = new Set<(nodeid: number, attr: Attr) => void>();
   private readonly nodes: NodeTable;
   private wire: Link | undefined;
@@ -357,18 +358,8 @@ export class RemoteVfs implements Vfs {
 
   /** Tells the listeners; returns what they are still doing (the FUSE notify), for CHANGE_ACK. */
   private emit(event: ChangeEvent, fromServer: boolean): Promise<void>[] {
-    const acting: Promise<void>[] = [];
     const ev = fromServer ? this.nodes.change(event) : event;
-    if (!ev) return acting;
-    for (const l of this.listeners) {
-      try {
-        const p = l(ev);
-        if (p) acting.push(p.catch((err: unknown) => this.log.warn(`a change listener failed: ${(err as Error).message}`)));
-      } catch (err) {
-        this.log.warn(`a change listener failed: ${(err as Error).message}`);
-      }
-    }
-    return acting;
+    return ev ? this.listeners.emit(ev) : [];
   }
 
   private allocId(): number {
@@ -403,8 +394,9 @@ export class RemoteVfs implements Vfs {
    * of reach longer than the outage timeout or the client is closed. `raw` requests are already in
    * the current session's ids.
    */
-  private async call<N extends CallOp>(op: N, req: Req<N>, cancel?: Cancel, raw = false): Promise<Rep<N>> {
+  private async call<N extends CallOp>(op: N, req: Req<N>, ctx?: Ctx, raw = false): Promise<Rep<N>> {
     if (this.state === 'closed') throw new FsError(Errno.EIO, `not connected to ${this.server}`);
+    const cancel = ctx && cancelOf(ctx);
     if (cancel?.aborted) throw new FsError(Errno.EINTR);
     let seq = 0;
     if (!OPS[op].idempotent) {
@@ -500,7 +492,7 @@ export class RemoteVfs implements Vfs {
   }
 
   async lookup(ctx: Ctx, parent: number, name: string): Promise<Entry> {
-    return this.nodes.entry((await this.call('lookup', { ctx: wireCtx(ctx), parent, name }, cancelOf(ctx))).entry, parent, name);
+    return this.nodes.entry((await this.call('lookup', { ctx: wireCtx(ctx), parent, name }, ctx)).entry, parent, name);
   }
   forget(nodeid: number, nlookup: number): void {
     if (!(Number.isSafeInteger(nodeid) && nodeid > 0 && Number.isSafeInteger(nlookup) && nlookup > 0)) return;
@@ -509,13 +501,13 @@ export class RemoteVfs implements Vfs {
     if (server !== undefined) this.sendOneway('forget', { nodeid: server, nlookup });
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
-    return (await this.call('getattr', { ctx: wireCtx(ctx), nodeid, fh }, cancelOf(ctx))).attr;
+    return (await this.call('getattr', { ctx: wireCtx(ctx), nodeid, fh }, ctx)).attr;
   }
   async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
-    return (await this.call('setattr', { ctx: wireCtx(ctx), nodeid, set, fh }, cancelOf(ctx))).attr;
+    return (await this.call('setattr', { ctx: wireCtx(ctx), nodeid, set, fh }, ctx)).attr;
   }
   async readlink(ctx: Ctx, nodeid: number): Promise<string> {
-    return (await this.call('readlink', { ctx: wireCtx(ctx), nodeid }, cancelOf(ctx))).target;
+    return (await this.call('readlink', { ctx: wireCtx(ctx), nodeid }, ctx)).target;
   }
   /**
    * Subscribes to the directory attributes the server sends after a change of names (1.1): the
@@ -542,16 +534,16 @@ export class RemoteVfs implements Vfs {
   // that crossed a restart is taken as the first attempt's success: the name is looked up instead.
 
   async mknod(ctx: Ctx, parent: number, name: string, mode: number, rdev: number): Promise<Entry> {
-    return this.made(ctx, parent, name, this.hinted(parent, this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, cancelOf(ctx))));
+    return this.made(ctx, parent, name, this.hinted(parent, this.call('mknod', { ctx: wireCtx(ctx), parent, name, mode, rdev }, ctx)));
   }
   async mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry> {
-    return this.made(ctx, parent, name, this.hinted(parent, this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, cancelOf(ctx))));
+    return this.made(ctx, parent, name, this.hinted(parent, this.call('mkdir', { ctx: wireCtx(ctx), parent, name, mode }, ctx)));
   }
   async symlink(ctx: Ctx, parent: number, name: string, target: string): Promise<Entry> {
-    return this.made(ctx, parent, name, this.hinted(parent, this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, cancelOf(ctx))));
+    return this.made(ctx, parent, name, this.hinted(parent, this.call('symlink', { ctx: wireCtx(ctx), parent, name, target }, ctx)));
   }
   async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
-    return this.made(ctx, newparent, newname, this.hinted(newparent, this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, cancelOf(ctx))));
+    return this.made(ctx, newparent, newname, this.hinted(newparent, this.call('link', { ctx: wireCtx(ctx), nodeid, newparent, newname }, ctx)));
   }
   private async made(ctx: Ctx, parent: number, name: string, call: Promise<{ entry: Entry }>): Promise<Entry> {
     try {
@@ -562,27 +554,27 @@ export class RemoteVfs implements Vfs {
     }
   }
   async unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
-    await this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, cancelOf(ctx))).catch(alreadyDone);
+    await this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx)).catch(alreadyDone);
     this.nodes.removed(parent, name);
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
-    await this.hinted(parent, this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, cancelOf(ctx))).catch(alreadyDone);
+    await this.hinted(parent, this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx)).catch(alreadyDone);
     this.nodes.removed(parent, name);
   }
   async rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
-    const rep = await this.call('rename', { ctx: wireCtx(ctx), parent, name, newparent, newname, flags }, cancelOf(ctx));
+    const rep = await this.call('rename', { ctx: wireCtx(ctx), parent, name, newparent, newname, flags }, ctx);
     this.hint(parent, rep.parentAttr);
     this.hint(newparent, rep.newParentAttr);
     this.nodes.renamed(parent, name, newparent, newname, flags);
   }
   async open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
-    const { open } = await this.call('open', { ctx: wireCtx(ctx), nodeid, flags }, cancelOf(ctx));
+    const { open } = await this.call('open', { ctx: wireCtx(ctx), nodeid, flags }, ctx);
     return { ...open, fh: this.nodes.handle(open.fh, false, nodeid, flags) };
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
     let rep: Rep<'create'>;
     try {
-      rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, cancelOf(ctx));
+      rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, ctx);
     } catch (err) {
       if (!(err instanceof CrossedRestart)) throw err;
       const entry = await this.lookup(ctx, parent, name);
@@ -601,7 +593,7 @@ export class RemoteVfs implements Vfs {
   async read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
     const piece = this.maxFrame - READ_OVERHEAD;
     const one = async (off: number, n: number): Promise<Buffer> =>
-      (await this.call('read', { ctx: wireCtx(ctx), nodeid, fh, offset: off, size: n }, cancelOf(ctx))).data;
+      (await this.call('read', { ctx: wireCtx(ctx), nodeid, fh, offset: off, size: n }, ctx)).data;
     if (size <= piece) return one(offset, size);
     const parts = await bounded(Math.ceil(size / piece), this.piecesInFlight, (i) =>
       one(offset + i * piece, Math.min(piece, size - i * piece)));
@@ -617,7 +609,7 @@ export class RemoteVfs implements Vfs {
   async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
     const piece = this.maxFrame - WRITE_OVERHEAD;
     const one = async (off: number, d: Buffer): Promise<number> =>
-      (await this.call('write', { ctx: wireCtx(ctx), nodeid, fh, offset: off, data: d }, cancelOf(ctx))).count;
+      (await this.call('write', { ctx: wireCtx(ctx), nodeid, fh, offset: off, data: d }, ctx)).count;
     if (data.length <= piece) return one(offset, data);
     const counts = await bounded(Math.ceil(data.length / piece), this.piecesInFlight, (i) =>
       one(offset + i * piece, data.subarray(i * piece, (i + 1) * piece)));
@@ -630,62 +622,61 @@ export class RemoteVfs implements Vfs {
   }
 
   async flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    await this.call('flush', { ctx: wireCtx(ctx), nodeid, fh }, cancelOf(ctx));
+    await this.call('flush', { ctx: wireCtx(ctx), nodeid, fh }, ctx);
   }
   async fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
-    await this.call('fsync', { ctx: wireCtx(ctx), nodeid, fh, datasync }, cancelOf(ctx));
+    await this.call('fsync', { ctx: wireCtx(ctx), nodeid, fh, datasync }, ctx);
   }
   async release(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
     // A handle the restarted server never saw needs no round trip: there is nothing to release.
-    if (!this.nodes.unbound(fh, false)) await this.call('release', { ctx: wireCtx(ctx), nodeid, fh }, cancelOf(ctx)).finally(() => this.nodes.released(fh, false));
+    if (!this.nodes.unbound(fh, false)) await this.call('release', { ctx: wireCtx(ctx), nodeid, fh }, ctx).finally(() => this.nodes.released(fh, false));
     this.nodes.released(fh, false);
   }
   async opendir(ctx: Ctx, nodeid: number): Promise<OpenResult> {
-    const { open } = await this.call('opendir', { ctx: wireCtx(ctx), nodeid }, cancelOf(ctx));
+    const { open } = await this.call('opendir', { ctx: wireCtx(ctx), nodeid }, ctx);
     return { ...open, fh: this.nodes.handle(open.fh, true, nodeid, 0) };
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    return this.nodes.entries((await this.call('readdir', { ctx: wireCtx(ctx), nodeid, fh, offset, maxEntries, plus }, cancelOf(ctx))).entries, nodeid);
+    return this.nodes.entries((await this.call('readdir', { ctx: wireCtx(ctx), nodeid, fh, offset, maxEntries, plus }, ctx)).entries, nodeid);
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
-    await this.call('fsyncdir', { ctx: wireCtx(ctx), nodeid, fh, datasync }, cancelOf(ctx));
+    await this.call('fsyncdir', { ctx: wireCtx(ctx), nodeid, fh, datasync }, ctx);
   }
   async releasedir(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    if (!this.nodes.unbound(fh, true)) await this.call('releasedir', { ctx: wireCtx(ctx), nodeid, fh }, cancelOf(ctx)).finally(() => this.nodes.released(fh, true));
+    if (!this.nodes.unbound(fh, true)) await this.call('releasedir', { ctx: wireCtx(ctx), nodeid, fh }, ctx).finally(() => this.nodes.released(fh, true));
     this.nodes.released(fh, true);
   }
   async statfs(ctx: Ctx, nodeid: number): Promise<StatFs> {
-    return (await this.call('statfs', { ctx: wireCtx(ctx), nodeid }, cancelOf(ctx))).statfs;
+    return (await this.call('statfs', { ctx: wireCtx(ctx), nodeid }, ctx)).statfs;
   }
   async setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
-    await this.call('setxattr', { ctx: wireCtx(ctx), nodeid, name, value, flags }, cancelOf(ctx));
+    await this.call('setxattr', { ctx: wireCtx(ctx), nodeid, name, value, flags }, ctx);
   }
   async getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
-    return (await this.call('getxattr', { ctx: wireCtx(ctx), nodeid, name }, cancelOf(ctx))).value;
+    return (await this.call('getxattr', { ctx: wireCtx(ctx), nodeid, name }, ctx)).value;
   }
   async listxattr(ctx: Ctx, nodeid: number): Promise<string[]> {
-    return (await this.call('listxattr', { ctx: wireCtx(ctx), nodeid }, cancelOf(ctx))).names;
+    return (await this.call('listxattr', { ctx: wireCtx(ctx), nodeid }, ctx)).names;
   }
   async removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
-    await this.call('removexattr', { ctx: wireCtx(ctx), nodeid, name }, cancelOf(ctx));
+    await this.call('removexattr', { ctx: wireCtx(ctx), nodeid, name }, ctx);
   }
   async access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
-    await this.call('access', { ctx: wireCtx(ctx), nodeid, mask }, cancelOf(ctx));
+    await this.call('access', { ctx: wireCtx(ctx), nodeid, mask }, ctx);
   }
   async fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
-    await this.call('fallocate', { ctx: wireCtx(ctx), nodeid, fh, mode, offset, length }, cancelOf(ctx));
+    await this.call('fallocate', { ctx: wireCtx(ctx), nodeid, fh, mode, offset, length }, ctx);
   }
   async lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
-    return (await this.call('lseek', { ctx: wireCtx(ctx), nodeid, fh, offset, whence }, cancelOf(ctx))).offset;
+    return (await this.call('lseek', { ctx: wireCtx(ctx), nodeid, fh, offset, whence }, ctx)).offset;
   }
   async copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
-    return (await this.call('copyFileRange', { ctx: wireCtx(ctx), nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len }, cancelOf(ctx))).count;
+    return (await this.call('copyFileRange', { ctx: wireCtx(ctx), nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len }, ctx)).count;
   }
 
   /** Pushed CHANGE events from the server: other clients' changes and the source's own. */
   watch(listener: ChangeListener): () => void {
-    this.listeners.add(listener);
-    return () => void this.listeners.delete(listener);
+    return this.listeners.add(listener);
   }
 
   /** Ends the session: the server releases what this client held. Pending calls fail with EIO. */

@@ -22,14 +22,16 @@
 // chown is root's or a chgrp to the caller's own group, no set-ID bit to clear) is answered with
 // the attributes it will give and sent after the file's writes, as one more flight: tar, cp -p and
 // rsync set three attributes on every file they write, each a round trip otherwise. The same
-// waits apply (close, fsync and every later call on the file wait for it), a failure is reported
-// at close like a failed write, and if the server's answer differs from ours the kernel's copy of
-// the attributes is dropped (an inode change to the listeners).
+// waits apply (close, fsync and every later call on the file wait for it), and a failure is
+// reported at close like a failed write. The kernel's copy of what we answered carries our clock
+// for ctime, so it is dropped (an attributes-only inode change to the listeners) at close, or at
+// once if the server's answer differs from ours or a call failed.
 
 import { Errno, FsError } from '../lib/errno.js';
+import { ChangeListeners } from '../vfs/listeners.js';
 import {
   O_ACCMODE, O_APPEND, O_DIRECT, O_RDONLY, S_IFMT, S_IFREG,
-  type Attr, type ChangeEvent, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
+  type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
   type OpenResult, type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
 
@@ -59,7 +61,7 @@ interface Made {
   /** Made by uid 0 and owned by uid 0: root is root on the server (not squashed or mapped). */
   rootActs: boolean;
   open: number;
-  /** The kernel was given `attr` by a GETATTR: its times are ours, to be corrected at close. */
+  /** The kernel was given `attr` (a GETATTR or SETATTR answered here): to be dropped at close. */
   told: boolean;
 }
 
@@ -115,7 +117,7 @@ export class WriteBehindVfs implements Vfs {
   private readonly counters = { behind: 0, waitedForRoom: 0, deferredErrors: 0, setattrsBehind: 0 };
   /** Files this client created and holds open, while no push said another changed them. */
   private readonly made = new Map<number, Made>();
-  private readonly listeners = new Set<ChangeListener>();
+  private readonly listeners = new ChangeListeners();
   private readonly unwatch: () => void;
 
   constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES) {
@@ -130,16 +132,6 @@ export class WriteBehindVfs implements Vfs {
       writeBehindBytes: this.inFlightBytes, writesBehind: this.counters.behind, setattrsBehind: this.counters.setattrsBehind,
       waitedForRoom: this.counters.waitedForRoom, deferredErrors: this.counters.deferredErrors,
     };
-  }
-
-  private emit(ev: ChangeEvent): void {
-    for (const l of this.listeners) {
-      try {
-        void Promise.resolve(l(ev)).catch(() => {});
-      } catch {
-        // A listener's failure is its own; the others still hear of the change.
-      }
-    }
   }
 
   info(): FsInfo {
@@ -205,6 +197,7 @@ export class WriteBehindVfs implements Vfs {
       return this.inner.setattr(ctx, nodeid, set, fh);
     }
     m.attr = mine;
+    m.told = true;
     this.counters.setattrsBehind++;
     // Sent at once, behind the writes in flight: the server applies a SETATTR of times after the
     // node's WRITEs sent before it (protocol 1.1), and a chmod or chown commutes with them here (no
@@ -212,17 +205,12 @@ export class WriteBehindVfs implements Vfs {
     // utimes must land after it.
     this.fly(nodeid, 0, Number.POSITIVE_INFINITY, 0, this.inner.setattr(plain(ctx), nodeid, set, fh).then(
       (real) => {
-        // The kernel keeps what we answered; its ctime (at least) is ours, not the server's. Once
-        // the last of these lands, it is told to ask again, so no one sees the file change later.
-        if (differs(real, mine, set)) this.made.delete(nodeid);
-        else if (this.made.get(nodeid)?.attr !== mine && this.made.has(nodeid)) return;
-        this.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
+        if (differs(real, mine, set)) this.unsure(nodeid);
       },
       (err: unknown) => {
-        this.made.delete(nodeid);
         this.counters.deferredErrors++;
         for (const h of this.handles.values()) if (h.nodeid === nodeid) h.error ??= err instanceof Error ? err : new FsError(Errno.EIO);
-        this.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
+        this.unsure(nodeid);
       },
     ));
     return { ...mine };
@@ -349,20 +337,18 @@ export class WriteBehindVfs implements Vfs {
     this.takeError(fh);
   }
 
-  /** A call of ours on the file failed: what we would say of it is no longer sure. */
+  /** A call of ours on the file failed or came out otherwise: our record of it is no longer sure. */
   private unsure(nodeid: number): void {
-    const m = this.made.get(nodeid);
-    if (!m) return;
+    this.correct(nodeid);
     this.made.delete(nodeid);
-    if (m.told) this.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
   }
 
-  /** The kernel holds times we made up for a file of ours: now that its calls landed, drop them. */
+  /** The kernel holds attributes we answered for a file of ours: now that its calls landed, drop them. */
   private correct(nodeid: number): void {
     const m = this.made.get(nodeid);
     if (!m?.told) return;
     m.told = false;
-    this.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
+    void this.listeners.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
   }
   async fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
     await this.drain(nodeid);
@@ -424,11 +410,11 @@ export class WriteBehindVfs implements Vfs {
     return this.inner.copyFileRange(ctx, nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len);
   }
   watch(listener: ChangeListener): () => void {
-    const unwatch = this.inner.watch(listener);
-    this.listeners.add(listener);
+    const unwatchInner = this.inner.watch(listener);
+    const unwatch = this.listeners.add(listener);
     return () => {
+      unwatchInner();
       unwatch();
-      this.listeners.delete(listener);
     };
   }
   async close(): Promise<void> {

@@ -540,9 +540,9 @@ export class FuseSession {
     let code: number;
     switch (ev.kind) {
       case 'inode':
-        // off < 0 means the whole file: the kernel reads off 0, len 0 as "all pages" and always
-        // drops the cached attributes too (fuse_reverse_inval_inode).
-        // A negative offset drops the attributes alone.
+        // The kernel always drops the cached attributes (fuse_reverse_inval_inode); pages from off
+        // on, len 0 meaning all of them, unless off is negative. So a whole-file change (off < 0
+        // here) is sent as off 0, len 0, and an attributes-only one as off -1.
         code = Notify.INVAL_INODE;
         if (ev.attrsOnly) encodeNotifyInvalInode(w, ev.nodeid, -1, 0);
         else encodeNotifyInvalInode(w, ev.nodeid, ev.off < 0 ? 0 : ev.off, ev.off < 0 ? 0 : ev.len);
