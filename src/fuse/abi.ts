@@ -34,7 +34,10 @@ export const Init = {
   ASYNC_READ: 1 << 0, POSIX_LOCKS: 1 << 1, ATOMIC_O_TRUNC: 1 << 3, EXPORT_SUPPORT: 1 << 4,
   BIG_WRITES: 1 << 5, DONT_MASK: 1 << 6, FLOCK_LOCKS: 1 << 10, AUTO_INVAL_DATA: 1 << 12,
   DO_READDIRPLUS: 1 << 13, READDIRPLUS_AUTO: 1 << 14, ASYNC_DIO: 1 << 15, WRITEBACK_CACHE: 1 << 16,
-  PARALLEL_DIROPS: 1 << 18, ABORT_ERROR: 1 << 21, MAX_PAGES: 1 << 22, CACHE_SYMLINKS: 1 << 23,
+  PARALLEL_DIROPS: 1 << 18,
+  /** The kernel checks and caches POSIX ACLs (read once per inode through GETXATTR, dropped by inval_inode). */
+  POSIX_ACL: 1 << 20,
+  ABORT_ERROR: 1 << 21, MAX_PAGES: 1 << 22, CACHE_SYMLINKS: 1 << 23,
   /** 7.29: the kernel takes ENOSYS to OPENDIR as "never send OPENDIR/RELEASEDIR again". */
   NO_OPENDIR_SUPPORT: 1 << 24,
   INIT_EXT: 1 << 30,

@@ -24,6 +24,11 @@ export interface MountOptions {
   allowOther?: boolean;
   /** Let the kernel check permissions from the attributes (default_permissions). Default true. */
   defaultPermissions?: boolean;
+  /**
+   * Let the kernel enforce and cache POSIX ACLs (FUSE_POSIX_ACL). Default true; it implies
+   * default_permissions, so it is off whenever defaultPermissions is false.
+   */
+  posixAcl?: boolean;
   readOnly?: boolean;
   /** Cache times; the defaults follow vfs.info().coherent (see COHERENT_CACHE_S). */
   entryTimeoutS?: number;
@@ -197,6 +202,7 @@ export async function mountVfs(vfs: Vfs, mountpoint: string, opts: MountOptions)
     // lost for good) the client cannot name the absences its kernel holds to drop them.
     negativeTimeoutS: opts.negativeTimeoutS ?? (coherent ? COHERENT_NEGATIVE_S : 0),
     keepCache: coherent,
+    posixAcl: (opts.defaultPermissions ?? true) && (opts.posixAcl ?? true),
   });
   const closed = channel.closed.then(() => session.close());
   // Reading starts before the mount: the reads wait (retrying EPERM) until mount(2) attaches the

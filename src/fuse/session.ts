@@ -4,7 +4,7 @@
 // Semantics of each op follow the kernel (fs/fuse/*.c) and libfuse's fuse_lowlevel.c.
 
 import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
-import { Errno, errnoName, toErrno } from '../lib/errno.js';
+import { Errno, errnoName, FsError, toErrno } from '../lib/errno.js';
 import { LazyAbort, RequestCtx } from '../lib/abort.js';
 import { logger } from '../lib/log.js';
 import type { ChangeEvent, Ctx, Entry, SetAttr, Vfs } from '../vfs/types.js';
@@ -46,7 +46,15 @@ export interface SessionOptions {
   keepCache?: boolean;
   /** Ask for FUSE_EXPORT_SUPPORT: the Vfs answers lookups of "." and "..", so NFS export works. */
   exportSupport?: boolean;
+  /**
+   * Ask for FUSE_POSIX_ACL: the kernel enforces the ACLs in system.posix_acl_* and caches them per
+   * inode like attributes (dropped by inval_inode and whenever it fetches attributes anew), so a
+   * warm `ls -l` asks nothing. Default false.
+   */
+  posixAcl?: boolean;
 }
+
+const ACL_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
 export interface InitInfo {
   /** The protocol minor in use: min(kernel's, ours). */
@@ -85,6 +93,8 @@ export class FuseSession {
   private readonly negT: number;
   /** Answer OPENDIR with ENOSYS so the kernel stops sending OPENDIR/RELEASEDIR (coherent Vfs only). */
   private noOpendir: boolean;
+  /** FUSE_POSIX_ACL is in force (INIT). */
+  private posixAcl = false;
   private readonly dirFhs = new Map<number, Promise<number>>();
   private readonly fileFlags: number;
   private readonly dirFlags: number;
@@ -341,7 +351,16 @@ export class FuseSession {
       await this.vfs.setxattr(ctx, h.nodeid, req.name, req.value, req.flags);
       return FuseSession.ok;
     },
-    getxattr: async (h, req, ctx) => FuseSession.xattrAnswer(await this.vfs.getxattr(ctx, h.nodeid, req.name), req.size),
+    getxattr: async (h, req, ctx) => {
+      try {
+        return FuseSession.xattrAnswer(await this.vfs.getxattr(ctx, h.nodeid, req.name), req.size);
+      } catch (err) {
+        // With POSIX_ACL the kernel reads ACLs for its permission checks, and takes any error but
+        // "no such attribute" as a failed check: a file system without ACLs has none on any file.
+        if (this.posixAcl && err instanceof FsError && err.errno === Errno.EOPNOTSUPP && ACL_NAMES.has(req.name)) return { error: Errno.ENODATA };
+        throw err;
+      }
+    },
     listxattr: async (h, req, ctx) => {
       const names = await this.vfs.listxattr(ctx, h.nodeid);
       return FuseSession.xattrAnswer(Buffer.from(names.map((n) => `${n}\0`).join('')), req.size);
@@ -460,7 +479,8 @@ export class FuseSession {
     const minor = Math.min(req.minor, FUSE_KERNEL_MINOR_VERSION);
     // Zero-message opendir only where the kernel says it knows it (older ones would fail opendir).
     if (!(req.flags & Init.NO_OPENDIR_SUPPORT)) this.noOpendir = false;
-    let flags = req.flags & (WANTED_FLAGS | (this.opts.exportSupport ? Init.EXPORT_SUPPORT : 0));
+    let flags = req.flags & (WANTED_FLAGS | (this.opts.exportSupport ? Init.EXPORT_SUPPORT : 0) | (this.opts.posixAcl ? Init.POSIX_ACL : 0));
+    this.posixAcl = (flags & Init.POSIX_ACL) !== 0;
     // flags2 is read only when we echo INIT_EXT (7.36); we want none of its bits (SECURITY_CTX,
     // HAS_INODE_DAX, HAS_EXPIRE_ONLY), so it is zero, but the bit says we understand the layout.
     if (req.flags & Init.INIT_EXT) flags |= Init.INIT_EXT;

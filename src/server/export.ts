@@ -13,6 +13,7 @@
 
 import net from 'node:net';
 import { Errno, FsError } from '../lib/errno.js';
+import { ACL_ACCESS, aclPermits } from './acl.js';
 import {
   O_ACCMODE, O_RDONLY, O_TRUNC, O_WRONLY, RENAME_EXCHANGE, S_IFBLK, S_IFCHR, S_IFDIR, S_IFMT, S_IFREG,
   type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
@@ -157,8 +158,14 @@ function permits(a: Attr, ctx: Ctx, mask: number): boolean {
   return (bits & mask) === mask;
 }
 
-function need(a: Attr, ctx: Ctx, mask: number): void {
-  if (!permits(a, ctx, mask)) throw new FsError(Errno.EACCES);
+/**
+ * Security labels (security.* but file capabilities) are the exporting host's LSM policy: a
+ * client's kernel labels a FUSE mount itself, and a client that could write them would steer the
+ * server host's policy. They are not exported (as NFS exports none): EOPNOTSUPP, and left out of
+ * listings, so tools such as ls stop asking for them after the first answer.
+ */
+function isLsmLabel(name: string): boolean {
+  return name.startsWith('security.') && name !== 'security.capability';
 }
 
 /** What lets an open file be read: remembered at open, since the source may widen write-only fds. */
@@ -196,6 +203,28 @@ class GuardedVfs implements Vfs {
     return this.inner.getattr(GUARD_CTX, nodeid);
   }
 
+  /**
+   * generic_permission(): for anyone but the owner, the node's access ACL decides when it has one
+   * (and group bits, which then hold the ACL's mask); else the mode bits.
+   */
+  private async permitted(nodeid: number, a: Attr, c: Ctx, mask: number): Promise<boolean> {
+    if (a.uid !== c.uid && (a.mode & 0o070) !== 0) {
+      let acl: Buffer | undefined;
+      try {
+        acl = await this.inner.getxattr(GUARD_CTX, nodeid, ACL_ACCESS);
+      } catch (err) {
+        if (!(err instanceof FsError && (err.errno === Errno.ENODATA || err.errno === Errno.EOPNOTSUPP))) throw err;
+      }
+      const byAcl = acl && aclPermits(acl, a, c, mask);
+      if (byAcl !== undefined) return byAcl;
+    }
+    return permits(a, c, mask);
+  }
+
+  private async need(nodeid: number, a: Attr, c: Ctx, mask: number): Promise<void> {
+    if (!(await this.permitted(nodeid, a, c, mask))) throw new FsError(Errno.EACCES);
+  }
+
   /** The child's attributes, or undefined when there is no such name. */
   private async child(parent: number, name: string): Promise<Attr | undefined> {
     try {
@@ -213,14 +242,14 @@ class GuardedVfs implements Vfs {
     if (ctx.uid === 0) return;
     const d = await this.attr(parent);
     if ((d.mode & S_IFMT) !== S_IFDIR) throw new FsError(Errno.ENOTDIR);
-    need(d, ctx, W | X);
+    await this.need(parent, d, ctx, W | X);
   }
 
   /** may_delete: search and write on the directory, and the sticky bit's owner rule. */
   private async mayDelete(ctx: Ctx, parent: number, name: string): Promise<void> {
     if (ctx.uid === 0) return;
     const d = await this.attr(parent);
-    need(d, ctx, W | X);
+    await this.need(parent, d, ctx, W | X);
     if (d.mode & S_ISVTX) {
       const c = await this.child(parent, name);
       if (c && c.uid !== ctx.uid && d.uid !== ctx.uid) throw new FsError(Errno.EPERM);
@@ -234,7 +263,7 @@ class GuardedVfs implements Vfs {
 
   async lookup(ctx: Ctx, parent: number, name: string): Promise<Entry> {
     const c = this.as(ctx);
-    if (c.uid !== 0) need(await this.attr(parent), c, X);
+    if (c.uid !== 0) await this.need(parent, await this.attr(parent), c, X);
     return this.inner.lookup(c, parent, name);
   }
 
@@ -259,9 +288,9 @@ class GuardedVfs implements Vfs {
       if (set.mode !== undefined && !owner) throw new FsError(Errno.EPERM);
       const explicitTime = (set.atime !== undefined && set.atime !== 'now') || (set.mtime !== undefined && set.mtime !== 'now');
       if (explicitTime && !owner) throw new FsError(Errno.EPERM);
-      if ((set.atime === 'now' || set.mtime === 'now') && !owner) need(a, c, W);
+      if ((set.atime === 'now' || set.mtime === 'now') && !owner) await this.need(nodeid, a, c, W);
       // truncate through an open fd was checked at open; by name it needs write permission.
-      if (set.size !== undefined && fh === undefined) need(a, c, W);
+      if (set.size !== undefined && fh === undefined) await this.need(nodeid, a, c, W);
       if (set.mode !== undefined && (set.mode & S_ISGID) && a.gid !== c.gid) set = { ...set, mode: set.mode & ~S_ISGID };
     }
     return this.inner.setattr(c, nodeid, set, fh);
@@ -302,7 +331,7 @@ class GuardedVfs implements Vfs {
     if (c.uid !== 0) {
       // fs.protected_hardlinks: link only to what one owns or may read and write.
       const a = await this.attr(nodeid);
-      if (a.uid !== c.uid && ((a.mode & S_IFMT) !== S_IFREG || !permits(a, c, R | W))) throw new FsError(Errno.EPERM);
+      if (a.uid !== c.uid && ((a.mode & S_IFMT) !== S_IFREG || !(await this.permitted(nodeid, a, c, R | W)))) throw new FsError(Errno.EPERM);
     }
     return this.inner.link(c, nodeid, newparent, newname);
   }
@@ -332,7 +361,8 @@ class GuardedVfs implements Vfs {
       // A directory moving to another parent rewrites its "..": it needs write permission itself.
       if (newparent !== parent) {
         const src = await this.child(parent, name);
-        if (src && (src.mode & S_IFMT) === S_IFDIR) need(src, c, W);
+        // (Mode bits only: the lookup's reference is given back, so its ACL is not read.)
+        if (src && (src.mode & S_IFMT) === S_IFDIR && !permits(src, c, W)) throw new FsError(Errno.EACCES);
       }
     }
     return this.inner.rename(c, parent, name, newparent, newname, flags);
@@ -351,8 +381,8 @@ class GuardedVfs implements Vfs {
     let readable = true;
     if (c.uid !== 0) {
       const a = await this.attr(nodeid);
-      need(a, c, this.openMask(flags));
-      readable = permits(a, c, R);
+      await this.need(nodeid, a, c, this.openMask(flags));
+      readable = (flags & O_ACCMODE) !== O_WRONLY || (await this.permitted(nodeid, a, c, R));
     }
     const r = await this.inner.open(c, nodeid, flags);
     this.handles.set(r.fh, { readable });
@@ -394,7 +424,7 @@ class GuardedVfs implements Vfs {
 
   async opendir(ctx: Ctx, nodeid: number): Promise<OpenResult> {
     const c = this.as(ctx);
-    if (c.uid !== 0) need(await this.attr(nodeid), c, R);
+    if (c.uid !== 0) await this.need(nodeid, await this.attr(nodeid), c, R);
     return this.inner.opendir(c, nodeid);
   }
 
@@ -421,7 +451,7 @@ class GuardedVfs implements Vfs {
       const a = await this.attr(nodeid);
       const t = a.mode & S_IFMT;
       if (t !== S_IFREG && t !== S_IFDIR) throw new FsError(mask & W ? Errno.EPERM : Errno.ENODATA);
-      need(a, c, mask);
+      await this.need(nodeid, a, c, mask);
       return;
     }
     if (name.startsWith('system.posix_acl_')) {
@@ -434,12 +464,14 @@ class GuardedVfs implements Vfs {
   async setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
     this.writable();
     const c = this.as(ctx);
+    if (isLsmLabel(name)) throw new FsError(Errno.EOPNOTSUPP);
     await this.xattrAllowed(c, nodeid, name, W);
     return this.inner.setxattr(c, nodeid, name, value, flags);
   }
 
   async getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
     const c = this.as(ctx);
+    if (isLsmLabel(name)) throw new FsError(Errno.EOPNOTSUPP);
     await this.xattrAllowed(c, nodeid, name, R);
     return this.inner.getxattr(c, nodeid, name);
   }
@@ -447,12 +479,13 @@ class GuardedVfs implements Vfs {
   async listxattr(ctx: Ctx, nodeid: number): Promise<string[]> {
     const c = this.as(ctx);
     const names = await this.inner.listxattr(c, nodeid);
-    return c.uid === 0 ? names : names.filter((n) => !n.startsWith('trusted.'));
+    return names.filter((n) => !isLsmLabel(n) && (c.uid === 0 || !n.startsWith('trusted.')));
   }
 
   async removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
     this.writable();
     const c = this.as(ctx);
+    if (isLsmLabel(name)) throw new FsError(Errno.EOPNOTSUPP);
     await this.xattrAllowed(c, nodeid, name, W);
     return this.inner.removexattr(c, nodeid, name);
   }
