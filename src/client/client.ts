@@ -118,6 +118,9 @@ function alreadyDone(err: unknown): void {
 
 /** Bytes of a write request besides its data: header, ctx, nodeid, fh, offset, blob length. */
 const WRITE_OVERHEAD = 128;
+/** How long a FORGET may wait for a frame to go out with, and how many may wait. */
+const FORGET_DELAY_MS = 20;
+const FORGETS_HELD = 256;
 const SERVER_CTX: WireCtx = { uid: 0, gid: 0, pid: 0 };
 
 export async function connect(opts: ConnectOptions): Promise<RemoteVfs> {
@@ -174,6 +177,14 @@ export class RemoteVfs implements Vfs {
   private readonly attrHints = new Set<(nodeid: number, attr: Attr) => void>();
   private readonly nodes: NodeTable;
   private wire: Link | undefined;
+  /**
+   * FORGETs wait here to go out in one write with the next frame, or FORGET_DELAY_MS later: the
+   * kernel forgets each unlinked or evicted file one by one, and each FORGET alone would cost a
+   * socket write here and a wake-up on the server for a message no one waits for (rm -rf: one
+   * per file, as many as the UNLINKs).
+   */
+  private forgets: Buffer[] = [];
+  private forgetTimer: NodeJS.Timeout | undefined;
   private maxFrame: number;
   private liveness: Liveness | undefined;
   private outageTimer: NodeJS.Timeout | undefined;
@@ -278,6 +289,8 @@ export class RemoteVfs implements Vfs {
   private lost(link: Link, why: string): void {
     if (this.wire !== link) return;
     this.wire = undefined;
+    // Not resent (like a FORGET in flight): ids may mean other nodes after a server restart.
+    this.forgets = [];
     this.liveness?.stop();
     this.liveness = undefined;
     if (this.state === 'closed') return;
@@ -462,11 +475,35 @@ export class RemoteVfs implements Vfs {
       return;
     }
     p.written = true;
-    link.socket.write(frame);
+    this.put(link, frame);
+  }
+
+  /** Writes a frame, with the FORGETs waiting before it (in one writev). */
+  private put(link: Link, frame: Buffer | undefined): void {
+    if (this.forgets.length === 0) {
+      if (frame) link.socket.write(frame);
+      return;
+    }
+    clearTimeout(this.forgetTimer);
+    this.forgetTimer = undefined;
+    link.socket.cork();
+    for (const f of this.forgets) link.socket.write(f);
+    this.forgets = [];
+    if (frame) link.socket.write(frame);
+    link.socket.uncork();
   }
 
   private sendOneway<N extends 'forget' | 'cancel' | 'bye' | 'changeAck'>(op: N, req: Req<N>): void {
-    if (this.wire) this.wire.socket.write(encodeRequestFrame(op, 0, 0, req));
+    const link = this.wire;
+    if (!link) return;
+    const frame = encodeRequestFrame(op, 0, 0, req);
+    if (op !== 'forget') return this.put(link, frame);
+    this.forgets.push(frame);
+    if (this.forgets.length >= FORGETS_HELD) this.put(link, undefined);
+    else this.forgetTimer ??= setTimeout(() => {
+      this.forgetTimer = undefined;
+      if (this.wire) this.put(this.wire, undefined);
+    }, FORGET_DELAY_MS).unref();
   }
 
   /** Fails every waiting call with EIO: close() only. */

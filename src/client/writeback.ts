@@ -20,10 +20,11 @@
 // push says otherwise, known here exactly (the server's attributes from CREATE, then our writes).
 // A chmod, chown or utimes of it whose outcome the POSIX rules fix (the caller owns the file, a
 // chown is root's or a chgrp to the caller's own group, no set-ID bit to clear) is answered with
-// the attributes it will give and sent after the file's writes, as one more flight: tar, cp -p and
-// rsync set three attributes on every file they write, each a round trip otherwise. The same
-// waits apply (close, fsync and every later call on the file wait for it), and a failure is
-// reported at close like a failed write. The kernel's copy of what we answered carries our clock
+// the attributes it will give. Such changes are held and merged into one SETATTR, sent behind the
+// file's writes when a call needs the server to have them (close, fsync, a later write, anything
+// that waits for the file's writes): tar, cp -p and rsync set three attributes on every file they
+// write, each a round trip otherwise, and now one request that close waits for with the writes.
+// A failure is reported at close like a failed write. The kernel's copy of what we answered carries our clock
 // for ctime, so it is dropped (an attributes-only inode change to the listeners) at close, or at
 // once if the server's answer differs from ours or a call failed.
 
@@ -63,6 +64,21 @@ interface Made {
   open: number;
   /** The kernel was given `attr` (a GETATTR or SETATTR answered here): to be dropped at close. */
   told: boolean;
+  /** Attribute changes answered here and not sent yet (one SETATTR for them all). */
+  pending: Pending | undefined;
+}
+
+/**
+ * chown, chmod and utimes answered here, merged into one SETATTR that waits as a flight of the file
+ * until a call needs the server to have it (close, fsync, a write, anything that drains the file).
+ */
+interface Pending {
+  ctx: Ctx;
+  set: SetAttr;
+  fh: number | undefined;
+  /** Our attributes when it was sent: what the server's answer must match. */
+  mine: Attr | undefined;
+  launch: () => void;
 }
 
 function nowTs(): { sec: number; nsec: number } {
@@ -114,7 +130,7 @@ export class WriteBehindVfs implements Vfs {
   private readonly handles = new Map<number, Handle>();
   private inFlightBytes = 0;
   private roomWaiters: Array<() => void> = [];
-  private readonly counters = { behind: 0, waitedForRoom: 0, deferredErrors: 0, setattrsBehind: 0 };
+  private readonly counters = { behind: 0, waitedForRoom: 0, deferredErrors: 0, setattrsBehind: 0, setattrsSent: 0 };
   /** Files this client created and holds open, while no push said another changed them. */
   private readonly made = new Map<number, Made>();
   private readonly listeners = new ChangeListeners();
@@ -122,14 +138,15 @@ export class WriteBehindVfs implements Vfs {
 
   constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES) {
     this.unwatch = inner.watch((ev) => {
-      if (ev.kind === 'inode') this.made.delete(ev.nodeid);
-      else if (ev.kind === 'delete') this.made.delete(ev.child);
+      if (ev.kind === 'inode') this.unmade(ev.nodeid);
+      else if (ev.kind === 'delete') this.unmade(ev.child);
     });
   }
 
-  stats(): { writeBehindBytes: number; writesBehind: number; setattrsBehind: number; waitedForRoom: number; deferredErrors: number } {
+  stats(): { writeBehindBytes: number; writesBehind: number; setattrsBehind: number; setattrsSent: number; waitedForRoom: number; deferredErrors: number } {
     return {
       writeBehindBytes: this.inFlightBytes, writesBehind: this.counters.behind, setattrsBehind: this.counters.setattrsBehind,
+      setattrsSent: this.counters.setattrsSent,
       waitedForRoom: this.counters.waitedForRoom, deferredErrors: this.counters.deferredErrors,
     };
   }
@@ -142,6 +159,7 @@ export class WriteBehindVfs implements Vfs {
 
   /** Resolves once every write of the node that is in flight now has been answered. */
   private async drain(nodeid: number): Promise<void> {
+    this.sendPending(nodeid);
     const set = this.flights.get(nodeid);
     if (!set) return;
     await Promise.all([...set].map((f) => f.done));
@@ -193,19 +211,33 @@ export class WriteBehindVfs implements Vfs {
     const mine = m && predictSetattr(ctx, m.attr, set, m.rootActs);
     if (!m || !mine) {
       await this.drain(nodeid);
-      this.made.delete(nodeid);
+      this.unmade(nodeid);
       return this.inner.setattr(ctx, nodeid, set, fh);
     }
     m.attr = mine;
     m.told = true;
     this.counters.setattrsBehind++;
-    // Sent at once, behind the writes in flight: the server applies a SETATTR of times after the
-    // node's WRITEs sent before it (protocol 1.1), and a chmod or chown commutes with them here (no
-    // set-ID bits involved). Later writes wait for it (it covers every offset): a write after a
-    // utimes must land after it.
-    this.fly(nodeid, 0, Number.POSITIVE_INFINITY, 0, this.inner.setattr(plain(ctx), nodeid, set, fh).then(
+    if (m.pending && (m.pending.ctx.uid !== ctx.uid || m.pending.ctx.gid !== ctx.gid)) this.sendPending(nodeid);
+    if (!m.pending) this.hold(nodeid, m, ctx, fh);
+    const p = m.pending!;
+    for (const k of Object.keys(set) as Array<keyof SetAttr>) if (set[k] !== undefined) (p.set as Record<string, unknown>)[k] = set[k];
+    p.fh = fh ?? p.fh;
+    return { ...mine };
+  }
+  /**
+   * Starts the file's one SETATTR for attribute changes answered here. It is a flight covering the
+   * whole file, so everything that waits for the file's writes waits for it; it leaves when
+   * sendPending launches it. Sent behind the writes in flight: the server applies a SETATTR of times
+   * after the node's WRITEs sent before it (protocol 1.1), and a chmod or chown commutes with them
+   * here (no set-ID bits involved). Later writes wait for it: a write after a utimes must land after it.
+   */
+  private hold(nodeid: number, m: Made, ctx: Ctx, fh: number | undefined): void {
+    const p: Pending = { ctx: plain(ctx), set: {}, fh, mine: undefined, launch: () => {} };
+    const launched = new Promise<void>((resolve) => (p.launch = resolve));
+    m.pending = p;
+    this.fly(nodeid, 0, Number.POSITIVE_INFINITY, 0, launched.then(() => this.inner.setattr(p.ctx, nodeid, p.set, p.fh)).then(
       (real) => {
-        if (differs(real, mine, set)) this.unsure(nodeid);
+        if (differs(real, p.mine!, p.set)) this.unsure(nodeid);
       },
       (err: unknown) => {
         this.counters.deferredErrors++;
@@ -213,8 +245,30 @@ export class WriteBehindVfs implements Vfs {
         this.unsure(nodeid);
       },
     ));
-    return { ...mine };
   }
+
+  /** Sends the file's held attribute changes, if any. */
+  private sendPending(nodeid: number): void {
+    const m = this.made.get(nodeid);
+    const p = m?.pending;
+    if (!p) return;
+    m.pending = undefined;
+    this.counters.setattrsSent++;
+    p.mine = { ...m.attr };
+    p.launch();
+  }
+
+  /** Stops answering for a file here; what was held for it goes out first. */
+  private unmade(nodeid: number): void {
+    this.sendPending(nodeid);
+    this.made.delete(nodeid);
+  }
+
+  private unmadeAll(): void {
+    for (const id of this.made.keys()) this.sendPending(id);
+    this.made.clear();
+  }
+
   readlink(ctx: Ctx, nodeid: number): Promise<string> {
     return this.inner.readlink(ctx, nodeid);
   }
@@ -229,18 +283,18 @@ export class WriteBehindVfs implements Vfs {
   }
   async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
     await this.drain(nodeid);
-    this.made.delete(nodeid); // its link count
+    this.unmade(nodeid); // its link count
     return this.inner.link(ctx, nodeid, newparent, newname);
   }
   unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
-    this.made.clear(); // some file's link count, and we cannot tell whose
+    this.unmadeAll(); // some file's link count, and we cannot tell whose
     return this.inner.unlink(ctx, parent, name);
   }
   rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
     return this.inner.rmdir(ctx, parent, name);
   }
   rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
-    this.made.clear(); // a replaced file's link count
+    this.unmadeAll(); // a replaced file's link count
     return this.inner.rename(ctx, parent, name, newparent, newname, flags);
   }
 
@@ -257,7 +311,7 @@ export class WriteBehindVfs implements Vfs {
     this.track(r.fh, nodeid, flags);
     const m = this.made.get(nodeid);
     if (m && this.handles.get(r.fh)!.behind) m.open++;
-    else this.made.delete(nodeid);
+    else this.unmade(nodeid);
     return r;
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
@@ -266,7 +320,7 @@ export class WriteBehindVfs implements Vfs {
     if (this.handles.get(r.fh)!.behind) {
       const m = this.made.get(r.entry.nodeid);
       if (m) m.open++;
-      else this.made.set(r.entry.nodeid, { attr: { ...r.entry.attr }, rootActs: ctx.uid === 0 && r.entry.attr.uid === 0, open: 1, told: false });
+      else this.made.set(r.entry.nodeid, { attr: { ...r.entry.attr }, rootActs: ctx.uid === 0 && r.entry.attr.uid === 0, open: 1, told: false, pending: undefined });
     }
     return r;
   }
@@ -278,9 +332,12 @@ export class WriteBehindVfs implements Vfs {
   async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
     const h = this.handles.get(fh);
     if (!h?.behind || h.nodeid !== nodeid) {
-      this.made.delete(nodeid);
+      await this.drain(nodeid);
+      this.unmade(nodeid);
       return this.inner.write(ctx, nodeid, fh, offset, data);
     }
+    // Held attribute changes go first: this write must land after them.
+    this.sendPending(nodeid);
     // An earlier write of this handle failed: say so now rather than pile more on.
     this.takeError(fh);
     await this.room(data.length);
@@ -340,7 +397,7 @@ export class WriteBehindVfs implements Vfs {
   /** A call of ours on the file failed or came out otherwise: our record of it is no longer sure. */
   private unsure(nodeid: number): void {
     this.correct(nodeid);
-    this.made.delete(nodeid);
+    this.unmade(nodeid);
   }
 
   /** The kernel holds attributes we answered for a file of ours: now that its calls landed, drop them. */
@@ -359,7 +416,7 @@ export class WriteBehindVfs implements Vfs {
     await this.drain(nodeid);
     const m = this.made.get(nodeid);
     this.correct(nodeid);
-    if (m && this.handles.get(fh)?.behind && --m.open <= 0) this.made.delete(nodeid);
+    if (m && this.handles.get(fh)?.behind && --m.open <= 0) this.unmade(nodeid);
     this.handles.delete(fh);
     await this.inner.release(ctx, nodeid, fh);
   }
@@ -380,7 +437,10 @@ export class WriteBehindVfs implements Vfs {
   statfs(ctx: Ctx, nodeid: number): Promise<StatFs> {
     return this.inner.statfs(ctx, nodeid);
   }
-  setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
+  async setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
+    // An ACL rewrites the mode: a file of ours is no longer known here.
+    await this.drain(nodeid);
+    this.unsure(nodeid);
     return this.inner.setxattr(ctx, nodeid, name, value, flags);
   }
   getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
@@ -389,7 +449,9 @@ export class WriteBehindVfs implements Vfs {
   listxattr(ctx: Ctx, nodeid: number): Promise<string[]> {
     return this.inner.listxattr(ctx, nodeid);
   }
-  removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
+  async removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
+    await this.drain(nodeid);
+    this.unsure(nodeid);
     return this.inner.removexattr(ctx, nodeid, name);
   }
   access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
@@ -397,7 +459,7 @@ export class WriteBehindVfs implements Vfs {
   }
   async fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
     await this.drain(nodeid);
-    this.made.delete(nodeid);
+    this.unmade(nodeid);
     await this.inner.fallocate(ctx, nodeid, fh, mode, offset, length);
   }
   async lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
@@ -406,7 +468,7 @@ export class WriteBehindVfs implements Vfs {
   }
   async copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
     await Promise.all([this.drain(nodeIn), this.drain(nodeOut)]);
-    this.made.delete(nodeOut);
+    this.unmade(nodeOut);
     return this.inner.copyFileRange(ctx, nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len);
   }
   watch(listener: ChangeListener): () => void {
@@ -419,6 +481,7 @@ export class WriteBehindVfs implements Vfs {
   }
   async close(): Promise<void> {
     this.unwatch();
+    for (const id of this.made.keys()) this.sendPending(id);
     await Promise.all([...this.flights.keys()].map((id) => this.drain(id)));
     await this.inner.close();
   }

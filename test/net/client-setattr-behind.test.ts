@@ -1,5 +1,6 @@
 // Attribute changes behind (writeback.ts): a chmod, chown or utimes of a file this client made and
-// holds open is answered without a round trip and sent right behind the file's writes. Against a
+// holds open is answered without a round trip; the changes are merged and sent as one SETATTR behind
+// the file's writes. Against a
 // real server over a passthrough directory, through a proxy adding 40 ms each way so that a round
 // trip shows, and with the source's writes slowed: the calls return at once, close waits for them,
 // and the host's file ends with exactly the attributes the client answered, its times set after the
@@ -67,12 +68,13 @@ async function timed<T>(p: Promise<T>): Promise<[T, number]> {
 }
 
 test('chmod, chown and utimes of a file made here return at once and land after its writes', async (t) => {
-  const { wb, dir, events } = await setup(t);
+  const { wb, dir, events, requests } = await setup(t);
   const data = Buffer.alloc(1 << 20, 7);
   for (let i = 0; i < 6; i++) {
     const name = `f${i}`;
     const c = await wb.create(root, ROOT_ID, name, S_IFREG | 0o644, O_RDWR);
     const id = c.entry.nodeid;
+    const sent = requests();
     // Writes of 1 MiB go to the server's thread pool; a utimes right behind them must still land last.
     for (let k = 0; k < 3; k++) await wb.write(root, id, c.fh, k * data.length, data);
     const [a1, ms1] = await timed(wb.setattr(root, id, { uid: 1234, gid: 4321 }));
@@ -88,6 +90,7 @@ test('chmod, chown and utimes of a file made here return at once and land after 
 
     const [, msFlush] = await timed(wb.flush(root, id, c.fh));
     assert.ok(msFlush >= DELAY_MS, 'close waited for the server');
+    assert.equal(requests() - sent, 4, 'three WRITEs and one SETATTR carrying the three changes');
     const st = fs.statSync(path.join(dir, name), { bigint: true });
     assert.equal(Number(st.mode), S_IFREG | 0o600);
     assert.equal([Number(st.uid), Number(st.gid)].join(':'), '1234:4321');
@@ -99,6 +102,7 @@ test('chmod, chown and utimes of a file made here return at once and land after 
     assert.ok(events.some((ev) => ev.kind === 'inode' && ev.nodeid === id && ev.attrsOnly), 'the kernel copy was dropped');
   }
   assert.equal(wb.stats().setattrsBehind, 18);
+  assert.equal(wb.stats().setattrsSent, 6);
   assert.equal(wb.stats().deferredErrors, 0);
 });
 

@@ -344,3 +344,26 @@ test('a departing client leaves no lookups or open handles on the source', async
   await until(() => !lookups.has(f.entry.nodeid) && lookups.get(e.nodeid) === 1, 'the lookups to be forgotten');
   await stay.getattr(ctx, e.nodeid);
 });
+
+test('FORGETs go out with the next request, or on their own soon after', async (t) => {
+  const mem = new MemoryFs();
+  const forgotten: number[] = [];
+  const vfs = wrap(mem, {
+    forget: (id: number, n: number) => {
+      forgotten.push(id);
+      mem.forget(id, n);
+    },
+  });
+  const { client } = await setup(t, vfs);
+  const c = await client();
+  const ids: number[] = [];
+  for (let i = 0; i < 5; i++) ids.push((await c.create(ctx, ROOT_ID, `f${i}`, S_IFREG | 0o644, O_RDWR)).entry.nodeid);
+  // Alone: they leave within the hold time, though nothing else is sent.
+  c.forget(ids[0]!, 1);
+  c.forget(ids[1]!, 1);
+  await until(() => forgotten.length === 2, 'forgets with no request after them');
+  // Held, then written in front of the next request: the server has them before it answers.
+  for (const id of ids.slice(2)) c.forget(id, 1);
+  await c.getattr(ctx, ROOT_ID);
+  assert.deepEqual(forgotten.sort(), [...ids].sort());
+});
