@@ -10,7 +10,9 @@
 //    Likewise the attributes a SETATTR of ours returned, until anything else touches the node:
 //    after a chown the kernel asks for them again at once (to recompute set-id bits). And every
 //    directory's attributes from a GETATTR: the kernel asks again after each listing it reads
-//    (its atime), and only a push can change them otherwise.
+//    (its atime), and only a push can change them otherwise. Our own rename or rmdir drops those
+//    of the directories it changes (the parents, and the directory moved, known by its name), not
+//    all: git renames its index at every `git status`.
 // 3. Extended attributes, present or absent: the kernel caches none, and `ls -l`, `cp -a` or a
 //    write (security.capability) ask for them again and again. Any change to a node is pushed as
 //    an inode change, which drops its entries here.
@@ -63,6 +65,14 @@ export class DirCacheVfs implements Vfs {
    * must not push out the few hundred directories a later `find` walks.
    */
   private readonly dirAttrs = new Map<number, { attr: Attr; at: number }>();
+  /**
+   * "parent\0name" -> node id of the directories handed to the kernel (lookup, mkdir, readdirplus):
+   * a rename or rmdir names its directory only by name, and must drop that one's attributes, not
+   * every directory's (git rewrites its index by rename at each `git status`). Bounded; once it
+   * has dropped a name, a rename or rmdir of a name not in it drops them all.
+   */
+  private readonly dirIds = new Map<string, number>();
+  private dirIdsLost = false;
   private readonly fileAttrs = new Map<number, { attr: Attr; at: number }>();
   /** Bumped by every touch: a SETATTR reply that crossed one is not kept. */
   private attrEpoch = 0;
@@ -118,7 +128,34 @@ export class DirCacheVfs implements Vfs {
       this.counters.answered++;
       throw new FsError(Errno.ENOENT);
     }
-    return this.inner.lookup(ctx, parent, name);
+    return this.named(parent, name, await this.inner.lookup(ctx, parent, name));
+  }
+  /** Notes a directory's name for rename and rmdir (see dirIds). */
+  private named(parent: number, name: string, e: Entry): Entry {
+    if (e.nodeid && (e.attr.mode & S_IFMT) === S_IFDIR && name !== '.' && name !== '..') {
+      const key = `${parent}\0${name}`;
+      if (this.dirIds.size >= MAX_DIR_ATTRS && !this.dirIds.has(key)) {
+        this.dirIds.delete(this.dirIds.keys().next().value!);
+        this.dirIdsLost = true;
+      }
+      this.dirIds.set(key, e.nodeid);
+    }
+    return e;
+  }
+  /**
+   * A directory entry parent/name goes away or moves: drops what we keep of the directory it may
+   * be, and returns that directory's id when known.
+   */
+  private unnamed(parent: number, name: string): number | undefined {
+    const key = `${parent}\0${name}`;
+    const id = this.dirIds.get(key);
+    if (id !== undefined) {
+      this.dirIds.delete(key);
+      this.dirAttrs.delete(id);
+    } else if (this.dirIdsLost) {
+      this.dirAttrs.clear();
+    }
+    return id;
   }
   forget(nodeid: number, nlookup: number): void {
     // The server stops telling us about a node the kernel no longer holds.
@@ -177,7 +214,7 @@ export class DirCacheVfs implements Vfs {
     return e;
   }
   async mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry> {
-    const e = await this.changing(parent, this.inner.mkdir(ctx, parent, name, mode));
+    const e = this.named(parent, name, await this.changing(parent, this.inner.mkdir(ctx, parent, name, mode)));
     this.add(parent, name);
     if (this.known.size >= MAX_DIRS) this.known.delete(this.known.keys().next().value!);
     // A directory we just made holds nothing but what we put in it (until a push says otherwise).
@@ -215,12 +252,22 @@ export class DirCacheVfs implements Vfs {
     this.remove(parent, name);
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
-    this.touched(0);
+    // The parent's link count and times change, and the directory goes; no other node.
+    this.attrEpoch++;
+    this.dirAttrs.delete(parent);
+    this.unnamed(parent, name);
     await this.changing(parent, this.inner.rmdir(ctx, parent, name));
     this.remove(parent, name);
   }
   async rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
-    this.touched(0);
+    // Both parents (times, link counts), the node moved (its ctime, and ".." for a directory) and a
+    // node replaced (its link count): files by id we cannot tell, directories by name we can.
+    this.attrEpoch++;
+    this.fileAttrs.clear();
+    this.dirAttrs.delete(parent);
+    this.dirAttrs.delete(newparent);
+    const moved = this.unnamed(parent, name);
+    const replaced = this.unnamed(newparent, newname);
     try {
       await this.inner.rename(ctx, parent, name, newparent, newname, flags);
     } catch (err) {
@@ -234,6 +281,8 @@ export class DirCacheVfs implements Vfs {
     const exchange = (flags & 2) !== 0;
     if (!exchange) this.remove(parent, name);
     this.add(newparent, newname);
+    if (moved !== undefined) this.dirIds.set(`${newparent}\0${newname}`, moved);
+    if (exchange && replaced !== undefined) this.dirIds.set(`${parent}\0${name}`, replaced);
   }
   open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
     this.touched(nodeid); // O_TRUNC, and atime
@@ -279,7 +328,9 @@ export class DirCacheVfs implements Vfs {
     return d.real;
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    return this.inner.readdir(ctx, nodeid, await this.real(fh, nodeid), offset, maxEntries, plus);
+    const list = await this.inner.readdir(ctx, nodeid, await this.real(fh, nodeid), offset, maxEntries, plus);
+    if (plus) for (const d of list) if (d.entry) this.named(nodeid, d.name, d.entry);
+    return list;
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
     return this.inner.fsyncdir(ctx, nodeid, await this.real(fh, nodeid), datasync);

@@ -10,7 +10,7 @@ import { MemoryFs } from '../../src/sources/memory.js';
 import { startServer } from '../../src/server/server.js';
 import { connect, type RemoteVfs } from '../../src/client/client.js';
 import { DirCacheVfs } from '../../src/client/dircache.js';
-import { O_RDWR, ROOT_ID, S_IFREG, type Ctx } from '../../src/vfs/types.js';
+import { O_RDWR, ROOT_ID, S_IFREG, type Attr, type Ctx } from '../../src/vfs/types.js';
 
 const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
 const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
@@ -169,4 +169,46 @@ test('a directory\'s attributes are asked once, and asked again after any change
   const nlinkBefore = (await cache.getattr(ctx, d.nodeid)).nlink;
   await b.mkdir(ctx, bd.nodeid, 'sub', 0o755);
   assert.equal((await cache.getattr(ctx, d.nodeid)).nlink, nlinkBefore + 1, 'the new subdirectory is counted');
+});
+
+test('a rename or rmdir drops the attributes of the directories it changes, and of no other', async (t) => {
+  const { a } = await twoClients(t);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
+  const other = await cache.mkdir(ctx, ROOT_ID, 'other', 0o755);
+  const d = await cache.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  const sub = await cache.mkdir(ctx, d.nodeid, 'sub', 0o755);
+  const dest = await cache.mkdir(ctx, ROOT_ID, 'dest', 0o755);
+  const attrs = new Map<number, Attr>();
+  for (const n of [other, d, sub, dest]) attrs.set(n.nodeid, await cache.getattr(ctx, n.nodeid));
+  const asked = async (nodeid: number): Promise<[Attr, boolean]> => {
+    const before = a.stats().requests;
+    const got = await cache.getattr(ctx, nodeid);
+    return [got, a.stats().requests !== before];
+  };
+
+  // A file renamed over another in d, as git does with its index: only d changes.
+  await cache.create(ctx, d.nodeid, 'index.lock', S_IFREG | 0o644, O_RDWR);
+  await cache.create(ctx, d.nodeid, 'index', S_IFREG | 0o644, O_RDWR);
+  await new Promise((r) => setTimeout(r, 20));
+  await cache.rename(ctx, d.nodeid, 'index.lock', d.nodeid, 'index', 0);
+  for (const n of [other, sub, dest]) assert.equal((await asked(n.nodeid))[1], false, 'another directory is still answered here');
+  // The parent's new attributes came with the server's reply (protocol 1.1): right, asked or not.
+  assert.deepEqual((await asked(d.nodeid))[0], await a.getattr(ctx, d.nodeid), 'the parent is right');
+
+  // A directory moved to another parent: both parents and the directory itself (its ctime).
+  await new Promise((r) => setTimeout(r, 20));
+  await cache.rename(ctx, d.nodeid, 'sub', dest.nodeid, 'moved', 0);
+  const [subNow, subAsked] = await asked(sub.nodeid);
+  assert.ok(subAsked, 'the moved directory is asked again');
+  assert.notDeepEqual(subNow.ctime, attrs.get(sub.nodeid)!.ctime, 'with its new ctime');
+  assert.equal((await asked(dest.nodeid))[0].nlink, attrs.get(dest.nodeid)!.nlink + 1, 'the new parent counts it');
+  assert.equal((await asked(other.nodeid))[1], false);
+  // Known by its new name now: moved again, it is dropped again.
+  await cache.getattr(ctx, sub.nodeid);
+  await cache.rename(ctx, dest.nodeid, 'moved', ROOT_ID, 'top', 0);
+  assert.equal((await asked(sub.nodeid))[1], true, 'moved twice, asked again');
+
+  await cache.rmdir(ctx, ROOT_ID, 'top');
+  assert.equal((await asked(other.nodeid))[1], false, 'an rmdir elsewhere leaves it');
+  assert.equal((await asked(ROOT_ID))[0].nlink, (await a.getattr(ctx, ROOT_ID)).nlink, 'the parent is right');
 });
