@@ -19,6 +19,7 @@
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 #include <node_api.h>
@@ -350,6 +351,41 @@ static napi_value openat2_sync(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * preadv2(fd, [buffer+off, len], pos, RWF_NOWAIT) on the calling thread: the bytes read (0 at end
+ * of file), or -errno. With RWF_NOWAIT the kernel copies only what its page cache holds and never
+ * waits for the disk (EAGAIN instead), so a read the page cache can answer skips the trip to a
+ * pool thread and back without ever blocking the event loop.
+ */
+static napi_value pread_nowait_sync(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5) {
+    napi_throw_type_error(env, NULL, "too few arguments");
+    return NULL;
+  }
+  int fd;
+  int64_t off, len, pos;
+  void *data;
+  size_t size;
+  if (!arg_int(env, argv[0], &fd)) return NULL;
+  if (napi_get_buffer_info(env, argv[1], &data, &size) != napi_ok) {
+    napi_throw_type_error(env, NULL, "expected a Buffer");
+    return NULL;
+  }
+  if (!arg_int64(env, argv[2], &off) || !arg_int64(env, argv[3], &len) || !arg_int64(env, argv[4], &pos)) return NULL;
+  if (off < 0 || len < 0 || pos < 0 || (uint64_t)off + (uint64_t)len > size) {
+    napi_throw_range_error(env, NULL, "range outside the buffer");
+    return NULL;
+  }
+  struct iovec iov = { (char *)data + off, (size_t)len };
+  ssize_t n = preadv2(fd, &iov, 1, pos, RWF_NOWAIT);
+  napi_value out;
+  napi_create_int64(env, n < 0 ? -(int64_t)errno : (int64_t)n, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   for (size_t i = 0; i < sizeof op_names / sizeof op_names[0]; i++) {
     napi_value fn;
@@ -364,6 +400,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value sync_fn;
   napi_create_function(env, "openat2Sync", NAPI_AUTO_LENGTH, openat2_sync, NULL, &sync_fn);
   napi_set_named_property(env, exports, "openat2Sync", sync_fn);
+  napi_create_function(env, "preadNowaitSync", NAPI_AUTO_LENGTH, pread_nowait_sync, NULL, &sync_fn);
+  napi_set_named_property(env, exports, "preadNowaitSync", sync_fn);
   napi_create_int64(env, RESOLVE_BENEATH, &v);
   napi_set_named_property(env, exports, "RESOLVE_BENEATH", v);
   napi_create_int64(env, RESOLVE_NO_MAGICLINKS, &v);

@@ -118,9 +118,12 @@ function alreadyDone(err: unknown): void {
 
 /** Bytes of a write request besides its data: header, ctx, nodeid, fh, offset, blob length. */
 const WRITE_OVERHEAD = 128;
-/** How long a FORGET may wait for a frame to go out with, and how many may wait. */
-const FORGET_DELAY_MS = 20;
-const FORGETS_HELD = 256;
+/**
+ * How long a FORGET or RELEASE may wait for a frame to go out with, and how many may wait (fewer
+ * than the kernel's congestion threshold for background requests: a RELEASE is one).
+ */
+const HOLD_MS = 20;
+const HELD_MAX = 32;
 const SERVER_CTX: WireCtx = { uid: 0, gid: 0, pid: 0 };
 
 export async function connect(opts: ConnectOptions): Promise<RemoteVfs> {
@@ -178,13 +181,13 @@ export class RemoteVfs implements Vfs {
   private readonly nodes: NodeTable;
   private wire: Link | undefined;
   /**
-   * FORGETs wait here to go out in one write with the next frame, or FORGET_DELAY_MS later: the
-   * kernel forgets each unlinked or evicted file one by one, and each FORGET alone would cost a
-   * socket write here and a wake-up on the server for a message no one waits for (rm -rf: one
-   * per file, as many as the UNLINKs).
+   * FORGETs and RELEASEs wait here to go out in one write with the next frame, or HOLD_MS later:
+   * the kernel sends them for each file closed, unlinked or evicted, and waits for none of them,
+   * yet each alone would cost a socket write here and a wake-up on the server (rm -rf: a FORGET
+   * per file; tar: a RELEASE per file).
    */
-  private forgets: Buffer[] = [];
-  private forgetTimer: NodeJS.Timeout | undefined;
+  private held: Buffer[] = [];
+  private holdTimer: NodeJS.Timeout | undefined;
   private maxFrame: number;
   private liveness: Liveness | undefined;
   private outageTimer: NodeJS.Timeout | undefined;
@@ -289,8 +292,9 @@ export class RemoteVfs implements Vfs {
   private lost(link: Link, why: string): void {
     if (this.wire !== link) return;
     this.wire = undefined;
-    // Not resent (like a FORGET in flight): ids may mean other nodes after a server restart.
-    this.forgets = [];
+    // FORGETs are not resent (ids may mean other nodes after a server restart); a held RELEASE is
+    // still pending and goes out again on the next link.
+    this.held = [];
     this.liveness?.stop();
     this.liveness = undefined;
     if (this.state === 'closed') return;
@@ -475,20 +479,21 @@ export class RemoteVfs implements Vfs {
       return;
     }
     p.written = true;
-    this.put(link, frame);
+    if (p.op === 'release' || p.op === 'releasedir') this.hold(link, frame);
+    else this.put(link, frame);
   }
 
-  /** Writes a frame, with the FORGETs waiting before it (in one writev). */
+  /** Writes a frame, with the frames held before it (in one writev). */
   private put(link: Link, frame: Buffer | undefined): void {
-    if (this.forgets.length === 0) {
+    if (this.held.length === 0) {
       if (frame) link.socket.write(frame);
       return;
     }
-    clearTimeout(this.forgetTimer);
-    this.forgetTimer = undefined;
+    clearTimeout(this.holdTimer);
+    this.holdTimer = undefined;
     link.socket.cork();
-    for (const f of this.forgets) link.socket.write(f);
-    this.forgets = [];
+    for (const f of this.held) link.socket.write(f);
+    this.held = [];
     if (frame) link.socket.write(frame);
     link.socket.uncork();
   }
@@ -497,13 +502,18 @@ export class RemoteVfs implements Vfs {
     const link = this.wire;
     if (!link) return;
     const frame = encodeRequestFrame(op, 0, 0, req);
-    if (op !== 'forget') return this.put(link, frame);
-    this.forgets.push(frame);
-    if (this.forgets.length >= FORGETS_HELD) this.put(link, undefined);
-    else this.forgetTimer ??= setTimeout(() => {
-      this.forgetTimer = undefined;
+    if (op === 'forget') this.hold(link, frame);
+    else this.put(link, frame);
+  }
+
+  /** Keeps a frame no one waits for until the next frame is written (see held). */
+  private hold(link: Link, frame: Buffer): void {
+    this.held.push(frame);
+    if (this.held.length >= HELD_MAX) this.put(link, undefined);
+    else this.holdTimer ??= setTimeout(() => {
+      this.holdTimer = undefined;
       if (this.wire) this.put(this.wire, undefined);
-    }, FORGET_DELAY_MS).unref();
+    }, HOLD_MS).unref();
   }
 
   /** Fails every waiting call with EIO: close() only. */

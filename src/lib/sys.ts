@@ -31,6 +31,12 @@ export interface Sys {
   openat2(dirfd: number, path: string, flags: number, mode: number, resolve: number): Promise<number>;
   /** openat2(2) on the calling thread (throws like the async one): for short resolutions in hot paths. */
   openat2Sync(dirfd: number, path: string, flags: number, mode: number, resolve: number): number;
+  /**
+   * preadv2(2) with RWF_NOWAIT on the calling thread, into buffer[offset, offset+length): the bytes
+   * read (0 at end of file), or -errno (EAGAIN: not all in the page cache; EOPNOTSUPP: the file
+   * system cannot say). Never waits for a disk.
+   */
+  preadNowaitSync(fd: number, buffer: Buffer, offset: number, length: number, position: number): number;
   /** chmod that never follows a symlink (EOPNOTSUPP on one), by an O_PATH fd. */
   lchmod(path: string, mode: number): Promise<void>;
   readonly RESOLVE_BENEATH: number;

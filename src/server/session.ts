@@ -54,6 +54,9 @@ const PUSH_BACKLOG_LIMIT = 64 * 1024 * 1024;
 
 /** Changes kept for a detached session, replayed when its client is back; beyond this they are dropped. */
 const MISSED_LIMIT = 10_000;
+/** How long a reply no one waits for (RELEASE) may wait for a frame to go out with, and how many. */
+const HOLD_MS = 20;
+const HELD_MAX = 32;
 
 /** The identity the server uses for its own cleanup calls (releasing a departed client's handles). */
 const SERVER_CTX: Ctx = { uid: 0, gid: 0, pid: 0 };
@@ -80,6 +83,9 @@ export class Session implements SessionApi {
   /** Node id -> its WRITEs running now (see onFrame: SETATTR of times waits for them). */
   private readonly writing = new Map<number, Set<Promise<void>>>();
   private writeBlocked = false;
+  /** Replies held for the next frame (see send). */
+  private held: Buffer[] = [];
+  private holdTimer: NodeJS.Timeout | undefined;
   private readonly helloTimer: NodeJS.Timeout;
   // What the client holds; shared with the Session that adopts this one on a resume.
   private lookups = new Map<number, number>();
@@ -281,7 +287,9 @@ export class Session implements SessionApi {
     // Kept for a retry even when this connection is gone: that is what the cache is for.
     if (seq !== 0) this.replies.finish(seq, frame);
     this.running.delete(h.id);
-    this.send(frame);
+    // No one waits for a RELEASE's answer (the kernel sends it in the background): it goes out with
+    // the next frame, sparing a socket write here and a wake-up in the client.
+    this.send(frame, op === 'release' || op === 'releasedir');
     this.pump();
   }
 
@@ -504,15 +512,37 @@ export class Session implements SessionApi {
 
   // --- output and the end ----------------------------------------------------------------------
 
-  private send(frame: Buffer): void {
+  /** Writes a frame, after the frames held (in one writev); or holds it, for HOLD_MS at most. */
+  private send(frame: Buffer | undefined, hold = false): void {
     if (this.state === 'closed' || this.socket.destroyed) return;
-    if (frame.length > this.maxFrame && this.state === 'open') {
+    if (frame && frame.length > this.maxFrame && this.state === 'open') {
       // A source returned more than fits (a huge xattr, a long list): a bug-shaped failure, EIO.
       const h = decodeHeader(new Reader(frame));
       this.core.log.warn(`${this.peer}: reply of ${frame.length} bytes to op ${h.op} is over the frame limit; sending EIO`);
       frame = encodeErrorFrame(h.op, h.id, Errno.EIO);
     }
-    if (!this.socket.write(frame)) this.writeBlocked = true;
+    if (frame && hold) {
+      this.held.push(frame);
+      if (this.held.length < HELD_MAX) {
+        this.holdTimer ??= setTimeout(() => {
+          this.holdTimer = undefined;
+          this.send(undefined);
+        }, HOLD_MS).unref();
+        return;
+      }
+      frame = undefined;
+    }
+    if (this.held.length === 0) {
+      if (frame && !this.socket.write(frame)) this.writeBlocked = true;
+      return;
+    }
+    clearTimeout(this.holdTimer);
+    this.holdTimer = undefined;
+    this.socket.cork();
+    for (const f of this.held) if (!this.socket.write(f)) this.writeBlocked = true;
+    this.held = [];
+    if (frame && !this.socket.write(frame)) this.writeBlocked = true;
+    this.socket.uncork();
   }
 
   /** Ends the session now, with no grace (the server is shutting down). */

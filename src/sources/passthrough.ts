@@ -81,6 +81,9 @@ interface PNode {
   handles: Set<PHandle> | undefined;
 }
 
+/** Reads up to this size try the page cache on the event loop first (see read). */
+const NOWAIT_MAX = 256 * 1024;
+
 interface PHandle {
   fh: number;
   node: PNode;
@@ -90,6 +93,8 @@ interface PHandle {
   opening: Promise<FileHandle> | undefined;
   busy: number;
   closed: boolean;
+  /** False once the file system refused RWF_NOWAIT reads (tmpfs does): no more tries. */
+  nowait?: boolean;
 }
 
 interface DirHandle {
@@ -802,9 +807,23 @@ export class PassthroughFs implements Vfs {
       if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(size) || size < 0) throw new FsError(Errno.EINVAL);
       const buf = Buffer.allocUnsafe(size);
       let got = 0;
+      let eof = false;
       await this.withFile(h, async (f) => {
+        // A small read the host's page cache holds is copied at once, on this thread (RWF_NOWAIT
+        // never waits for a disk): a pool thread and two wake-ups less. The rest goes to the pool,
+        // and so do big reads, whose copying is better done beside this thread than on it.
+        const sys = h.nowait === false || size > NOWAIT_MAX ? undefined : nativeSys();
+        while (sys && got < size) {
+          const n = sys.preadNowaitSync(f.fd, buf, got, size - got, offset + got);
+          if (n > 0) got += n;
+          else {
+            eof = n === 0;
+            if (n === -Errno.EOPNOTSUPP) h.nowait = false;
+            break;
+          }
+        }
         // pread may return short before EOF (pseudo files, signals): read on until EOF or full.
-        while (got < size) {
+        while (!eof && got < size) {
           const { bytesRead } = await f.read(buf, got, size - got, offset + got);
           if (bytesRead === 0) break;
           got += bytesRead;

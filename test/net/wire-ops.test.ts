@@ -345,25 +345,38 @@ test('a departing client leaves no lookups or open handles on the source', async
   await stay.getattr(ctx, e.nodeid);
 });
 
-test('FORGETs go out with the next request, or on their own soon after', async (t) => {
+test('FORGETs and RELEASEs go out with the next request, or on their own soon after', async (t) => {
   const mem = new MemoryFs();
   const forgotten: number[] = [];
+  const released: number[] = [];
   const vfs = wrap(mem, {
     forget: (id: number, n: number) => {
       forgotten.push(id);
       mem.forget(id, n);
     },
+    release: async (c: Ctx, id: number, fh: number) => {
+      released.push(id);
+      return mem.release(c, id, fh);
+    },
   });
   const { client } = await setup(t, vfs);
   const c = await client();
-  const ids: number[] = [];
-  for (let i = 0; i < 5; i++) ids.push((await c.create(ctx, ROOT_ID, `f${i}`, S_IFREG | 0o644, O_RDWR)).entry.nodeid);
-  // Alone: they leave within the hold time, though nothing else is sent.
-  c.forget(ids[0]!, 1);
-  c.forget(ids[1]!, 1);
+  const made: Array<{ id: number; fh: number }> = [];
+  for (let i = 0; i < 5; i++) {
+    const r = await c.create(ctx, ROOT_ID, `f${i}`, S_IFREG | 0o644, O_RDWR);
+    made.push({ id: r.entry.nodeid, fh: r.fh });
+  }
+  // Alone: they leave within the hold time, though nothing else is sent, and a RELEASE is answered.
+  c.forget(made[0]!.id, 1);
+  c.forget(made[1]!.id, 1);
   await until(() => forgotten.length === 2, 'forgets with no request after them');
+  await c.release(ctx, made[0]!.id, made[0]!.fh);
+  assert.deepEqual(released, [made[0]!.id]);
   // Held, then written in front of the next request: the server has them before it answers.
-  for (const id of ids.slice(2)) c.forget(id, 1);
+  for (const { id } of made.slice(2)) c.forget(id, 1);
+  const closing = made.slice(1).map(({ id, fh }) => c.release(ctx, id, fh));
   await c.getattr(ctx, ROOT_ID);
-  assert.deepEqual(forgotten.sort(), [...ids].sort());
+  assert.deepEqual(forgotten.sort(), made.map((m) => m.id).sort());
+  assert.equal(released.length, 5, 'every RELEASE reached the source before the GETATTR was answered');
+  await Promise.all(closing);
 });

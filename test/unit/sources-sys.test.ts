@@ -93,6 +93,25 @@ void describe('native sys addon', () => {
     }
   });
 
+  void it('preadNowaitSync reads what the page cache holds, and says so when it cannot', async () => {
+    const file = path.join(dir, 'cached');
+    await fsp.writeFile(file, 'page cache bytes');
+    const f = await fsp.open(file, 'r');
+    try {
+      const buf = Buffer.alloc(32, 0x2e);
+      // Just written: in the page cache (this test's directory is on a disk file system or tmpfs).
+      const n = sys.preadNowaitSync(f.fd, buf, 4, 10, 5);
+      if (n === -Errno.EOPNOTSUPP) return; // a file system without RWF_NOWAIT (tmpfs): the caller falls back
+      assert.equal(n, 10);
+      assert.equal(buf.toString('latin1', 0, 16), '....cache byte..');
+      assert.equal(sys.preadNowaitSync(f.fd, buf, 0, 8, 1 << 20), 0, 'end of file');
+      assert.equal(sys.preadNowaitSync(-1, buf, 0, 8, 0), -Errno.EBADF);
+      assert.throws(() => sys.preadNowaitSync(f.fd, buf, 30, 8, 0), RangeError, 'beyond the buffer');
+    } finally {
+      await f.close();
+    }
+  });
+
   void it('throws TypeError on bad arguments instead of crashing', () => {
     const loose = sys as unknown as Record<string, (...args: unknown[]) => unknown>;
     assert.throws(() => loose['mknod']!(1, 2, 3), TypeError);
