@@ -48,7 +48,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   const mp = path.resolve(mpArg);
   const opts = parseMountOptions(values['options'] as string[] | undefined);
   for (const key of opts.keys()) {
-    if (!IGNORED_OPTIONS.has(key) && !['ro', 'sync', 'readahead_kb', 'entry_timeout', 'attr_timeout', 'negative_timeout', 'secret-file', 'ca', 'cert', 'key', 'timeout', 'hard', 'soft'].includes(key)) {
+    if (!IGNORED_OPTIONS.has(key) && !['ro', 'sync', 'readahead_kb', 'datacache_mb', 'entry_timeout', 'attr_timeout', 'negative_timeout', 'secret-file', 'ca', 'cert', 'key', 'timeout', 'hard', 'soft'].includes(key)) {
       throw new UsageError(`unknown mount option "${key}"`);
     }
   }
@@ -62,6 +62,9 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   const timeoutS = Number(values['timeout']);
   if (!(timeoutS > 0)) throw new UsageError(`bad --timeout "${String(values['timeout'])}"`);
   const outageMs = outageOption(opts);
+  const dcText = opts.get('datacache_mb');
+  const dcOpt = typeof dcText === 'string' ? Number(dcText) : undefined;
+  if (dcText !== undefined && !(dcOpt !== undefined && dcOpt >= 0 && Number.isSafeInteger(dcOpt))) throw new UsageError(`bad datacache_mb "${String(dcText)}"`);
 
   if (!values['foreground']) return spawnDaemon(mp, process.argv.slice(3));
 
@@ -89,7 +92,8 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
       const addr = parseAddress(spec);
       source = `${addr.host}:${addr.port}`;
       const security = await clientSecurity(values, opts);
-      const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000, security, outageMs });
+      const dataCache = dataCacheOption(dcOpt);
+      const client = await connect({ host: addr.host, port: addr.port, timeoutMs: timeoutS * 1000, security, outageMs, ...(dataCache ? { dataCache } : {}) });
       server = client;
       // The round trip decides how far to read ahead: the best of a few pings.
       rttMs = Infinity;
@@ -157,6 +161,24 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   control.close();
   await vfs.close().catch(() => {});
   return 0;
+}
+
+export const DATA_CACHE_DIR = '/var/cache/wirefs';
+
+/** -o datacache_mb=N, or a tenth of the free space where the cache goes, at most 2 GiB. */
+function dataCacheOption(mb: number | undefined): { dir: string; maxBytes: number } | undefined {
+  if (mb === 0) return undefined;
+  if (mb !== undefined) return { dir: DATA_CACHE_DIR, maxBytes: mb * 2 ** 20 };
+  let free = 0;
+  try {
+    fs.mkdirSync(DATA_CACHE_DIR, { recursive: true, mode: 0o700 });
+    const st = fs.statfsSync(DATA_CACHE_DIR);
+    free = st.bavail * st.bsize;
+  } catch {
+    return undefined;
+  }
+  const maxBytes = Math.min(2 ** 31, Math.floor(free / 10 / 4096) * 4096);
+  return maxBytes >= 2 ** 24 ? { dir: DATA_CACHE_DIR, maxBytes } : undefined;
 }
 
 /** -o timeout=SECONDS (how long calls ride out a lost server before EIO), -o hard (forever), -o soft. */
@@ -278,11 +300,14 @@ function formatStatus(s: Record<string, unknown>): string {
   const f = (s['fuse'] ?? {}) as Record<string, unknown>;
   const head = `${String(s['mountpoint'])}  ${String(s['server'])}  fuse.${String(s['type'])}  pid=${String(s['pid'])}`;
   if (!s['client']) return `${head}  direct  ${flat(f, 'fuse').join(' ')}`;
+  const dc = c['dataCache'] as Record<string, number> | undefined;
+  const mib = (n: number | undefined): string => ((n ?? 0) / 2 ** 20).toFixed(1);
   const state = String(c['state']) + (c['lastError'] ? ` (${String(c['lastError'])})` : '');
   const lines = [
     head,
     `  connection: ${state}; ${String(c['reconnects'])} reconnects (${String(c['newSessions'])} to a restarted server), ${String(c['timedOut'])} calls timed out, ${String(c['resent'])} requests resent`,
     `  requests: ${String(c['inFlight'])} in flight, ${String(c['requests'])} sent, ${String(c['errors'])} errors, ${String(c['pushes'])} invalidations received`,
+    ...(dc ? [`  data cache: ${String(dc['files'])} files, ${mib(dc['bytes'])} of ${mib(dc['maxBytes'])} MiB; ${String(dc['hits'])} reads from it, ${String(dc['misses'])} from the server; ${String(dc['errors'])} errors`] : []),
     `  cache: ${String(c['nodes'])} nodes and ${String(c['handles'])} open handles held for the kernel; ${String(c['remapped'])} re-resolved and ${String(c['reopened'])} reopened after restarts, ${String(c['stale'])} stale`,
     `  ${flat(f, 'fuse').join(' ')}`,
   ];

@@ -25,6 +25,7 @@ import type { Security } from '../wire/transport.js';
 import { SEQ_WINDOW, nextSeq, seqDistance } from '../wire/seq.js';
 import { openLink, type Link } from './link.js';
 import { Liveness, Reconnector } from './reconnect.js';
+import { DataCache, type DataCacheOptions, type DataCacheStats } from './datacache.js';
 import { NodeTable } from './remap.js';
 import { ChangeListeners } from '../vfs/listeners.js';
 
@@ -49,6 +50,8 @@ export interface ConnectOptions {
   name?: string;
   /** How to reach the server: plain TCP (default), a shared secret or certificates. */
   security?: Security;
+  /** Keep file pages read on local disk too (see datacache.ts); only for a coherent server. */
+  dataCache?: DataCacheOptions;
 }
 
 export const DEFAULT_OUTAGE_MS = 60_000;
@@ -81,6 +84,8 @@ export interface ClientStats {
   remapped: number;
   reopened: number;
   stale: number;
+  /** The data cache on local disk, when there is one. */
+  dataCache?: DataCacheStats;
 }
 
 type CallOp = { [N in OpName]: (typeof OPS)[N]['kind'] extends 'call' ? N : never }[OpName];
@@ -179,6 +184,7 @@ export class RemoteVfs implements Vfs {
   private readonly listeners = new ChangeListeners((err) => this.log.warn(`a change listener failed: ${(err as Error).message}`));
   private readonly attrHints = new Set<(nodeid: number, attr: Attr) => void>();
   private readonly nodes: NodeTable;
+  private readonly cache: DataCache | undefined;
   private wire: Link | undefined;
   /**
    * FORGETs and RELEASEs wait here to go out in one write with the next frame, or HOLD_MS later:
@@ -218,6 +224,13 @@ export class RemoteVfs implements Vfs {
       open: async (nodeid, flags) => (await this.call('open', { ctx: SERVER_CTX, nodeid, flags }, undefined, true)).open.fh,
       opendir: async (nodeid) => (await this.call('opendir', { ctx: SERVER_CTX, nodeid }, undefined, true)).open.fh,
     });
+    if (opts.dataCache && coherent) {
+      try {
+        this.cache = new DataCache(opts.dataCache);
+      } catch (err) {
+        log.warn(`no data cache in ${opts.dataCache.dir}: ${(err as Error).message}`);
+      }
+    }
     this.reconnector = new Reconnector(() => open(this.sessionId), (l) => this.attach(l),
       { baseMs: 50, maxMs: opts.retryMaxMs ?? 2000 }, log);
     this.attach(link);
@@ -227,6 +240,7 @@ export class RemoteVfs implements Vfs {
     return {
       state: this.state, inFlight: this.pending.size, ...this.counters, lastError: this.state === 'reconnecting' ? this.reconnector.lastError : '',
       nodes: this.nodes.nodeCount, handles: this.nodes.handleCount, ...this.nodes.counters,
+      ...(this.cache ? { dataCache: this.cache.stats() } : {}),
     };
   }
 
@@ -278,6 +292,7 @@ export class RemoteVfs implements Vfs {
     }
     this.log.info(`${this.server}: reconnected (${resumed ? 'session resumed' : 'new server session; re-establishing by path'}); resending ${this.pending.size} requests`);
     // Pushes in flight when the link died are lost: drop everything the kernel may have cached.
+    this.cache?.dropAll();
     for (const ev of this.nodes.everything()) void this.emit(ev, false);
     for (const [id, p] of [...this.pending]) {
       p.waitingSince = undefined;
@@ -376,6 +391,8 @@ export class RemoteVfs implements Vfs {
   /** Tells the listeners; returns what they are still doing (the FUSE notify), for CHANGE_ACK. */
   private emit(event: ChangeEvent, fromServer: boolean): Promise<void>[] {
     const ev = fromServer ? this.nodes.change(event) : event;
+    if (ev?.kind === 'inode' && !ev.attrsOnly) this.cache?.drop(ev.nodeid);
+    else if (ev?.kind === 'delete') this.cache?.drop(ev.child);
     return ev ? this.listeners.emit(ev) : [];
   }
 
@@ -544,6 +561,8 @@ export class RemoteVfs implements Vfs {
   forget(nodeid: number, nlookup: number): void {
     if (!(Number.isSafeInteger(nodeid) && nodeid > 0 && Number.isSafeInteger(nlookup) && nlookup > 0)) return;
     // A forget is not resent: a lost one leaves the session a lookup too many until it ends.
+    // The kernel forgets a node whole, when it evicts it: its id may name another file later.
+    this.cache?.forget(nodeid);
     const server = this.nodes.forget(nodeid, nlookup);
     if (server !== undefined) this.sendOneway('forget', { nodeid: server, nlookup });
   }
@@ -551,7 +570,22 @@ export class RemoteVfs implements Vfs {
     return (await this.call('getattr', { ctx: wireCtx(ctx), nodeid, fh }, ctx)).attr;
   }
   async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
-    return (await this.call('setattr', { ctx: wireCtx(ctx), nodeid, set, fh }, ctx)).attr;
+    const call = this.call('setattr', { ctx: wireCtx(ctx), nodeid, set, fh }, ctx);
+    return (await (set.size === undefined ? call : this.changing(nodeid, call))).attr;
+  }
+
+  /**
+   * A change of a file's data by us: its cached pages go at the start and again at the end, so a
+   * read that ran beside it on the server cannot leave pages older than the change.
+   */
+  private async changing<T>(nodeid: number, work: Promise<T>): Promise<T> {
+    if (!this.cache) return work;
+    this.cache.drop(nodeid);
+    try {
+      return await work;
+    } finally {
+      this.cache.drop(nodeid);
+    }
   }
   async readlink(ctx: Ctx, nodeid: number): Promise<string> {
     return (await this.call('readlink', { ctx: wireCtx(ctx), nodeid }, ctx)).target;
@@ -615,7 +649,9 @@ export class RemoteVfs implements Vfs {
     this.nodes.renamed(parent, name, newparent, newname, flags);
   }
   async open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
-    const { open } = await this.call('open', { ctx: wireCtx(ctx), nodeid, flags }, ctx);
+    const call = this.call('open', { ctx: wireCtx(ctx), nodeid, flags }, ctx);
+    const { open } = await (flags & O_TRUNC ? this.changing(nodeid, call) : call);
+    if (open.directIo) this.cache?.bypass(nodeid);
     return { ...open, fh: this.nodes.handle(open.fh, false, nodeid, flags) };
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
@@ -629,6 +665,8 @@ export class RemoteVfs implements Vfs {
     }
     this.hint(parent, rep.parentAttr);
     const entry = this.nodes.entry(rep.entry, parent, name);
+    if (rep.open.directIo) this.cache?.bypass(entry.nodeid);
+    else this.cache?.drop(entry.nodeid);
     return { ...rep.open, fh: this.nodes.handle(rep.open.fh, false, entry.nodeid, flags), entry };
   }
 
@@ -638,6 +676,21 @@ export class RemoteVfs implements Vfs {
    * the first short one.
    */
   async read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
+    const cache = this.cache;
+    if (!cache) return this.readRemote(ctx, nodeid, fh, offset, size);
+    const kept = await cache.get(nodeid, offset, size);
+    if (kept) return kept;
+    const token = cache.begin(nodeid);
+    try {
+      const data = await this.readRemote(ctx, nodeid, fh, offset, size);
+      cache.put(token, offset, size, data);
+      return data;
+    } finally {
+      cache.end(token);
+    }
+  }
+
+  private async readRemote(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
     const piece = this.maxFrame - READ_OVERHEAD;
     const one = async (off: number, n: number): Promise<Buffer> =>
       (await this.call('read', { ctx: wireCtx(ctx), nodeid, fh, offset: off, size: n }, ctx)).data;
@@ -654,6 +707,10 @@ export class RemoteVfs implements Vfs {
 
   /** Writes larger than a frame are split likewise; the count stops at the first short piece. */
   async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
+    return this.changing(nodeid, this.writeRemote(ctx, nodeid, fh, offset, data));
+  }
+
+  private async writeRemote(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
     const piece = this.maxFrame - WRITE_OVERHEAD;
     const one = async (off: number, d: Buffer): Promise<number> =>
       (await this.call('write', { ctx: wireCtx(ctx), nodeid, fh, offset: off, data: d }, ctx)).count;
@@ -712,13 +769,13 @@ export class RemoteVfs implements Vfs {
     await this.call('access', { ctx: wireCtx(ctx), nodeid, mask }, ctx);
   }
   async fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
-    await this.call('fallocate', { ctx: wireCtx(ctx), nodeid, fh, mode, offset, length }, ctx);
+    await this.changing(nodeid, this.call('fallocate', { ctx: wireCtx(ctx), nodeid, fh, mode, offset, length }, ctx));
   }
   async lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
     return (await this.call('lseek', { ctx: wireCtx(ctx), nodeid, fh, offset, whence }, ctx)).offset;
   }
   async copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
-    return (await this.call('copyFileRange', { ctx: wireCtx(ctx), nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len }, ctx)).count;
+    return (await this.changing(nodeOut, this.call('copyFileRange', { ctx: wireCtx(ctx), nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len }, ctx))).count;
   }
 
   /** Pushed CHANGE events from the server: other clients' changes and the source's own. */
@@ -740,6 +797,7 @@ export class RemoteVfs implements Vfs {
       // A peer that does not finish the close politely still lets us go.
       link?.socket.setTimeout(2000, () => link.socket.destroy());
       this.failAll(`connection to ${this.server} closed by the client`);
+      this.cache?.close();
       this.markClosed();
     }
     await this.closed;

@@ -1,0 +1,318 @@
+// The client's data cache on its own disk (what FS-Cache is to NFS, the cache manager to AFS): file
+// pages read from the server are kept in one sparse file per node in a cache directory, and read
+// again from there when the kernel asks for them once more. The kernel's page cache already keeps
+// pages while it can; this one keeps them when the kernel has let them go (memory pressure,
+// posix_fadvise(DONTNEED), drop_caches, a program that reads with O_DIRECT-like hints) and costs
+// no round trip, so a random read over a file this client has read before runs at local-disk speed.
+//
+// Kept exact the way the kernel's pages are: only for a coherent server, which pushes every change
+// to a file this client holds (see docs/DESIGN.md), and dropped per node on each push about its
+// data, on every write, truncation, fallocate or copy_file_range of ours (at its start and again
+// at its end), on a final FORGET, and wholesale when the link is lost (pushes may have been lost
+// with it). A read in flight when its node is dropped does not store what it fetched (a Token
+// says whether anything dropped the node meanwhile), so a reply older than a change never lands.
+//
+// Bounded: at most maxBytes of pages over all nodes and MAX_FILES open cache files, the least
+// recently used file going first. The directory is the daemon's own and is removed at close;
+// directories of daemons that died are removed by the next daemon to start.
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { nativeSys } from '../lib/sys.js';
+
+const PAGE = 4096;
+/** Open cache files at most (one fd each). */
+const MAX_FILES = 1024;
+const EAGAIN = 11;
+
+interface Entry {
+  nodeid: number;
+  file: string;
+  fd: number;
+  /** One bit per page held (written and settled). */
+  pages: Uint8Array;
+  bytes: number;
+  /** The file's length, once a short read has shown it; pages past it are never asked. */
+  eof: number | undefined;
+  /** Reads and writes of the cache file under way; the fd is closed once dropped and idle. */
+  busy: number;
+  dropped: boolean;
+}
+
+/** A read of the server in flight, which may store its bytes unless its node was dropped since. */
+export interface Token {
+  nodeid: number;
+  valid: boolean;
+}
+
+export interface DataCacheStats {
+  files: number;
+  bytes: number;
+  maxBytes: number;
+  hits: number;
+  misses: number;
+  stored: number;
+  dropped: number;
+  errors: number;
+}
+
+export interface DataCacheOptions {
+  /** The parent directory; the cache makes its own subdirectory in it (pid-<pid>-<random>). */
+  dir: string;
+  maxBytes: number;
+}
+
+export class DataCache {
+  readonly dir: string;
+  private readonly maxBytes: number;
+  /** Least recently used first. */
+  private readonly entries = new Map<number, Entry>();
+  private readonly reading = new Map<number, Set<Token>>();
+  /** Nodes whose opens bypass the page cache (pseudo files): never cached. */
+  private readonly uncached = new Set<number>();
+  private bytes = 0;
+  private nextFile = 1;
+  private closed = false;
+  private readonly counters = { hits: 0, misses: 0, stored: 0, dropped: 0, errors: 0 };
+
+  constructor(opts: DataCacheOptions) {
+    this.maxBytes = opts.maxBytes;
+    fs.mkdirSync(opts.dir, { recursive: true, mode: 0o700 });
+    removeOrphans(opts.dir);
+    this.dir = fs.mkdtempSync(path.join(opts.dir, `pid-${process.pid}-`));
+  }
+
+  stats(): DataCacheStats {
+    return { files: this.entries.size, bytes: this.bytes, maxBytes: this.maxBytes, ...this.counters };
+  }
+
+  /** The node's opens bypass the page cache (FOPEN_DIRECT_IO): its reads are never kept. */
+  bypass(nodeid: number): void {
+    this.uncached.add(nodeid);
+    this.drop(nodeid);
+  }
+
+  /**
+   * The bytes [offset, offset+size) as the server last gave them (fewer at end of file), or
+   * undefined when not all of them are here.
+   */
+  async get(nodeid: number, offset: number, size: number): Promise<Buffer | undefined> {
+    const e = this.entries.get(nodeid);
+    const len = e ? this.covered(e, offset, size) : undefined;
+    if (!e || len === undefined) {
+      if (!this.uncached.has(nodeid)) this.counters.misses++;
+      return undefined;
+    }
+    // Most recently used last.
+    this.entries.delete(nodeid);
+    this.entries.set(nodeid, e);
+    const buf = Buffer.allocUnsafe(len);
+    if (len === 0) return this.hit(buf);
+    // In the host's page cache most of the time: copied at once, with no pool thread.
+    const n = nativeSys()?.preadNowaitSync(e.fd, buf, 0, len, offset);
+    if (n === len) return this.hit(buf);
+    if (n !== undefined && n < 0 && n !== -EAGAIN) this.counters.errors++;
+    e.busy++;
+    try {
+      const got = await new Promise<number>((resolve, reject) => fs.read(e.fd, buf, 0, len, offset, (err, r) => (err ? reject(err) : resolve(r))));
+      if (got !== len || e.dropped) return this.miss();
+      return this.hit(buf);
+    } catch {
+      this.counters.errors++;
+      this.drop(nodeid);
+      return this.miss();
+    } finally {
+      e.busy--;
+      this.closeIfIdle(e);
+    }
+  }
+
+  /** Call before reading the server; end() it whatever happens. */
+  begin(nodeid: number): Token {
+    const t: Token = { nodeid, valid: !this.uncached.has(nodeid) && !this.closed };
+    let set = this.reading.get(nodeid);
+    if (!set) this.reading.set(nodeid, (set = new Set()));
+    set.add(t);
+    return t;
+  }
+
+  end(t: Token): void {
+    const set = this.reading.get(t.nodeid);
+    if (!set) return;
+    set.delete(t);
+    if (set.size === 0) this.reading.delete(t.nodeid);
+  }
+
+  /** Keeps what a read of [offset, offset+size) returned, unless its node was dropped since begin(). */
+  put(t: Token, offset: number, size: number, data: Buffer): void {
+    if (!t.valid || offset % PAGE !== 0 || size <= 0 || data.length > size) return;
+    const short = data.length < size;
+    // Whole pages only, and the last part-page when the read ended at the end of the file.
+    const keep = short ? data.length : data.length - (data.length % PAGE);
+    if (keep === 0 && !short) return;
+    let e = this.entries.get(t.nodeid);
+    if (e && short && e.eof !== undefined && e.eof !== offset + data.length) {
+      this.drop(t.nodeid); // two lengths for one file: keep neither
+      return;
+    }
+    if (e?.eof !== undefined && offset + keep > e.eof) {
+      this.drop(t.nodeid);
+      return;
+    }
+    if (!e) {
+      if (this.closed) return;
+      e = this.open(t.nodeid);
+      if (!e) return;
+    }
+    if (short) e.eof = offset + data.length;
+    if (keep === 0) return;
+    const entry = e;
+    const first = offset / PAGE;
+    const count = Math.ceil(keep / PAGE);
+    entry.busy++;
+    fs.write(entry.fd, data, 0, keep, offset, (err, n) => {
+      entry.busy--;
+      this.closeIfIdle(entry);
+      if (entry.dropped || !t.valid) return;
+      if (err || n !== keep) {
+        this.counters.errors++;
+        this.drop(entry.nodeid);
+        return;
+      }
+      this.mark(entry, first, count);
+      this.counters.stored += keep;
+      this.trim();
+    });
+  }
+
+  /** Forgets the node's pages, and spoils the reads of it in flight. */
+  drop(nodeid: number): void {
+    const set = this.reading.get(nodeid);
+    if (set) for (const t of set) t.valid = false;
+    const e = this.entries.get(nodeid);
+    if (!e) return;
+    this.entries.delete(nodeid);
+    this.bytes -= e.bytes;
+    e.dropped = true;
+    this.counters.dropped++;
+    this.closeIfIdle(e);
+  }
+
+  /** The kernel forgot the node: its id may name another file later. */
+  forget(nodeid: number): void {
+    this.uncached.delete(nodeid);
+    this.drop(nodeid);
+  }
+
+  dropAll(): void {
+    for (const set of this.reading.values()) for (const t of set) t.valid = false;
+    for (const id of [...this.entries.keys()]) this.drop(id);
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.dropAll();
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  private hit(buf: Buffer): Buffer {
+    this.counters.hits++;
+    return buf;
+  }
+
+  private miss(): undefined {
+    this.counters.misses++;
+    return undefined;
+  }
+
+  /** How many bytes from offset the entry can give for a read of size, or undefined. */
+  private covered(e: Entry, offset: number, size: number): number | undefined {
+    if (offset % PAGE !== 0 || size <= 0) return undefined;
+    let end = offset + size;
+    if (e.eof !== undefined) {
+      if (offset >= e.eof) return 0;
+      end = Math.min(end, e.eof);
+    }
+    // A range ending inside a page needs that page whole (or the file's end inside it, above).
+    const last = Math.ceil(end / PAGE);
+    for (let p = offset / PAGE; p < last; p++) {
+      if (p >> 3 >= e.pages.length || !(e.pages[p >> 3]! & (1 << (p & 7)))) return undefined;
+    }
+    return end - offset;
+  }
+
+  private mark(e: Entry, first: number, count: number): void {
+    const need = (first + count + 7) >> 3;
+    if (need > e.pages.length) {
+      const grown = new Uint8Array(Math.max(need, e.pages.length * 2));
+      grown.set(e.pages);
+      e.pages = grown;
+    }
+    let added = 0;
+    for (let p = first; p < first + count; p++) {
+      const bit = 1 << (p & 7);
+      if (!(e.pages[p >> 3]! & bit)) {
+        e.pages[p >> 3]! |= bit;
+        added++;
+      }
+    }
+    e.bytes += added * PAGE;
+    this.bytes += added * PAGE;
+  }
+
+  private open(nodeid: number): Entry | undefined {
+    const file = path.join(this.dir, String(this.nextFile++));
+    let fd: number;
+    try {
+      fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+    } catch {
+      this.counters.errors++;
+      return undefined;
+    }
+    const e: Entry = { nodeid, file, fd, pages: new Uint8Array(16), bytes: 0, eof: undefined, busy: 0, dropped: false };
+    this.entries.set(nodeid, e);
+    this.trim();
+    return e;
+  }
+
+  /** Drops the least recently used files while over a bound (the newest is kept whatever its size). */
+  private trim(): void {
+    for (const [id] of this.entries) {
+      if (this.entries.size <= 1 || (this.bytes <= this.maxBytes && this.entries.size <= MAX_FILES)) break;
+      this.drop(id);
+    }
+    // A single file over the bound keeps only what fits: it starts again.
+    if (this.bytes > this.maxBytes) for (const id of [...this.entries.keys()]) this.drop(id);
+  }
+
+  /** Closes and removes a dropped entry's file once nothing reads or writes it. */
+  private closeIfIdle(e: Entry): void {
+    if (!e.dropped || e.busy > 0 || e.fd < 0) return;
+    const fd = e.fd;
+    e.fd = -1;
+    fs.close(fd, () => {});
+    fs.unlink(e.file, () => {});
+  }
+}
+
+/** Removes the cache directories of daemons that are gone (pid-<pid>-*, no such process). */
+function removeOrphans(dir: string): void {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const m = /^pid-(\d+)-/.exec(name);
+    if (!m || Number(m[1]) === process.pid) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+      continue; // alive
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EPERM') continue;
+    }
+    fs.rmSync(path.join(dir, name), { recursive: true, force: true });
+  }
+}
