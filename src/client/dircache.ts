@@ -9,8 +9,8 @@
 //    again at the next path walk through it; that GETATTR is answered here.
 //    Likewise the attributes a SETATTR of ours returned, until anything else touches the node:
 //    after a chown the kernel asks for them again at once (to recompute set-id bits). And every
-//    directory's attributes from a GETATTR: the kernel asks again after each listing it reads
-//    (its atime), and only a push can change them otherwise. Our own rename or rmdir drops those
+//    directory's attributes from a GETATTR, a lookup or a listing: the kernel asks again after each
+//    listing it reads (its atime), and only a push can change them otherwise. Our own rename or rmdir drops those
 //    of the directories it changes (the parents, and the directory moved, known by its name), not
 //    all: git renames its index at every `git status`.
 // 3. Extended attributes, present or absent: the kernel caches none, and `ls -l`, `cp -a` or a
@@ -60,8 +60,8 @@ export class DirCacheVfs implements Vfs {
   private readonly known = new Map<number, Set<string>>();
   /**
    * Node id -> attributes the server gave after a change of ours (a directory's after a create or
-   * unlink, a file's from our SETATTR) or a directory's from a GETATTR, kept while nothing else
-   * touched the node. Directories and files apart: the thousands of files `tar` sets attributes on
+   * unlink, a file's from our SETATTR) or a directory's from a GETATTR, lookup or listing, kept
+   * while nothing else touched the node. Directories and files apart: the thousands of files `tar` sets attributes on
    * must not push out the few hundred directories a later `find` walks.
    */
   private readonly dirAttrs = new Map<number, { attr: Attr; at: number }>();
@@ -128,11 +128,18 @@ export class DirCacheVfs implements Vfs {
       this.counters.answered++;
       throw new FsError(Errno.ENOENT);
     }
-    return this.named(parent, name, await this.inner.lookup(ctx, parent, name));
+    const epoch = this.attrEpoch;
+    return this.named(parent, name, await this.inner.lookup(ctx, parent, name), epoch);
   }
-  /** Notes a directory's name for rename and rmdir (see dirIds). */
-  private named(parent: number, name: string, e: Entry): Entry {
+  /**
+   * Notes a directory's name for rename and rmdir (see dirIds), and its attributes as the entry
+   * gave them when nothing touched any node since `epoch` (the attrEpoch before the call): the
+   * kernel asks for them again once it has read the directory (its atime), and a second `find`
+   * over a tree would otherwise cost a round trip per directory.
+   */
+  private named(parent: number, name: string, e: Entry, epoch?: number): Entry {
     if (e.nodeid && (e.attr.mode & S_IFMT) === S_IFDIR && name !== '.' && name !== '..') {
+      if (epoch === this.attrEpoch) this.keepAttr(e.nodeid, e.attr);
       const key = `${parent}\0${name}`;
       if (this.dirIds.size >= MAX_DIR_ATTRS && !this.dirIds.has(key)) {
         this.dirIds.delete(this.dirIds.keys().next().value!);
@@ -328,8 +335,10 @@ export class DirCacheVfs implements Vfs {
     return d.real;
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    const list = await this.inner.readdir(ctx, nodeid, await this.real(fh, nodeid), offset, maxEntries, plus);
-    if (plus) for (const d of list) if (d.entry) this.named(nodeid, d.name, d.entry);
+    const real = await this.real(fh, nodeid);
+    const epoch = this.attrEpoch;
+    const list = await this.inner.readdir(ctx, nodeid, real, offset, maxEntries, plus);
+    if (plus) for (const d of list) if (d.entry) this.named(nodeid, d.name, d.entry, epoch);
     return list;
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {

@@ -171,6 +171,29 @@ test('a directory\'s attributes are asked once, and asked again after any change
   assert.equal((await cache.getattr(ctx, d.nodeid)).nlink, nlinkBefore + 1, 'the new subdirectory is counted');
 });
 
+test('the attributes of directories met in a lookup or a listing answer the GETATTR after it', async (t) => {
+  const { a, b } = await twoClients(t);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
+  const top = await b.mkdir(ctx, ROOT_ID, 'top', 0o755);
+  for (let i = 0; i < 5; i++) await b.mkdir(ctx, top.nodeid, `d${i}`, 0o750);
+  const looked = await cache.lookup(ctx, ROOT_ID, 'top');
+  const dir = await cache.opendir(ctx, looked.nodeid);
+  const list = await cache.readdir(ctx, looked.nodeid, dir.fh, 0, 100, true);
+  const subs = list.filter((d) => d.name.startsWith('d'));
+  assert.equal(subs.length, 5);
+  // What `find` does the second time over a tree: the kernel has read each directory (its atime
+  // changed) and asks for its attributes again.
+  const before = a.stats().requests;
+  assert.deepEqual(await cache.getattr(ctx, looked.nodeid), looked.attr);
+  for (const d of subs) assert.deepEqual(await cache.getattr(ctx, d.entry!.nodeid), d.entry!.attr);
+  assert.equal(a.stats().requests, before, 'six getattrs answered here');
+  // Another client changes one of them: that one is asked again, and is right.
+  const d2 = subs.find((d) => d.name === 'd2')!;
+  await b.setattr(ctx, (await b.lookup(ctx, top.nodeid, 'd2')).nodeid, { mode: 0o700 });
+  assert.equal((await cache.getattr(ctx, d2.entry!.nodeid)).mode & 0o777, 0o700);
+  assert.equal(a.stats().requests, before + 1);
+});
+
 test('a rename or rmdir drops the attributes of the directories it changes, and of no other', async (t) => {
   const { a } = await twoClients(t);
   const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
