@@ -98,10 +98,12 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
       // The round trip decides how far to read ahead: the best of a few pings.
       rttMs = Infinity;
       for (let i = 0; i < 5; i++) rttMs = Math.min(rttMs, await client.roundTrip());
-      const inner = opts.has('sync') ? client : (writeBehind = new WriteBehindVfs(client));
+      const coherent = client.info().coherent === true;
+      const inner = opts.has('sync') ? client
+        : (writeBehind = new WriteBehindVfs(client, undefined, coherent ? (l) => client.onWriteAttr(l) : undefined));
       // Absent names in directories this client made, and directory attributes after its own
       // changes, are answered locally (only sound when every change reaches us as a push).
-      vfs = client.info().coherent ? new DirCacheVfs(inner, (l) => client.onDirAttr(l)) : inner;
+      vfs = coherent ? new DirCacheVfs(inner, (l) => client.onDirAttr(l)) : inner;
     }
   } catch (err) {
     report(`error: ${(err as Error).message}`);

@@ -183,6 +183,7 @@ export class RemoteVfs implements Vfs {
   private readonly seqWaiters: Array<() => void> = [];
   private readonly listeners = new ChangeListeners((err) => this.log.warn(`a change listener failed: ${(err as Error).message}`));
   private readonly attrHints = new Set<(nodeid: number, attr: Attr) => void>();
+  private readonly writeHints = new Set<(nodeid: number, attr: Attr) => void>();
   private readonly nodes: NodeTable;
   private readonly cache: DataCache | undefined;
   private wire: Link | undefined;
@@ -599,6 +600,14 @@ export class RemoteVfs implements Vfs {
     this.attrHints.add(listener);
     return () => void this.attrHints.delete(listener);
   }
+  /**
+   * Subscribes to a file's attributes after a WRITE of ours (1.2), sent by the server when no other
+   * write of the file from this session ran beside it: what the file is once that write landed.
+   */
+  onWriteAttr(listener: (nodeid: number, attr: Attr) => void): () => void {
+    this.writeHints.add(listener);
+    return () => void this.writeHints.delete(listener);
+  }
   private hint(nodeid: number, attr: Attr | undefined): void {
     if (attr) for (const l of this.attrHints) l(nodeid, attr);
   }
@@ -714,7 +723,11 @@ export class RemoteVfs implements Vfs {
     const piece = this.maxFrame - WRITE_OVERHEAD;
     const one = async (off: number, d: Buffer): Promise<number> =>
       (await this.call('write', { ctx: wireCtx(ctx), nodeid, fh, offset: off, data: d }, ctx)).count;
-    if (data.length <= piece) return one(offset, data);
+    if (data.length <= piece) {
+      const rep = await this.call('write', { ctx: wireCtx(ctx), nodeid, fh, offset, data }, ctx);
+      if (rep.attr) for (const l of this.writeHints) l(nodeid, rep.attr);
+      return rep.count;
+    }
     const counts = await bounded(Math.ceil(data.length / piece), this.piecesInFlight, (i) =>
       one(offset + i * piece, data.subarray(i * piece, (i + 1) * piece)));
     let total = 0;

@@ -12,6 +12,8 @@
 // with it). A read in flight when its node is dropped does not store what it fetched (a Token
 // says whether anything dropped the node meanwhile), so a reply older than a change never lands.
 //
+// Filled behind the reads, one write at a time at idle priority with a bounded backlog (pages
+// are skipped when it is full): keeping pages must never slow the read that brought them.
 // Bounded: at most maxBytes of pages over all nodes and MAX_FILES open cache files, the least
 // recently used file going first. The directory is the daemon's own and is removed at close;
 // directories of daemons that died are removed by the next daemon to start.
@@ -21,6 +23,8 @@ import path from 'node:path';
 import { nativeSys } from '../lib/sys.js';
 
 const PAGE = 4096;
+/** Bytes waiting to be written to the cache at most; pages read beyond that are not kept. */
+const MAX_QUEUED = 16 << 20;
 /** Open cache files at most (one fd each). */
 const MAX_FILES = 1024;
 const EAGAIN = 11;
@@ -52,6 +56,8 @@ export interface DataCacheStats {
   hits: number;
   misses: number;
   stored: number;
+  /** Bytes not kept because the cache's disk was behind. */
+  skipped: number;
   dropped: number;
   errors: number;
 }
@@ -73,7 +79,10 @@ export class DataCache {
   private bytes = 0;
   private nextFile = 1;
   private closed = false;
-  private readonly counters = { hits: 0, misses: 0, stored: 0, dropped: 0, errors: 0 };
+  private readonly counters = { hits: 0, misses: 0, stored: 0, skipped: 0, dropped: 0, errors: 0 };
+  /** Cache writes waiting or running (the head runs); their bytes. */
+  private readonly queue: Array<() => void> = [];
+  private queuedBytes = 0;
 
   constructor(opts: DataCacheOptions) {
     this.maxBytes = opts.maxBytes;
@@ -169,10 +178,20 @@ export class DataCache {
     const entry = e;
     const first = offset / PAGE;
     const count = Math.ceil(keep / PAGE);
+    // One cache write at a time, at idle priority, and a bounded backlog: a client reading faster
+    // than spare CPU and its disk can keep pages keeps what it can, and never piles up buffers (nor
+    // threads spinning on one file's lock).
+    if (this.queuedBytes + keep > MAX_QUEUED) {
+      this.counters.skipped += keep;
+      return;
+    }
     entry.busy++;
-    fs.write(entry.fd, data, 0, keep, offset, (err, n) => {
+    this.queuedBytes += keep;
+    this.queue.push(() => write(entry.fd, data, keep, offset, (err, n) => {
       entry.busy--;
+      this.queuedBytes -= keep;
       this.closeIfIdle(entry);
+      this.next();
       if (entry.dropped || !t.valid) return;
       if (err || n !== keep) {
         this.counters.errors++;
@@ -182,7 +201,14 @@ export class DataCache {
       this.mark(entry, first, count);
       this.counters.stored += keep;
       this.trim();
-    });
+    }));
+    if (this.queue.length === 1) this.queue[0]!();
+  }
+
+  /** The write at the head of the queue is done: starts the next. */
+  private next(): void {
+    this.queue.shift();
+    this.queue[0]?.();
   }
 
   /** Forgets the node's pages, and spoils the reads of it in flight. */
@@ -294,6 +320,19 @@ export class DataCache {
     fs.close(fd, () => {});
     fs.unlink(e.file, () => {});
   }
+}
+
+/**
+ * Writes at idle priority where the addon is built (SCHED_IDLE: filling the cache never takes CPU
+ * time from the reads that fill it), else with fs.write.
+ */
+function write(fd: number, data: Buffer, length: number, position: number, done: (err: Error | null, n: number) => void): void {
+  const sys = nativeSys();
+  if (!sys) {
+    fs.write(fd, data, 0, length, position, done);
+    return;
+  }
+  sys.pwriteIdle(fd, data, length, position).then((n) => done(null, n), (err: Error) => done(err, 0));
 }
 
 /** Removes the cache directories of daemons that are gone (pid-<pid>-*, no such process). */

@@ -39,6 +39,8 @@ import {
 /** Bytes of written data in flight to the server at most, per mount. */
 export const WRITE_BEHIND_BYTES = 32 << 20;
 const O_SYNC = 0o4010000;
+/** Files whose attributes after our last write are kept at most (see landed). */
+const MAX_LANDED = 10_000;
 const O_DSYNC = 0o10000;
 
 interface Flight {
@@ -130,23 +132,82 @@ export class WriteBehindVfs implements Vfs {
   private readonly handles = new Map<number, Handle>();
   private inFlightBytes = 0;
   private roomWaiters: Array<() => void> = [];
-  private readonly counters = { behind: 0, waitedForRoom: 0, deferredErrors: 0, setattrsBehind: 0, setattrsSent: 0 };
+  private readonly counters = { behind: 0, waitedForRoom: 0, deferredErrors: 0, setattrsBehind: 0, setattrsSent: 0, attrsLanded: 0 };
   /** Files this client created and holds open, while no push said another changed them. */
   private readonly made = new Map<number, Made>();
   private readonly listeners = new ChangeListeners();
   private readonly unwatch: () => void;
+  private readonly unhint: () => void;
+  /**
+   * A file's attributes as the server sent them with the reply to our last write of it (1.2), while
+   * nothing else touched it: the `stat` after a close is answered here. Taken only when no other
+   * write of the file was under way here at that moment (the server sends them only when none ran
+   * beside that write there), so they follow every write we made of it.
+   */
+  private readonly landed = new Map<number, Attr>();
+  /**
+   * Node id -> its changes under way here (writes, SETATTRs, fallocate...: from the call to the
+   * reply), and how many changes of names are (which may change any file's link count). A write's
+   * attributes are taken only when it is its node's one change under way and no name is changing.
+   */
+  private readonly changes = new Map<number, number>();
+  private nameChanges = 0;
 
-  constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES) {
+  /** `writeAttrs`: subscribes to a file's attributes after a write (RemoteVfs.onWriteAttr); only for a coherent server. */
+  constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES,
+    writeAttrs?: (l: (nodeid: number, attr: Attr) => void) => () => void) {
     this.unwatch = inner.watch((ev) => {
-      if (ev.kind === 'inode') this.unmade(ev.nodeid);
-      else if (ev.kind === 'delete') this.unmade(ev.child);
+      const id = ev.kind === 'inode' ? ev.nodeid : ev.kind === 'delete' ? ev.child : 0;
+      if (!id) return;
+      this.unmade(id);
+      this.landed.delete(id);
     });
+    this.unhint = writeAttrs?.((nodeid, attr) => {
+      this.landed.delete(nodeid);
+      if (this.changes.get(nodeid) !== 1 || this.nameChanges > 0 || this.made.get(nodeid)?.pending || (this.flights.get(nodeid)?.size ?? 0) > 1) return;
+      if (this.landed.size >= MAX_LANDED) this.landed.delete(this.landed.keys().next().value!);
+      this.landed.set(nodeid, { ...attr });
+    }) ?? ((): void => {});
   }
 
-  stats(): { writeBehindBytes: number; writesBehind: number; setattrsBehind: number; setattrsSent: number; waitedForRoom: number; deferredErrors: number } {
+  /** A change of the node begins: what the server said of it after our last write is old. */
+  private begin(nodeid: number): void {
+    this.landed.delete(nodeid);
+    this.changes.set(nodeid, (this.changes.get(nodeid) ?? 0) + 1);
+  }
+
+  /** A change counted by begin() was answered (or never went). */
+  private end(nodeid: number): void {
+    const n = (this.changes.get(nodeid) ?? 1) - 1;
+    if (n > 0) this.changes.set(nodeid, n);
+    else this.changes.delete(nodeid);
+  }
+
+  /** Runs a change of the node, counted from the call to the reply (see changes). */
+  private async changing<T>(nodeid: number, work: () => Promise<T>): Promise<T> {
+    this.begin(nodeid);
+    try {
+      return await work();
+    } finally {
+      this.end(nodeid);
+    }
+  }
+
+  /** Runs a change of names (unlink, rename): some file's link count changes, we cannot tell whose. */
+  private async renaming<T>(work: () => Promise<T>): Promise<T> {
+    this.landed.clear();
+    this.nameChanges++;
+    try {
+      return await work();
+    } finally {
+      this.nameChanges--;
+    }
+  }
+
+  stats(): { writeBehindBytes: number; writesBehind: number; setattrsBehind: number; setattrsSent: number; attrsLanded: number; waitedForRoom: number; deferredErrors: number } {
     return {
       writeBehindBytes: this.inFlightBytes, writesBehind: this.counters.behind, setattrsBehind: this.counters.setattrsBehind,
-      setattrsSent: this.counters.setattrsSent,
+      setattrsSent: this.counters.setattrsSent, attrsLanded: this.counters.attrsLanded,
       waitedForRoom: this.counters.waitedForRoom, deferredErrors: this.counters.deferredErrors,
     };
   }
@@ -192,6 +253,7 @@ export class WriteBehindVfs implements Vfs {
     return this.entryAfterWrites(ctx, await this.inner.lookup(ctx, parent, name));
   }
   forget(nodeid: number, nlookup: number): void {
+    this.landed.delete(nodeid);
     this.inner.forget(nodeid, nlookup);
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
@@ -204,25 +266,32 @@ export class WriteBehindVfs implements Vfs {
       return { ...m.attr };
     }
     await this.drain(nodeid);
+    const kept = this.landed.get(nodeid);
+    if (kept) {
+      this.counters.attrsLanded++;
+      return { ...kept };
+    }
     return this.inner.getattr(ctx, nodeid, fh);
   }
   async setattr(ctx: Ctx, nodeid: number, set: SetAttr, fh?: number): Promise<Attr> {
-    const m = this.made.get(nodeid);
-    const mine = m && predictSetattr(ctx, m.attr, set, m.rootActs);
-    if (!m || !mine) {
-      await this.drain(nodeid);
-      this.unmade(nodeid);
-      return this.inner.setattr(ctx, nodeid, set, fh);
-    }
-    m.attr = mine;
-    m.told = true;
-    this.counters.setattrsBehind++;
-    if (m.pending && (m.pending.ctx.uid !== ctx.uid || m.pending.ctx.gid !== ctx.gid)) this.sendPending(nodeid);
-    if (!m.pending) this.hold(nodeid, m, ctx, fh);
-    const p = m.pending!;
-    for (const k of Object.keys(set) as Array<keyof SetAttr>) if (set[k] !== undefined) (p.set as Record<string, unknown>)[k] = set[k];
-    p.fh = fh ?? p.fh;
-    return { ...mine };
+    return this.changing(nodeid, async () => {
+      const m = this.made.get(nodeid);
+      const mine = m && predictSetattr(ctx, m.attr, set, m.rootActs);
+      if (!m || !mine) {
+        await this.drain(nodeid);
+        this.unmade(nodeid);
+        return this.inner.setattr(ctx, nodeid, set, fh);
+      }
+      m.attr = mine;
+      m.told = true;
+      this.counters.setattrsBehind++;
+      if (m.pending && (m.pending.ctx.uid !== ctx.uid || m.pending.ctx.gid !== ctx.gid)) this.sendPending(nodeid);
+      if (!m.pending) this.hold(nodeid, m, ctx, fh);
+      const p = m.pending!;
+      for (const k of Object.keys(set) as Array<keyof SetAttr>) if (set[k] !== undefined) (p.set as Record<string, unknown>)[k] = set[k];
+      p.fh = fh ?? p.fh;
+      return { ...mine };
+    });
   }
   /**
    * Starts the file's one SETATTR for attribute changes answered here. It is a flight covering the
@@ -253,6 +322,7 @@ export class WriteBehindVfs implements Vfs {
     const p = m?.pending;
     if (!p) return;
     m.pending = undefined;
+    this.landed.delete(nodeid);
     this.counters.setattrsSent++;
     p.mine = { ...m.attr };
     p.launch();
@@ -282,20 +352,22 @@ export class WriteBehindVfs implements Vfs {
     return this.inner.symlink(ctx, parent, name, target);
   }
   async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
-    await this.drain(nodeid);
-    this.unmade(nodeid); // its link count
-    return this.inner.link(ctx, nodeid, newparent, newname);
+    return this.changing(nodeid, async () => {
+      await this.drain(nodeid);
+      this.unmade(nodeid); // its link count
+      return this.inner.link(ctx, nodeid, newparent, newname);
+    });
   }
   unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
     this.unmadeAll(); // some file's link count, and we cannot tell whose
-    return this.inner.unlink(ctx, parent, name);
+    return this.renaming(() => this.inner.unlink(ctx, parent, name));
   }
   rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
     return this.inner.rmdir(ctx, parent, name);
   }
   rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
     this.unmadeAll(); // a replaced file's link count
-    return this.inner.rename(ctx, parent, name, newparent, newname, flags);
+    return this.renaming(() => this.inner.rename(ctx, parent, name, newparent, newname, flags));
   }
 
   private track(fh: number, nodeid: number, flags: number): void {
@@ -306,13 +378,15 @@ export class WriteBehindVfs implements Vfs {
   }
 
   async open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
-    await this.drain(nodeid);
-    const r = await this.inner.open(ctx, nodeid, flags);
-    this.track(r.fh, nodeid, flags);
-    const m = this.made.get(nodeid);
-    if (m && this.handles.get(r.fh)!.behind) m.open++;
-    else this.unmade(nodeid);
-    return r;
+    return this.changing(nodeid, async () => {
+      await this.drain(nodeid);
+      const r = await this.inner.open(ctx, nodeid, flags);
+      this.track(r.fh, nodeid, flags);
+      const m = this.made.get(nodeid);
+      if (m && this.handles.get(r.fh)!.behind) m.open++;
+      else this.unmade(nodeid);
+      return r;
+    });
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
     const r = await this.inner.create(ctx, parent, name, mode, flags);
@@ -332,42 +406,52 @@ export class WriteBehindVfs implements Vfs {
   async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
     const h = this.handles.get(fh);
     if (!h?.behind || h.nodeid !== nodeid) {
-      await this.drain(nodeid);
-      this.unmade(nodeid);
-      return this.inner.write(ctx, nodeid, fh, offset, data);
+      return this.changing(nodeid, async () => {
+        await this.drain(nodeid);
+        this.unmade(nodeid);
+        return this.inner.write(ctx, nodeid, fh, offset, data);
+      });
     }
-    // Held attribute changes go first: this write must land after them.
-    this.sendPending(nodeid);
-    // An earlier write of this handle failed: say so now rather than pile more on.
-    this.takeError(fh);
-    await this.room(data.length);
-    const end = offset + data.length;
-    const set = this.flights.get(nodeid);
-    if (set) {
-      const overlapping = [...set].filter((f) => f.off < end && offset < f.end);
-      if (overlapping.length) await Promise.all(overlapping.map((f) => f.done));
+    this.begin(nodeid);
+    let flown = false;
+    try {
+      // Held attribute changes go first: this write must land after them.
+      this.sendPending(nodeid);
+      // An earlier write of this handle failed: say so now rather than pile more on.
+      this.takeError(fh);
+      await this.room(data.length);
+      const end = offset + data.length;
+      const set = this.flights.get(nodeid);
+      if (set) {
+        const overlapping = [...set].filter((f) => f.off < end && offset < f.end);
+        if (overlapping.length) await Promise.all(overlapping.map((f) => f.done));
+      }
+      const m = this.made.get(nodeid);
+      if (m) {
+        const now = nowTs();
+        const size = Math.max(m.attr.size, end);
+        m.attr = { ...m.attr, size, blocks: Math.max(m.attr.blocks, Math.ceil(size / 4096) * 8), mtime: now, ctime: now };
+      }
+      this.counters.behind++;
+      this.fly(nodeid, offset, end, data.length, this.inner.write(plain(ctx), nodeid, fh, offset, data).then(
+        (n) => {
+          if (n >= data.length) return;
+          h.error ??= new FsError(Errno.ENOSPC, `short write at ${offset + n}`);
+          this.unsure(nodeid);
+        },
+        (err: unknown) => {
+          h.error ??= err instanceof Error ? err : new FsError(Errno.EIO);
+          this.counters.deferredErrors++;
+          this.unsure(nodeid);
+        },
+      ).finally(() => this.end(nodeid)));
+      flown = true;
+      return data.length;
+    } finally {
+      if (!flown) this.end(nodeid);
     }
-    const m = this.made.get(nodeid);
-    if (m) {
-      const now = nowTs();
-      const size = Math.max(m.attr.size, end);
-      m.attr = { ...m.attr, size, blocks: Math.max(m.attr.blocks, Math.ceil(size / 4096) * 8), mtime: now, ctime: now };
-    }
-    this.counters.behind++;
-    this.fly(nodeid, offset, end, data.length, this.inner.write(plain(ctx), nodeid, fh, offset, data).then(
-      (n) => {
-        if (n >= data.length) return;
-        h.error ??= new FsError(Errno.ENOSPC, `short write at ${offset + n}`);
-        this.unsure(nodeid);
-      },
-      (err: unknown) => {
-        h.error ??= err instanceof Error ? err : new FsError(Errno.EIO);
-        this.counters.deferredErrors++;
-        this.unsure(nodeid);
-      },
-    ));
-    return data.length;
   }
+
 
   /** Tracks `work` (which never rejects) as a flight of the node covering [off, end). */
   private fly(nodeid: number, off: number, end: number, bytes: number, work: Promise<void>): void {
@@ -438,10 +522,12 @@ export class WriteBehindVfs implements Vfs {
     return this.inner.statfs(ctx, nodeid);
   }
   async setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
-    // An ACL rewrites the mode: a file of ours is no longer known here.
-    await this.drain(nodeid);
-    this.unsure(nodeid);
-    return this.inner.setxattr(ctx, nodeid, name, value, flags);
+    return this.changing(nodeid, async () => {
+      // An ACL rewrites the mode: a file of ours is no longer known here.
+      await this.drain(nodeid);
+      this.unsure(nodeid);
+      return this.inner.setxattr(ctx, nodeid, name, value, flags);
+    });
   }
   getxattr(ctx: Ctx, nodeid: number, name: string): Promise<Buffer> {
     return this.inner.getxattr(ctx, nodeid, name);
@@ -450,26 +536,32 @@ export class WriteBehindVfs implements Vfs {
     return this.inner.listxattr(ctx, nodeid);
   }
   async removexattr(ctx: Ctx, nodeid: number, name: string): Promise<void> {
-    await this.drain(nodeid);
-    this.unsure(nodeid);
-    return this.inner.removexattr(ctx, nodeid, name);
+    return this.changing(nodeid, async () => {
+      await this.drain(nodeid);
+      this.unsure(nodeid);
+      return this.inner.removexattr(ctx, nodeid, name);
+    });
   }
   access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
     return this.inner.access(ctx, nodeid, mask);
   }
   async fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
-    await this.drain(nodeid);
-    this.unmade(nodeid);
-    await this.inner.fallocate(ctx, nodeid, fh, mode, offset, length);
+    return this.changing(nodeid, async () => {
+      await this.drain(nodeid);
+      this.unmade(nodeid);
+      await this.inner.fallocate(ctx, nodeid, fh, mode, offset, length);
+    });
   }
   async lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
     await this.drain(nodeid);
     return this.inner.lseek(ctx, nodeid, fh, offset, whence);
   }
   async copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
-    await Promise.all([this.drain(nodeIn), this.drain(nodeOut)]);
-    this.unmade(nodeOut);
-    return this.inner.copyFileRange(ctx, nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len);
+    return this.changing(nodeOut, async () => {
+      await Promise.all([this.drain(nodeIn), this.drain(nodeOut)]);
+      this.unmade(nodeOut);
+      return this.inner.copyFileRange(ctx, nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len);
+    });
   }
   watch(listener: ChangeListener): () => void {
     const unwatchInner = this.inner.watch(listener);
@@ -481,6 +573,7 @@ export class WriteBehindVfs implements Vfs {
   }
   async close(): Promise<void> {
     this.unwatch();
+    this.unhint();
     for (const id of this.made.keys()) this.sendPending(id);
     await Promise.all([...this.flights.keys()].map((id) => this.drain(id)));
     await this.inner.close();

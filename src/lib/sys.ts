@@ -37,6 +37,11 @@ export interface Sys {
    * system cannot say). Never waits for a disk.
    */
   preadNowaitSync(fd: number, buffer: Buffer, offset: number, length: number, position: number): number;
+  /**
+   * pwrite(2) of buffer[0, length) at position, on a pool thread running under SCHED_IDLE for the
+   * call: for writes no one waits for, which should take only CPU time nothing else wants.
+   */
+  pwriteIdle(fd: number, buffer: Buffer, length: number, position: number): Promise<number>;
   /** chmod that never follows a symlink (EOPNOTSUPP on one), by an O_PATH fd. */
   lchmod(path: string, mode: number): Promise<void>;
   readonly RESOLVE_BENEATH: number;

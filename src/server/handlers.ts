@@ -26,6 +26,8 @@ export interface SessionApi {
   changed(events: ChangeEvent[]): Promise<void>;
   /** Whether any other session could care about a change (skips work for a lone client). */
   othersListening(): boolean;
+  /** WRITEs of the node from this session running now (the caller's own included). */
+  writesRunning(nodeid: number): number;
 }
 
 type CallOp = Exclude<VfsOpName, 'forget'>;
@@ -35,13 +37,13 @@ const whole = (nodeid: number): ChangeEvent => ({ kind: 'inode', nodeid, off: -1
 const named = (parent: number, name: string): ChangeEvent => ({ kind: 'entry', parent, name });
 
 /**
- * The directory's attributes after a change of its names (like NFS's post-op attributes): the
- * client's kernel drops them at every create or unlink and would ask at once. A failure here only
- * costs the client that question.
+ * A node's attributes after a change (like NFS's post-op attributes): a directory's after its names
+ * changed, a file's after a write. The client's kernel drops them at each such change and would ask
+ * at once. A failure here only costs the client that question.
  */
-async function postAttr(s: SessionApi, ctx: Ctx, dir: number): Promise<Attr | undefined> {
+async function postAttr(s: SessionApi, ctx: Ctx, node: number, fh?: number): Promise<Attr | undefined> {
   try {
-    return await s.vfs.getattr(ctx, dir);
+    return await s.vfs.getattr(ctx, node, fh);
   } catch {
     return undefined;
   }
@@ -132,7 +134,9 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     // The whole file, not the range: one push then makes the other clients' kernels drop the file,
     // and later writes need none until they read it again (see Session.dropped).
     await s.changed([whole(a.nodeid)]);
-    return { count };
+    // The file's attributes after it (1.2), when no other write of ours to it ran beside it: then
+    // they follow every write the client sent before, and its `stat` after close needs no question.
+    return { count, attr: s.writesRunning(a.nodeid) === 1 ? await postAttr(s, ctx, a.nodeid, a.fh) : undefined };
   },
   flush: async (s, ctx, a) => {
     s.handle(a.fh, false);

@@ -453,6 +453,10 @@ export class Session implements SessionApi {
     return this.core.broadcast(events, this);
   }
 
+  writesRunning(nodeid: number): number {
+    return this.writing.get(nodeid)?.size ?? 0;
+  }
+
   othersListening(): boolean {
     for (const s of this.core.sessions) if (s !== this && s.wantsPushes) return true;
     return false;

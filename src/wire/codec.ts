@@ -375,10 +375,16 @@ const tailattr: Codec<Attr | undefined> = {
   dec: (r) => (r.remaining > 0 ? attr.dec(r) : undefined),
 };
 
+/** tailattr's twin for WRITE's reply (1.2): the same bytes, documented as what 1.2 added. */
+const writeattr: Codec<Attr | undefined> = {
+  ...tailattr,
+  doc: 'Attr, or nothing when the message ends here (1.2: absent from older servers, and when another WRITE of the node from this session was running)',
+};
+
 /** Every field type, by the name the op table uses. */
 export const FIELDS = {
   u8, u16, u32, i32, u64, i64, u64big, bool, optu64, magic, str, blob, strlist,
-  timespec, ctx, attr, tailattr, entry, setattr, open, statfs, direntries, change,
+  timespec, ctx, attr, tailattr, writeattr, entry, setattr, open, statfs, direntries, change,
 } as const;
 
 export type FieldType = keyof typeof FIELDS;

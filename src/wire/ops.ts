@@ -76,7 +76,7 @@ export const OPS = {
     req: [C, ['parent', 'u64'], ['name', 'str'], ['mode', 'u32'], ['flags', 'u32']], rep: [['entry', 'entry'], ['open', 'open'], ['parentAttr', 'tailattr']],
   },
   read: { code: 30, kind: 'call', idempotent: true, doc: 'size is at most the negotiated max frame less 64.', req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['offset', 'u64'], ['size', 'u32']], rep: [['data', 'blob']] },
-  write: { code: 31, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['offset', 'u64'], ['data', 'blob']], rep: [['count', 'u32']] },
+  write: { code: 31, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['offset', 'u64'], ['data', 'blob']], rep: [['count', 'u32'], ['attr', 'writeattr']] },
   flush: { code: 32, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64']], rep: [] },
   fsync: { code: 33, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['datasync', 'bool']], rep: [] },
   release: { code: 34, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64']], rep: [] },

@@ -12,9 +12,9 @@ import { tmpdir } from '../helpers/mount.js';
 
 const PAGE = 4096;
 
-/** Waits until the cache has settled its page writes (they run on the pool). */
+/** Waits until the cache has settled its page writes (on the pool, at idle priority: up to 20 s on a busy machine). */
 async function settle(c: DataCache, stored: number): Promise<void> {
-  for (let i = 0; i < 200 && c.stats().stored < stored; i++) await new Promise((r) => setTimeout(r, 5));
+  for (let i = 0; i < 4000 && c.stats().stored < stored; i++) await new Promise((r) => setTimeout(r, 5));
   assert.equal(c.stats().stored, stored, 'page writes settled');
 }
 

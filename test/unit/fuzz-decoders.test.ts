@@ -62,7 +62,8 @@ function fieldBytes(type: FieldType): fc.Arbitrary<Buffer> {
     case 'optu64': return fc.tuple(fc.integer({ min: 0, max: 2 }), shaped(8)).map(([b, v]) => Buffer.concat([Buffer.from([b]), v]));
     case 'magic': return fc.constant(Buffer.from('WIREFS\0\0', 'latin1'));
     // Present (84 bytes) or absent (the message ends), as a 1.0 server would send it.
-    case 'tailattr': return fc.oneof(fc.constant(Buffer.alloc(0)), shaped(84));
+    case 'tailattr':
+    case 'writeattr': return fc.oneof(fc.constant(Buffer.alloc(0)), shaped(84));
     default: {
       const size = FIELDS[type].size;
       assert.ok(size !== undefined, `${type} needs a generator`);

@@ -112,6 +112,24 @@ void describe('native sys addon', () => {
     }
   });
 
+  void it('pwriteIdle writes from the Buffer at the position, and fails like fs', async () => {
+    const file = path.join(dir, 'idle');
+    const f = await fsp.open(file, 'w+');
+    try {
+      const data = Buffer.from('0123456789abcdef');
+      assert.equal(await sys.pwriteIdle(f.fd, data, 10, 4096), 10);
+      const back = await fsp.readFile(file);
+      assert.equal(back.length, 4106);
+      assert.equal(back.toString('latin1', 4096), '0123456789');
+      await assert.rejects(sys.pwriteIdle(-1, data, 4, 0), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+      assert.throws(() => void sys.pwriteIdle(f.fd, data, 17, 0), RangeError, 'beyond the buffer');
+      // The pool thread is back to its own policy: ordinary writes still run (and finish).
+      await fsp.writeFile(path.join(dir, 'after'), 'x');
+    } finally {
+      await f.close();
+    }
+  });
+
   void it('throws TypeError on bad arguments instead of crashing', () => {
     const loose = sys as unknown as Record<string, (...args: unknown[]) => unknown>;
     assert.throws(() => loose['mknod']!(1, 2, 3), TypeError);

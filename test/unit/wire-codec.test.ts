@@ -25,7 +25,7 @@ const entry = { nodeid: 7, generation: 1, attr };
 const SAMPLES: { [T in FieldType]: unknown } = {
   u8: 200, u16: 65000, u32: 0xfffffffe, i32: -22, u64: Number.MAX_SAFE_INTEGER, i64: -1, u64big: 0xfedcba9876543210n,
   bool: true, optu64: 99, magic: MAGIC, str: 'naïve file ☃.txt', blob: Buffer.from([0, 1, 2, 255]), strlist: ['user.a', 'trusted.b', ''],
-  timespec: ts, ctx: { uid: 1000, gid: 100, pid: 4242 }, attr, tailattr: attr, entry,
+  timespec: ts, ctx: { uid: 1000, gid: 100, pid: 4242 }, attr, tailattr: attr, writeattr: attr, entry,
   setattr: { mode: 0o600, size: 10, atime: 'now', mtime: ts },
   open: { fh: 3, directIo: true, nonSeekable: true },
   statfs: { blocks: 1e9, bfree: 5e8, bavail: 4e8, files: 1e6, ffree: 9e5, bsize: 4096, namelen: 255, frsize: 4096 },
