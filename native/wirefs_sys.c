@@ -385,6 +385,29 @@ static napi_value openat2_sync(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * futimensSync(fd, atimeSec, atimeNsec, mtimeSec, mtimeNsec): futimens(2) on the calling thread.
+ * Setting the times of an open file touches only its inode in memory, so the pool's thread
+ * wake-ups each way would cost far more than the call.
+ */
+static napi_value futimens_sync(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < 5) {
+    napi_throw_type_error(env, NULL, "too few arguments");
+    return NULL;
+  }
+  int fd;
+  struct timespec ts[2];
+  if (!arg_int(env, argv[0], &fd) || !arg_times(env, argv + 1, ts)) return NULL;
+  if (futimens(fd, ts) != 0) {
+    napi_throw(env, make_error(env, errno, OP_FUTIMENS));
+    return NULL;
+  }
+  return NULL;
+}
+
+/*
  * preadv2(fd, [buffer+off, len], pos, RWF_NOWAIT) on the calling thread: the bytes read (0 at end
  * of file), or -errno. With RWF_NOWAIT the kernel copies only what its page cache holds and never
  * waits for the disk (EAGAIN instead), so a read the page cache can answer skips the trip to a
@@ -435,6 +458,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "openat2Sync", sync_fn);
   napi_create_function(env, "preadNowaitSync", NAPI_AUTO_LENGTH, pread_nowait_sync, NULL, &sync_fn);
   napi_set_named_property(env, exports, "preadNowaitSync", sync_fn);
+  napi_create_function(env, "futimensSync", NAPI_AUTO_LENGTH, futimens_sync, NULL, &sync_fn);
+  napi_set_named_property(env, exports, "futimensSync", sync_fn);
   napi_create_int64(env, RESOLVE_BENEATH, &v);
   napi_set_named_property(env, exports, "RESOLVE_BENEATH", v);
   napi_create_int64(env, RESOLVE_NO_MAGICLINKS, &v);

@@ -301,7 +301,8 @@ function formatStatus(s: Record<string, unknown>): string {
   const c = (s['client'] ?? {}) as Record<string, unknown>;
   const f = (s['fuse'] ?? {}) as Record<string, unknown>;
   const head = `${String(s['mountpoint'])}  ${String(s['server'])}  fuse.${String(s['type'])}  pid=${String(s['pid'])}`;
-  if (!s['client']) return `${head}  direct  ${flat(f, 'fuse').join(' ')}`;
+  const { ops: kernelOps, ...fuseRest } = f;
+  if (!s['client']) return `${head}  direct  ${flat(fuseRest, 'fuse').join(' ')}\n  kernel requests: ${counts(kernelOps)}`;
   const dc = c['dataCache'] as Record<string, number> | undefined;
   const mib = (n: number | undefined): string => ((n ?? 0) / 2 ** 20).toFixed(1);
   const state = String(c['state']) + (c['lastError'] ? ` (${String(c['lastError'])})` : '');
@@ -311,9 +312,17 @@ function formatStatus(s: Record<string, unknown>): string {
     `  requests: ${String(c['inFlight'])} in flight, ${String(c['requests'])} sent, ${String(c['errors'])} errors, ${String(c['pushes'])} invalidations received`,
     ...(dc ? [`  data cache: ${String(dc['files'])} files, ${mib(dc['bytes'])} of ${mib(dc['maxBytes'])} MiB; ${String(dc['hits'])} reads from it, ${String(dc['misses'])} from the server; ${String(dc['errors'])} errors`] : []),
     `  cache: ${String(c['nodes'])} nodes and ${String(c['handles'])} open handles held for the kernel; ${String(c['remapped'])} re-resolved and ${String(c['reopened'])} reopened after restarts, ${String(c['stale'])} stale`,
-    `  ${flat(f, 'fuse').join(' ')}`,
+    `  ${flat(fuseRest, 'fuse').join(' ')}`,
+    `  kernel requests: ${counts(kernelOps)}`,
+    `  server requests: ${counts(c['ops'])}`,
   ];
   return lines.join('\n');
+}
+
+/** "LOOKUP 12, GETATTR 3" from a count per operation, most frequent first. */
+function counts(o: unknown): string {
+  const rows = Object.entries((o ?? {}) as Record<string, number>).sort((a, b) => b[1] - a[1]);
+  return rows.length ? rows.map(([k, n]) => `${k} ${n}`).join(', ') : 'none';
 }
 
 function flat(o: unknown, prefix: string): string[] {

@@ -62,6 +62,8 @@ export interface ClientStats {
   inFlight: number;
   /** Requests sent since connect. */
   requests: number;
+  /** The same by operation. */
+  ops: Record<string, number>;
   /** Requests that ended in an errno. */
   errors: number;
   /** CHANGE frames received. */
@@ -129,6 +131,8 @@ const WRITE_OVERHEAD = 128;
  */
 const HOLD_MS = 20;
 const HELD_MAX = 32;
+/** Bytes of frames queued for the end of the event loop's turn at most; beyond, they are written at once. */
+const QUEUE_BYTES = 256 * 1024;
 const SERVER_CTX: WireCtx = { uid: 0, gid: 0, pid: 0 };
 
 export async function connect(opts: ConnectOptions): Promise<RemoteVfs> {
@@ -195,6 +199,9 @@ export class RemoteVfs implements Vfs {
    */
   private held: Buffer[] = [];
   private holdTimer: NodeJS.Timeout | undefined;
+  /** Frames queued for the end of this turn of the event loop (see put). */
+  private soon: NodeJS.Immediate | undefined;
+  private heldBytes = 0;
   private maxFrame: number;
   private liveness: Liveness | undefined;
   private outageTimer: NodeJS.Timeout | undefined;
@@ -205,6 +212,7 @@ export class RemoteVfs implements Vfs {
   private nextId = 1;
   private nextSeq = 1;
   private state: 'open' | 'reconnecting' | 'closed' = 'open';
+  private readonly byOp = new Map<string, number>();
   private readonly counters = { requests: 0, errors: 0, pushes: 0, disconnects: 0, reconnects: 0, newSessions: 0, resent: 0, timedOut: 0 };
   private markClosed!: () => void;
 
@@ -239,7 +247,7 @@ export class RemoteVfs implements Vfs {
 
   stats(): ClientStats {
     return {
-      state: this.state, inFlight: this.pending.size, ...this.counters, lastError: this.state === 'reconnecting' ? this.reconnector.lastError : '',
+      state: this.state, inFlight: this.pending.size, ...this.counters, ops: Object.fromEntries(this.byOp), lastError: this.state === 'reconnecting' ? this.reconnector.lastError : '',
       nodes: this.nodes.nodeCount, handles: this.nodes.handleCount, ...this.nodes.counters,
       ...(this.cache ? { dataCache: this.cache.stats() } : {}),
     };
@@ -311,6 +319,9 @@ export class RemoteVfs implements Vfs {
     // FORGETs are not resent (ids may mean other nodes after a server restart); a held RELEASE is
     // still pending and goes out again on the next link.
     this.held = [];
+    this.heldBytes = 0;
+    if (this.soon) clearImmediate(this.soon);
+    this.soon = undefined;
     this.liveness?.stop();
     this.liveness = undefined;
     if (this.state === 'closed') return;
@@ -459,6 +470,7 @@ export class RemoteVfs implements Vfs {
       const unhook = cancel?.onAbort(onAbort);
       this.pending.set(id, p);
       this.counters.requests++;
+      this.byOp.set(op, (this.byOp.get(op) ?? 0) + 1);
       if (this.wire) void this.transmit(id, p);
       else this.startOutageTimer();
     });
@@ -501,19 +513,34 @@ export class RemoteVfs implements Vfs {
     else this.put(link, frame);
   }
 
-  /** Writes a frame, with the frames held before it (in one writev). */
-  private put(link: Link, frame: Buffer | undefined): void {
-    if (this.held.length === 0) {
-      if (frame) link.socket.write(frame);
-      return;
-    }
+  /**
+   * Queues a frame for the end of this turn of the event loop, when everything queued goes out in
+   * one write (after the frames held before it): calls made together (a file's gathered writes and
+   * its attributes at close, a RELEASE and the next CREATE) cost one socket write here and one
+   * wake-up on the server.
+   */
+  private put(link: Link, frame: Buffer): void {
+    if (link !== this.wire) return;
+    this.held.push(frame);
+    this.heldBytes += frame.length;
+    if (this.heldBytes >= QUEUE_BYTES) this.flushOut();
+    else this.soon ??= setImmediate(() => this.flushOut());
+  }
+
+  /** Writes every queued frame now, on the current link (one writev). */
+  private flushOut(): void {
     clearTimeout(this.holdTimer);
     this.holdTimer = undefined;
-    link.socket.cork();
-    for (const f of this.held) link.socket.write(f);
+    if (this.soon) clearImmediate(this.soon);
+    this.soon = undefined;
+    const frames = this.held;
     this.held = [];
-    if (frame) link.socket.write(frame);
-    link.socket.uncork();
+    this.heldBytes = 0;
+    const socket = this.wire?.socket;
+    if (frames.length === 0 || !socket || socket.destroyed) return;
+    if (frames.length > 1) socket.cork();
+    for (const f of frames) socket.write(f);
+    if (frames.length > 1) socket.uncork();
   }
 
   private sendOneway<N extends 'forget' | 'cancel' | 'bye' | 'changeAck'>(op: N, req: Req<N>): void {
@@ -526,12 +553,12 @@ export class RemoteVfs implements Vfs {
 
   /** Keeps a frame no one waits for until the next frame is written (see held). */
   private hold(link: Link, frame: Buffer): void {
+    if (link !== this.wire) return;
     this.held.push(frame);
-    if (this.held.length >= HELD_MAX) this.put(link, undefined);
-    else this.holdTimer ??= setTimeout(() => {
-      this.holdTimer = undefined;
-      if (this.wire) this.put(this.wire, undefined);
-    }, HOLD_MS).unref();
+    this.heldBytes += frame.length;
+    if (this.soon) return;
+    if (this.held.length >= HELD_MAX) this.soon = setImmediate(() => this.flushOut());
+    else this.holdTimer ??= setTimeout(() => this.flushOut(), HOLD_MS).unref();
   }
 
   /** Fails every waiting call with EIO: close() only. */
@@ -805,6 +832,7 @@ export class RemoteVfs implements Vfs {
       this.liveness?.stop();
       const link = this.wire;
       this.sendOneway('bye', {});
+      this.flushOut();
       this.wire = undefined;
       link?.socket.end();
       // A peer that does not finish the close politely still lets us go.

@@ -13,6 +13,14 @@
 // clients (see PUSH_ACK); and no byte is dropped silently: a failed write is reported by the next
 // flush or fsync of the file handle that wrote it.
 //
+// Small writes that follow each other on one handle are gathered into one WRITE of up to
+// GATHER_BYTES (tar writes a file in 10 KiB records, which the kernel splits further at page
+// boundaries: three or four requests per small file, each costing both sides a wake-up). The
+// gathered bytes count as a flight from the first write on, so everything above waits for them as
+// for any write; they go out when the next write does not follow, when they reach GATHER_BYTES,
+// when anything waits for the file's writes (close, fsync, read, stat...), or GATHER_MS after
+// the first, so a writer that pauses without closing is not left unsent for long.
+//
 // FLUSH itself is answered here: no source keeps anything per flush (their writes are in the source
 // once answered), so a close costs no round trip beyond waiting for its writes.
 //
@@ -39,6 +47,10 @@ import {
 /** Bytes of written data in flight to the server at most, per mount. */
 export const WRITE_BEHIND_BYTES = 32 << 20;
 const O_SYNC = 0o4010000;
+/** Writes smaller than this are gathered, up to this many bytes in one WRITE. */
+export const GATHER_BYTES = 128 * 1024;
+/** Gathered writes go out at most this long after the first of them. */
+const GATHER_MS = 10;
 /** Files whose attributes after our last write are kept at most (see landed). */
 const MAX_LANDED = 10_000;
 const O_DSYNC = 0o10000;
@@ -46,6 +58,8 @@ const O_DSYNC = 0o10000;
 interface Flight {
   off: number;
   end: number;
+  /** Bytes it holds of the write-behind budget. */
+  bytes: number;
   done: Promise<void>;
 }
 
@@ -53,6 +67,20 @@ interface Handle {
   nodeid: number;
   behind: boolean;
   error: Error | undefined;
+  /** Writes of this handle gathered and not sent yet. */
+  gather: Gather | undefined;
+}
+
+/** Writes of one handle, each starting where the one before ended, to be sent as one WRITE. */
+interface Gather {
+  nodeid: number;
+  fh: number;
+  ctx: Ctx;
+  chunks: Buffer[];
+  flight: Flight;
+  timer: NodeJS.Timeout;
+  /** Settles the flight with the WRITE's outcome (set once sent). */
+  send: (work: Promise<void>) => void;
 }
 
 const S_ISUID = 0o4000;
@@ -132,7 +160,7 @@ export class WriteBehindVfs implements Vfs {
   private readonly handles = new Map<number, Handle>();
   private inFlightBytes = 0;
   private roomWaiters: Array<() => void> = [];
-  private readonly counters = { behind: 0, waitedForRoom: 0, deferredErrors: 0, setattrsBehind: 0, setattrsSent: 0, attrsLanded: 0 };
+  private readonly counters = { behind: 0, gathered: 0, waitedForRoom: 0, deferredErrors: 0, setattrsBehind: 0, setattrsSent: 0, attrsLanded: 0 };
   /** Files this client created and holds open, while no push said another changed them. */
   private readonly made = new Map<number, Made>();
   private readonly listeners = new ChangeListeners();
@@ -204,9 +232,9 @@ export class WriteBehindVfs implements Vfs {
     }
   }
 
-  stats(): { writeBehindBytes: number; writesBehind: number; setattrsBehind: number; setattrsSent: number; attrsLanded: number; waitedForRoom: number; deferredErrors: number } {
+  stats(): { writeBehindBytes: number; writesBehind: number; writesGathered: number; setattrsBehind: number; setattrsSent: number; attrsLanded: number; waitedForRoom: number; deferredErrors: number } {
     return {
-      writeBehindBytes: this.inFlightBytes, writesBehind: this.counters.behind, setattrsBehind: this.counters.setattrsBehind,
+      writeBehindBytes: this.inFlightBytes, writesBehind: this.counters.behind, writesGathered: this.counters.gathered, setattrsBehind: this.counters.setattrsBehind,
       setattrsSent: this.counters.setattrsSent, attrsLanded: this.counters.attrsLanded,
       waitedForRoom: this.counters.waitedForRoom, deferredErrors: this.counters.deferredErrors,
     };
@@ -221,6 +249,7 @@ export class WriteBehindVfs implements Vfs {
   /** Resolves once every write of the node that is in flight now has been answered. */
   private async drain(nodeid: number): Promise<void> {
     this.sendPending(nodeid);
+    this.sendGathered(nodeid);
     const set = this.flights.get(nodeid);
     if (!set) return;
     await Promise.all([...set].map((f) => f.done));
@@ -321,6 +350,8 @@ export class WriteBehindVfs implements Vfs {
     const m = this.made.get(nodeid);
     const p = m?.pending;
     if (!p) return;
+    // Writes gathered before the change must reach the server before it.
+    this.sendGathered(nodeid);
     m.pending = undefined;
     this.landed.delete(nodeid);
     this.counters.setattrsSent++;
@@ -374,7 +405,7 @@ export class WriteBehindVfs implements Vfs {
     // Writes that promise durability (O_SYNC) or bypass caches (O_DIRECT), and appends (the server
     // picks the offset, so overlap cannot be judged here), go through one at a time as before.
     const behind = (flags & O_ACCMODE) !== O_RDONLY && !(flags & (O_SYNC | O_DSYNC | O_DIRECT | O_APPEND));
-    this.handles.set(fh, { nodeid, behind, error: undefined });
+    this.handles.set(fh, { nodeid, behind, error: undefined, gather: undefined });
   }
 
   async open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
@@ -412,39 +443,33 @@ export class WriteBehindVfs implements Vfs {
         return this.inner.write(ctx, nodeid, fh, offset, data);
       });
     }
+    const end = offset + data.length;
+    // Held attribute changes go first: this write must land after them.
+    this.sendPending(nodeid);
+    // An earlier write of this handle failed: say so now rather than pile more on.
+    this.takeError(fh);
+    if (this.gathered(h, ctx, offset, data)) return data.length;
     this.begin(nodeid);
     let flown = false;
     try {
-      // Held attribute changes go first: this write must land after them.
-      this.sendPending(nodeid);
-      // An earlier write of this handle failed: say so now rather than pile more on.
-      this.takeError(fh);
       await this.room(data.length);
-      const end = offset + data.length;
       const set = this.flights.get(nodeid);
       if (set) {
         const overlapping = [...set].filter((f) => f.off < end && offset < f.end);
-        if (overlapping.length) await Promise.all(overlapping.map((f) => f.done));
+        if (overlapping.length) {
+          this.sendGathered(nodeid); // another handle's gathered writes among them
+          await Promise.all(overlapping.map((f) => f.done));
+        }
       }
-      const m = this.made.get(nodeid);
-      if (m) {
-        const now = nowTs();
-        const size = Math.max(m.attr.size, end);
-        m.attr = { ...m.attr, size, blocks: Math.max(m.attr.blocks, Math.ceil(size / 4096) * 8), mtime: now, ctime: now };
-      }
+      // Another write of this handle may have started gathering meanwhile.
+      if (h.gather) this.sendGather(h.gather);
+      this.grew(nodeid, end);
       this.counters.behind++;
-      this.fly(nodeid, offset, end, data.length, this.inner.write(plain(ctx), nodeid, fh, offset, data).then(
-        (n) => {
-          if (n >= data.length) return;
-          h.error ??= new FsError(Errno.ENOSPC, `short write at ${offset + n}`);
-          this.unsure(nodeid);
-        },
-        (err: unknown) => {
-          h.error ??= err instanceof Error ? err : new FsError(Errno.EIO);
-          this.counters.deferredErrors++;
-          this.unsure(nodeid);
-        },
-      ).finally(() => this.end(nodeid)));
+      if (data.length < GATHER_BYTES) {
+        this.startGather(h, fh, ctx, offset, data);
+      } else {
+        this.fly(nodeid, offset, end, data.length, this.sent(h, nodeid, offset, this.inner.write(plain(ctx), nodeid, fh, offset, data), data.length));
+      }
       flown = true;
       return data.length;
     } finally {
@@ -452,22 +477,98 @@ export class WriteBehindVfs implements Vfs {
     }
   }
 
+  /** Our record of a file we made, after a write up to `end`. */
+  private grew(nodeid: number, end: number): void {
+    const m = this.made.get(nodeid);
+    if (!m) return;
+    const now = nowTs();
+    const size = Math.max(m.attr.size, end);
+    m.attr = { ...m.attr, size, blocks: Math.max(m.attr.blocks, Math.ceil(size / 4096) * 8), mtime: now, ctime: now };
+  }
+
+  /** A WRITE's outcome as its flight's work (never rejects): failures go to the handle, then to flush. */
+  private sent(h: Handle, nodeid: number, offset: number, write: Promise<number>, len: number): Promise<void> {
+    return write.then(
+      (n) => {
+        if (n >= len) return;
+        h.error ??= new FsError(Errno.ENOSPC, `short write at ${offset + n}`);
+        this.unsure(nodeid);
+      },
+      (err: unknown) => {
+        h.error ??= err instanceof Error ? err : new FsError(Errno.EIO);
+        this.counters.deferredErrors++;
+        this.unsure(nodeid);
+      },
+    ).finally(() => this.end(nodeid));
+  }
+
+  /**
+   * Adds the write to the handle's gathered writes if it follows them (same caller, room left),
+   * without waiting: the gather is a flight already, and holds its bytes of the budget.
+   */
+  private gathered(h: Handle, ctx: Ctx, offset: number, data: Buffer): boolean {
+    const g = h.gather;
+    if (!g) return false;
+    const f = g.flight;
+    if (f.end !== offset || g.ctx.uid !== ctx.uid || g.ctx.gid !== ctx.gid || f.bytes + data.length > GATHER_BYTES ||
+      this.inFlightBytes + data.length > this.limit) {
+      this.sendGather(g);
+      return false;
+    }
+    this.landed.delete(g.nodeid);
+    g.chunks.push(data);
+    f.end += data.length;
+    f.bytes += data.length;
+    this.inFlightBytes += data.length;
+    this.grew(g.nodeid, f.end);
+    this.counters.behind++;
+    this.counters.gathered++;
+    if (f.bytes >= GATHER_BYTES) this.sendGather(g);
+    return true;
+  }
+
+  /** Starts gathering writes of the handle with this one (its begin() is the gather's). */
+  private startGather(h: Handle, fh: number, ctx: Ctx, offset: number, data: Buffer): void {
+    let send!: (work: Promise<void>) => void;
+    const work = new Promise<void>((resolve) => (send = resolve));
+    const flight = this.fly(h.nodeid, offset, offset + data.length, data.length, work);
+    const g: Gather = { nodeid: h.nodeid, fh, ctx: plain(ctx), chunks: [data], flight, send, timer: setTimeout(() => this.sendGather(g), GATHER_MS) };
+    g.timer.unref();
+    h.gather = g;
+  }
+
+  /** Sends the handle's gathered writes as one WRITE. */
+  private sendGather(g: Gather): void {
+    const h = this.handles.get(g.fh);
+    if (h?.gather !== g) return;
+    h.gather = undefined;
+    clearTimeout(g.timer);
+    const data = g.chunks.length === 1 ? g.chunks[0]! : Buffer.concat(g.chunks);
+    g.send(this.sent(h, g.nodeid, g.flight.off, this.inner.write(g.ctx, g.nodeid, g.fh, g.flight.off, data), data.length));
+  }
+
+  /** Sends every gather of the node. */
+  private sendGathered(nodeid: number): void {
+    for (const h of this.handles.values()) if (h.gather && h.nodeid === nodeid) this.sendGather(h.gather);
+  }
+
 
   /** Tracks `work` (which never rejects) as a flight of the node covering [off, end). */
-  private fly(nodeid: number, off: number, end: number, bytes: number, work: Promise<void>): void {
+  private fly(nodeid: number, off: number, end: number, bytes: number, work: Promise<void>): Flight {
     const set = this.flights.get(nodeid) ?? new Set();
     this.flights.set(nodeid, set);
-    const flight: Flight = { off, end, done: Promise.resolve() };
+    const flight: Flight = { off, end, bytes, done: Promise.resolve() };
     this.inFlightBytes += bytes;
     flight.done = work.finally(() => {
       set.delete(flight);
       if (set.size === 0 && this.flights.get(nodeid) === set) this.flights.delete(nodeid);
-      this.inFlightBytes -= bytes;
+      this.inFlightBytes -= flight.bytes;
       const waiters = this.roomWaiters;
       this.roomWaiters = [];
       for (const w of waiters) w();
     });
     set.add(flight);
+    return flight;
   }
 
   async flush(_ctx: Ctx, nodeid: number, fh: number): Promise<void> {

@@ -40,6 +40,12 @@ export const Init = {
   ABORT_ERROR: 1 << 21, MAX_PAGES: 1 << 22, CACHE_SYMLINKS: 1 << 23,
   /** 7.29: the kernel takes ENOSYS to OPENDIR as "never send OPENDIR/RELEASEDIR again". */
   NO_OPENDIR_SUPPORT: 1 << 24,
+  /**
+   * 7.33: the file system clears set-ID bits on write, truncation and chown (told by the flags
+   * below), so the kernel stops asking for them; it also marks the super block SB_NOSEC, so a
+   * file's writes after its first no longer ask for security.capability.
+   */
+  HANDLE_KILLPRIV_V2: 1 << 28,
   INIT_EXT: 1 << 30,
 } as const;
 
@@ -53,6 +59,10 @@ export const FOPEN = {
 } as const;
 
 export const FUSE_GETATTR_FH = 1 << 0;
+/** fuse_write_in.write_flags: the writer may not keep set-ID bits (no CAP_FSETID). */
+export const FUSE_WRITE_KILL_SUIDGID = 1 << 2;
+/** fuse_open_in/fuse_create_in.open_flags: an O_TRUNC open by a caller without CAP_FSETID. */
+export const FUSE_OPEN_KILL_SUIDGID = 1 << 0;
 export const FUSE_FSYNC_FDATASYNC = 1 << 0;
 
 export const Notify = { INVAL_INODE: 2, INVAL_ENTRY: 3, DELETE: 6 } as const;
@@ -301,8 +311,8 @@ export const decoders = {
   // fuse_open_in (8): flags 0, open_flags 4
   open: (r: Reader) => {
     const flags = r.u32();
-    r.skip(4);
-    return { flags };
+    const openFlags = r.u32();
+    return { flags, openFlags };
   },
   // fuse_read_in (40): fh 0, offset 8, size 16, read_flags 20, lock_owner 24, flags 32, padding 36
   read: (r: Reader) => {
@@ -410,8 +420,9 @@ export const decoders = {
   create: (r: Reader) => {
     const flags = r.u32();
     const mode = r.u32();
-    r.skip(8);
-    return { flags, mode, name: name(r) };
+    r.skip(4);
+    const openFlags = r.u32();
+    return { flags, mode, openFlags, name: name(r) };
   },
   // fuse_interrupt_in (8): unique 0 (of the request to interrupt)
   interrupt: (r: Reader) => ({ target: r.u64big() }),

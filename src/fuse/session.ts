@@ -7,9 +7,10 @@ import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
 import { Errno, errnoName, FsError, toErrno } from '../lib/errno.js';
 import { LazyAbort, RequestCtx } from '../lib/abort.js';
 import { logger } from '../lib/log.js';
-import type { ChangeEvent, Ctx, Entry, SetAttr, Vfs } from '../vfs/types.js';
+import { O_TRUNC, type ChangeEvent, type Ctx, type Entry, type SetAttr, type Vfs } from '../vfs/types.js';
 import {
   ATTR_OUT_SIZE, DIRENT_NAME_OFFSET, DIRENTPLUS_NAME_OFFSET, ENTRY_OUT_SIZE, FATTR, FOPEN, FUSE_GETATTR_FH,
+  FUSE_OPEN_KILL_SUIDGID, FUSE_WRITE_KILL_SUIDGID,
   FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, FUSE_NAME_MAX, FUSE_ROOT_ID,
   IN_HEADER_SIZE, INIT_OUT_SIZE, Init, KSTATFS_SIZE, NOTIFY_DELETE_SIZE, Notify, OPEN_OUT_SIZE, OPS, OUT_HEADER_SIZE, Op,
   decodeInHeader, decoders, direntSize, direntplusSize, encodeAttrOut, encodeDirent, encodeDirentplus,
@@ -28,7 +29,19 @@ export const DEFAULT_MAX_PAGES = 256;
 /** The INIT flags we ask for; the reply carries their intersection with what the kernel offers. */
 const WANTED_FLAGS =
   Init.ASYNC_READ | Init.ATOMIC_O_TRUNC | Init.BIG_WRITES | Init.DO_READDIRPLUS | Init.READDIRPLUS_AUTO |
-  Init.ASYNC_DIO | Init.PARALLEL_DIROPS | Init.MAX_PAGES | Init.CACHE_SYMLINKS | Init.AUTO_INVAL_DATA;
+  Init.ASYNC_DIO | Init.PARALLEL_DIROPS | Init.MAX_PAGES | Init.CACHE_SYMLINKS | Init.AUTO_INVAL_DATA |
+  Init.HANDLE_KILLPRIV_V2;
+
+const S_ISUID = 0o4000;
+const S_ISGID = 0o2000;
+const S_IXGRP = 0o010;
+/** Files remembered as having no set-ID bits, at most (see plain). */
+const MAX_PLAIN = 65536;
+
+/** The set-ID bits a write or truncation by an unprivileged caller clears (as the kernel's should_remove_suid). */
+function setIdBits(mode: number): number {
+  return (mode & S_ISUID) | ((mode & (S_ISGID | S_IXGRP)) === (S_ISGID | S_IXGRP) ? S_ISGID : 0);
+}
 
 export interface SessionOptions {
   /** How long the kernel may cache a name (and a negative lookup). Default 1 s. */
@@ -101,6 +114,14 @@ export class FuseSession {
   private readonly maxWrite: number;
   private readonly inflight = new Map<bigint, LazyAbort>();
   private requests = 0;
+  /**
+   * With HANDLE_KILLPRIV_V2 the set-ID bits a write or truncation clears are ours to clear: nodes
+   * whose attributes, as last given to the kernel, had none (and that no push or change through us
+   * has touched since), so their writes need no check (the kernel's S_NOSEC, kept here).
+   */
+  private readonly plain = new Set<number>();
+  /** Requests received, by opcode (like nfsstat's per-operation counts). */
+  private readonly byOpcode: number[] = [];
   private initDone = false;
   private ended = false;
   private unwatch: (() => void) | undefined;
@@ -123,8 +144,10 @@ export class FuseSession {
     this.initialized.catch(() => {});
   }
 
-  stats(): { inFlight: number; requests: number } {
-    return { inFlight: this.inflight.size, requests: this.requests };
+  stats(): { inFlight: number; requests: number; ops: Record<string, number> } {
+    const ops: Record<string, number> = {};
+    this.byOpcode.forEach((n, opcode) => { ops[OPS[opcode]?.name ?? `opcode ${opcode}`] = n; });
+    return { inFlight: this.inflight.size, requests: this.requests, ops };
   }
 
   /** The connection is gone: cancel what is running, stop notifying. */
@@ -149,6 +172,7 @@ export class FuseSession {
       const end = h.len - h.totalExtlen * 8;
       if (end < IN_HEADER_SIZE) throw new ProtocolError(`extensions (${h.totalExtlen * 8} bytes) longer than the request`);
       spec = OPS[h.opcode];
+      this.byOpcode[h.opcode] = (this.byOpcode[h.opcode] ?? 0) + 1;
       if (!spec || !spec.handler) {
         // ENOSYS only for what we truly do not implement; the kernel remembers it for some ops.
         if (!spec?.noReply) this.send(h.unique, { error: Errno.ENOSYS }, spec?.name ?? `opcode ${h.opcode}`);
@@ -221,6 +245,7 @@ export class FuseSession {
   // --- replies ----------------------------------------------------------------------------------
 
   private entry(e: Entry): Answer {
+    if (e.nodeid) this.seen(e.nodeid, e.attr.mode);
     return {
       chunks: one((w) => encodeEntryOut(w, e, this.entryT, this.attrT), ENTRY_OUT_SIZE),
       // The lookup was counted by the Vfs; if the kernel never saw it, give it back.
@@ -228,7 +253,8 @@ export class FuseSession {
     };
   }
 
-  private attr(a: Parameters<typeof encodeAttrOut>[1]): Answer {
+  private attr(a: Parameters<typeof encodeAttrOut>[1], nodeid: number): Answer {
+    this.seen(nodeid, a.mode);
     return { chunks: one((w) => encodeAttrOut(w, a, this.attrT), ATTR_OUT_SIZE) };
   }
 
@@ -263,11 +289,15 @@ export class FuseSession {
       return this.entry(e);
     },
     forget: async (h, req) => {
+      this.plain.delete(h.nodeid);
       this.forget(h.nodeid, req.nlookup);
       return NO_REPLY;
     },
     batchForget: async (_h, req) => {
-      for (const f of req.items) this.forget(f.nodeid, f.nlookup);
+      for (const f of req.items) {
+        this.plain.delete(f.nodeid);
+        this.forget(f.nodeid, f.nlookup);
+      }
       return NO_REPLY;
     },
     interrupt: async (h, req) => {
@@ -281,7 +311,7 @@ export class FuseSession {
       return { error: Errno.EAGAIN };
     },
     getattr: async (h, req, ctx) =>
-      this.attr(await this.vfs.getattr(ctx, h.nodeid, req.flags & FUSE_GETATTR_FH ? req.fh : undefined)),
+      this.attr(await this.vfs.getattr(ctx, h.nodeid, req.flags & FUSE_GETATTR_FH ? req.fh : undefined), h.nodeid),
     setattr: async (h, req, ctx) => {
       const v = req.valid;
       const set: SetAttr = {};
@@ -295,7 +325,12 @@ export class FuseSession {
       if (v & FATTR.MTIME_NOW) set.mtime = 'now';
       else if (v & FATTR.MTIME) set.mtime = req.mtime;
       // FATTR_CTIME (7.23) only accompanies other changes, which move ctime anyway.
-      return this.attr(await this.vfs.setattr(ctx, h.nodeid, set, v & FATTR.FH ? req.fh : undefined));
+      const fh = v & FATTR.FH ? req.fh : undefined;
+      const plain = this.plain.delete(h.nodeid);
+      // A truncation by a caller without CAP_FSETID clears set-ID bits (KILLPRIV_V2); a chown's
+      // clearing, flagged too, is the source's (chown(2) rules, as the host's kernel applies them).
+      if (v & FATTR.KILL_SUIDGID && set.size !== undefined && set.mode === undefined && !plain) await this.killSetId(ctx, h.nodeid, fh);
+      return this.attr(await this.vfs.setattr(ctx, h.nodeid, set, fh), h.nodeid);
     },
     readlink: async (h, _req, ctx) => ({ chunks: [Buffer.from(await this.vfs.readlink(ctx, h.nodeid))] }),
     symlink: async (h, req, ctx) => this.entry(await this.vfs.symlink(ctx, h.nodeid, req.name, req.target)),
@@ -322,6 +357,12 @@ export class FuseSession {
     // With ATOMIC_O_TRUNC the kernel passes O_TRUNC here instead of a SETATTR of size 0.
     open: async (h, req, ctx) => {
       const r = await this.vfs.open(ctx, h.nodeid, req.flags);
+      if (req.openFlags & FUSE_OPEN_KILL_SUIDGID && req.flags & O_TRUNC && !this.plain.has(h.nodeid)) {
+        await this.killSetId(ctx, h.nodeid, r.fh).catch((err: unknown) => {
+          this.releaseQuietly(h.nodeid, r.fh, false);
+          throw err;
+        });
+      }
       return {
         chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags)), OPEN_OUT_SIZE),
         after: (ok) => { if (!ok) this.releaseQuietly(h.nodeid, r.fh, false); },
@@ -332,6 +373,7 @@ export class FuseSession {
       return { chunks: [data.length > req.size ? data.subarray(0, req.size) : data] };
     },
     write: async (h, req, ctx) => {
+      if (req.writeFlags & FUSE_WRITE_KILL_SUIDGID && !this.plain.has(h.nodeid)) await this.killSetId(ctx, h.nodeid, req.fh);
       const n = await this.vfs.write(ctx, h.nodeid, req.fh, req.offset, req.data);
       return { chunks: one((w) => encodeWriteOut(w, n), 8) };
     },
@@ -400,8 +442,17 @@ export class FuseSession {
     },
     create: async (h, req, ctx) => {
       const r = await this.vfs.create(ctx, h.nodeid, req.name, req.mode, req.flags);
+      // O_TRUNC matters if the name came to exist before the create reached the source.
+      if (req.openFlags & FUSE_OPEN_KILL_SUIDGID && req.flags & O_TRUNC && setIdBits(r.entry.attr.mode)) {
+        await this.killSetId(ctx, r.entry.nodeid, r.fh).catch((err: unknown) => {
+          this.releaseQuietly(r.entry.nodeid, r.fh, false);
+          this.vfs.forget(r.entry.nodeid, 1);
+          throw err;
+        });
+      }
       const w = new Writer(ENTRY_OUT_SIZE + OPEN_OUT_SIZE);
       encodeEntryOut(w, r.entry, this.entryT, this.attrT);
+      this.seen(r.entry.nodeid, r.entry.attr.mode);
       encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags));
       return {
         chunks: [w.done()],
@@ -528,7 +579,10 @@ export class FuseSession {
         if (plus) {
           const entry = counted > FUSE_ROOT_ID && !dot ? e.entry! : null;
           encodeDirentplus(w, entry, this.entryT, this.attrT, e.ino, e.off, e.type, nameBytes);
-          if (entry) given.push(entry.nodeid);
+          if (entry) {
+            given.push(entry.nodeid);
+            this.seen(entry.nodeid, entry.attr.mode);
+          }
           else if (counted) this.forget(counted, 1);
         } else {
           encodeDirent(w, e.ino, e.off, e.type, nameBytes);
@@ -551,7 +605,38 @@ export class FuseSession {
    * Sends one change to the kernel. Never awaited by a request handler: the kernel may hold a page
    * or directory lock for a request that is waiting on us while it processes the notify.
    */
+  /** Attributes given to the kernel: what it now knows of the file's set-ID bits is ours too. */
+  private seen(nodeid: number, mode: number): void {
+    if (setIdBits(mode)) {
+      this.plain.delete(nodeid);
+      return;
+    }
+    if (this.plain.size >= MAX_PLAIN) this.plain.clear();
+    this.plain.add(nodeid);
+  }
+
+  /**
+   * Clears the set-ID bits an unprivileged write or truncation clears, as the kernel did before
+   * HANDLE_KILLPRIV_V2 (a fresh getattr, then a chmod), and
+   * remembers a file found without any.
+   */
+  private async killSetId(ctx: Ctx, nodeid: number, fh: number | undefined): Promise<void> {
+    const { mode, uid, gid } = await this.vfs.getattr(ctx, nodeid, fh);
+    const bits = setIdBits(mode);
+    if (!bits) {
+      this.seen(nodeid, mode);
+      return;
+    }
+    // As the owner: the writer need not own the file (the kernel's own change was forced past
+    // the permission check that a chmod by the writer would fail).
+    await this.vfs.setattr({ uid, gid, pid: ctx.pid }, nodeid, { mode: mode & 0o7777 & ~bits }, fh);
+    // The kernel still holds the mode it had (it did not make this change): drop it.
+    void this.notify({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
+  }
+
   private notify(ev: ChangeEvent): Promise<void> | undefined {
+    if (ev.kind === 'inode') this.plain.delete(ev.nodeid);
+    else if (ev.kind === 'delete') this.plain.delete(ev.child);
     if (this.ended) return undefined;
     const nb = ev.kind === 'inode' ? Buffer.alloc(0) : Buffer.from(ev.name);
     if (ev.kind !== 'inode' && (nb.length === 0 || nb.length > FUSE_NAME_MAX)) return undefined;

@@ -37,6 +37,8 @@ export interface Sys {
    * system cannot say). Never waits for a disk.
    */
   preadNowaitSync(fd: number, buffer: Buffer, offset: number, length: number, position: number): number;
+  /** futimens(2) on the calling thread (throws like the async one): an open file's inode only. */
+  futimensSync(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
   /**
    * pwrite(2) of buffer[0, length) at position, on a pool thread running under SCHED_IDLE for the
    * call: for writes no one waits for, which should take only CPU time nothing else wants.

@@ -57,6 +57,8 @@ const MISSED_LIMIT = 10_000;
 /** How long a reply no one waits for (RELEASE) may wait for a frame to go out with, and how many. */
 const HOLD_MS = 20;
 const HELD_MAX = 32;
+/** Bytes of frames queued for the end of the event loop's turn at most; beyond, they are written at once. */
+const QUEUE_BYTES = 256 * 1024;
 
 /** The identity the server uses for its own cleanup calls (releasing a departed client's handles). */
 const SERVER_CTX: Ctx = { uid: 0, gid: 0, pid: 0 };
@@ -83,9 +85,11 @@ export class Session implements SessionApi {
   /** Node id -> its WRITEs running now (see onFrame: SETATTR of times waits for them). */
   private readonly writing = new Map<number, Set<Promise<void>>>();
   private writeBlocked = false;
-  /** Replies held for the next frame (see send). */
+  /** Replies waiting to be written (see send). */
   private held: Buffer[] = [];
   private holdTimer: NodeJS.Timeout | undefined;
+  private soon: NodeJS.Immediate | undefined;
+  private heldBytes = 0;
   private readonly helloTimer: NodeJS.Timeout;
   // What the client holds; shared with the Session that adopts this one on a resume.
   private lookups = new Map<number, number>();
@@ -193,6 +197,7 @@ export class Session implements SessionApi {
     }
     if (op === 'bye') {
       this.closing = true;
+      this.flushOut();
       this.socket.end();
       return;
     }
@@ -322,6 +327,7 @@ export class Session implements SessionApi {
         if (mismatch) {
           // The reply tells the client our version, so it can say what is wrong; then we part.
           this.core.log.warn(`${this.peer}: ${versionMismatch('client', a.major, a.minor)}; closing the connection`);
+          this.flushOut();
           this.socket.end();
           return;
         }
@@ -340,6 +346,7 @@ export class Session implements SessionApi {
         const errno = toErrno(err, 'server HELLO');
         this.core.log.warn(`${this.peer}: cannot open a session: the root getattr failed with ${errnoName(errno)}`);
         this.send(encodeErrorFrame(h.op, h.id, errno));
+        this.flushOut();
         this.socket.end();
       });
   }
@@ -516,37 +523,48 @@ export class Session implements SessionApi {
 
   // --- output and the end ----------------------------------------------------------------------
 
-  /** Writes a frame, after the frames held (in one writev); or holds it, for HOLD_MS at most. */
-  private send(frame: Buffer | undefined, hold = false): void {
+  /**
+   * Queues a frame for the end of this turn of the event loop, when everything queued goes out in
+   * one write: requests that arrive together are mostly answered together, and each write costs the
+   * client a wake-up. A held frame (the reply to a RELEASE, which no one waits for) waits for the
+   * next other frame, or HOLD_MS at most.
+   */
+  private send(frame: Buffer, hold = false): void {
     if (this.state === 'closed' || this.socket.destroyed) return;
-    if (frame && frame.length > this.maxFrame && this.state === 'open') {
+    if (frame.length > this.maxFrame && this.state === 'open') {
       // A source returned more than fits (a huge xattr, a long list): a bug-shaped failure, EIO.
       const h = decodeHeader(new Reader(frame));
       this.core.log.warn(`${this.peer}: reply of ${frame.length} bytes to op ${h.op} is over the frame limit; sending EIO`);
       frame = encodeErrorFrame(h.op, h.id, Errno.EIO);
     }
-    if (frame && hold) {
-      this.held.push(frame);
-      if (this.held.length < HELD_MAX) {
-        this.holdTimer ??= setTimeout(() => {
-          this.holdTimer = undefined;
-          this.send(undefined);
-        }, HOLD_MS).unref();
-        return;
-      }
-      frame = undefined;
-    }
-    if (this.held.length === 0) {
-      if (frame && !this.socket.write(frame)) this.writeBlocked = true;
+    this.held.push(frame);
+    this.heldBytes += frame.length;
+    // Requests answered without leaving the event loop (cached data) could queue replies without
+    // end in one turn: past QUEUE_BYTES they go now, so a full socket stops the reading (pump).
+    if (this.heldBytes >= QUEUE_BYTES) {
+      this.flushOut();
       return;
     }
+    if (hold && !this.soon && this.held.length < HELD_MAX) {
+      this.holdTimer ??= setTimeout(() => this.flushOut(), HOLD_MS).unref();
+      return;
+    }
+    this.soon ??= setImmediate(() => this.flushOut());
+  }
+
+  /** Writes every queued frame now (one writev). */
+  private flushOut(): void {
     clearTimeout(this.holdTimer);
     this.holdTimer = undefined;
-    this.socket.cork();
-    for (const f of this.held) if (!this.socket.write(f)) this.writeBlocked = true;
+    if (this.soon) clearImmediate(this.soon);
+    this.soon = undefined;
+    const frames = this.held;
     this.held = [];
-    if (frame && !this.socket.write(frame)) this.writeBlocked = true;
-    this.socket.uncork();
+    this.heldBytes = 0;
+    if (frames.length === 0 || this.state === 'closed' || this.socket.destroyed) return;
+    if (frames.length > 1) this.socket.cork();
+    for (const f of frames) if (!this.socket.write(f)) this.writeBlocked = true;
+    if (frames.length > 1) this.socket.uncork();
   }
 
   /** Ends the session now, with no grace (the server is shutting down). */

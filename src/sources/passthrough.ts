@@ -561,17 +561,20 @@ export class PassthroughFs implements Vfs {
       const given = this.files.find(fh);
       const h = given?.node === n ? given : p === undefined ? n.handles?.values().next().value : undefined;
       if (!h && p === undefined) throw new FsError(Errno.ENOENT);
+      // The kernel names a handle only for ftruncate; for what any fd may do (chown, chmod, times,
+      // stat) an open handle of the file is the inode itself, and spares resolving its path.
+      const any = h ?? n.handles?.values().next().value;
       if (set.atime && set.atime !== 'now') checkTimespec(set.atime);
       if (set.mtime && set.mtime !== 'now') checkTimespec(set.mtime);
       if (set.uid !== undefined || set.gid !== undefined) {
         const uid = set.uid ?? -1;
         const gid = set.gid ?? -1;
-        if (h) await this.withFile(h, (f) => f.chown(uid, gid));
+        if (any) await this.withFile(any, (f) => f.chown(uid, gid));
         else await this.fs.lchown(p!, uid, gid);
       }
       if (set.mode !== undefined) {
         const mode = set.mode & 0o7777;
-        if (h) await this.withFile(h, (f) => f.chmod(mode));
+        if (any) await this.withFile(any, (f) => f.chmod(mode));
         else if (n.type === S_IFLNK) throw new FsError(Errno.EOPNOTSUPP);
         else await this.onPath(p!, n.type, (f) => f.chmod(mode), () => this.fs.chmod(p!, mode));
       }
@@ -584,10 +587,10 @@ export class PassthroughFs implements Vfs {
         else await this.onPath(p!, n.type, (f) => f.truncate(size), undefined, O_WRONLY);
       }
       if (set.atime !== undefined || set.mtime !== undefined) {
-        await this.setTimes(n, h, p, set.atime, set.mtime);
+        await this.setTimes(n, any, p, set.atime, set.mtime);
       }
       this.noteOwn(p);
-      return this.toAttr(await this.statNode(n, h));
+      return this.toAttr(await this.statNode(n, any));
     });
   }
 
@@ -615,7 +618,7 @@ export class PassthroughFs implements Vfs {
         t === undefined ? [0, sys.UTIME_OMIT] : t === 'now' ? [0, sys.UTIME_NOW] : [t.sec, t.nsec];
       const [as, an] = conv(atime);
       const [ms, mn] = conv(mtime);
-      if (h) await this.withFile(h, (f) => sys.futimens(f.fd, as, an, ms, mn));
+      if (h) await this.withFile(h, async (f) => sys.futimensSync(f.fd, as, an, ms, mn));
       else await this.fs.child(p!, (s) => sys.utimensat(s, as, an, ms, mn, true));
       return;
     }

@@ -32,6 +32,10 @@ async function cacheOf(mnt: string): Promise<CacheLine | undefined> {
   const next = lines.slice(head + 1).findIndex((l) => !l.startsWith('  '));
   const own = lines.slice(head + 1, next < 0 ? undefined : head + 1 + next);
   const m = /data cache: (\d+) files, ([\d.]+) of [\d.]+ MiB; (\d+) reads from it, (\d+) from the server/.exec(own.find((l) => l.includes('data cache:')) ?? '');
+  // The per-operation counts: every read the cache did not answer went to the server as a READ.
+  const remote = /server requests: .*\bread (\d+)/.exec(own.find((l) => l.includes('server requests:')) ?? '');
+  if (m && Number(m[4]) > 0) assert.ok(remote && Number(remote[1]) >= Number(m[4]), `READs sent (${remote?.[1]}) fewer than reads missed (${m[4]})`);
+  assert.ok(own.some((l) => /kernel requests: .*\bLOOKUP \d+/.test(l)), 'kernel requests by operation');
   return m ? { files: Number(m[1]), mib: Number(m[2]), hits: Number(m[3]), misses: Number(m[4]) } : undefined;
 }
 

@@ -75,7 +75,8 @@ test('workloads on a served directory', { timeout: 600000 }, async (t) => {
 
   await t.test('POSIX probe through the mount', async () => {
     const local = await tmpdir('wirefs-posix-local-');
-    await ok(`mkdir ${mnt}/posix`);
+    // Checks made as another user need to reach the probe's directory (the export is a private temporary one).
+    await ok(`mkdir ${mnt}/posix && chmod 755 ${mnt}`);
     const control = JSON.parse(await ok(`python3 ${FIXTURES}/posix_check.py ${local}`)) as Record<string, string>;
     const got = JSON.parse(await ok(`python3 ${FIXTURES}/posix_check.py ${mnt}/posix`, 180000)) as Record<string, string>;
     for (const [name, result] of Object.entries(control)) {

@@ -112,6 +112,25 @@ void describe('native sys addon', () => {
     }
   });
 
+  void it('futimensSync sets both times to the nanosecond, keeps an omitted one, and throws like fs', async () => {
+    const file = path.join(dir, 'times');
+    await fsp.writeFile(file, 'x');
+    const f = await fsp.open(file, 'r');
+    try {
+      sys.futimensSync(f.fd, 1_000_000_000, 123_456_789, 1_100_000_000, 987_654_321);
+      let st = await fsp.stat(file, { bigint: true });
+      assert.equal(st.atimeNs, 1_000_000_000_123_456_789n);
+      assert.equal(st.mtimeNs, 1_100_000_000_987_654_321n);
+      sys.futimensSync(f.fd, 0, sys.UTIME_OMIT, 5, 0);
+      st = await fsp.stat(file, { bigint: true });
+      assert.equal(st.atimeNs, 1_000_000_000_123_456_789n, 'atime kept');
+      assert.equal(st.mtimeNs, 5_000_000_000n);
+      assert.throws(() => sys.futimensSync(-1, 0, 0, 0, 0), (e: NodeJS.ErrnoException) => e.code === 'EBADF');
+    } finally {
+      await f.close();
+    }
+  });
+
   void it('pwriteIdle writes from the Buffer at the position, and fails like fs', async () => {
     const file = path.join(dir, 'idle');
     const f = await fsp.open(file, 'w+');
