@@ -17,7 +17,7 @@ import { EncodeError } from '../wire/codec.js';
 
 import {
   FEATURE_COHERENT, FEATURE_PUSH, FEATURE_PUSH_ACK, FEATURES_V1, FLAG_NOREPLY, FLAG_PUSH, FLAG_REPLY, FrameSplitter, HELLO_MAX_FRAME, MAGIC,
-  MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR, decodeHeader, encodeErrorFrame, encodePushFrame, encodeReplyFrame,
+  MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR, decodeHeader, encodeErrorFrame, encodePushFrame, encodeReadReplyParts, encodeReplyFrame,
   quoteForeign, versionMismatch, type Header,
 } from '../wire/frame.js';
 import { OPS, OP_BY_CODE, decodeReq, opLabel, type OpName, type Rep } from '../wire/ops.js';
@@ -90,6 +90,8 @@ export class Session implements SessionApi {
   private holdTimer: NodeJS.Timeout | undefined;
   private soon: NodeJS.Immediate | undefined;
   private heldBytes = 0;
+  /** The source's reads are its own buffers: their replies are sent without a copy (FsInfo.freshReads). */
+  private readonly freshReads: boolean;
   private readonly helloTimer: NodeJS.Timeout;
   // What the client holds; shared with the Session that adopts this one on a resume.
   private lookups = new Map<number, number>();
@@ -115,6 +117,7 @@ export class Session implements SessionApi {
 
   constructor(private readonly core: ServerCore, private readonly socket: net.Socket) {
     this.vfs = core.vfs;
+    this.freshReads = core.vfs.info().freshReads === true;
     this.peer = `${socket.remoteAddress}:${socket.remotePort}`;
     this.host = socket.remoteAddress ?? '';
     this.ended = new Promise((resolve) => (this.markEnded = resolve));
@@ -270,7 +273,7 @@ export class Session implements SessionApi {
 
   /** One request as its own task: always ends in exactly one reply. */
   private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'forget' | 'bye'>, h: Header, args: object, ac: LazyAbort, seq: number, after?: Promise<unknown>): Promise<void> {
-    let frame: Buffer;
+    let frame: Buffer | [Buffer, Buffer];
     try {
       if (after) await after;
       const { ctx: wctx, ...rest } = args as { ctx: Omit<Ctx, 'signal'> };
@@ -280,7 +283,9 @@ export class Session implements SessionApi {
       if (stranger !== undefined) throw new FsError(Errno.ESTALE, `node ${stranger} was never handed to this client`);
       const handler = HANDLERS[op] as (s: SessionApi, ctx: Ctx, a: object) => Promise<Rep<typeof op>>;
       const rep = await handler(this, ctx, rest);
-      frame = encodeReplyFrame(op, h.id, rep);
+      // A READ's data goes out as it came from the source, not copied into a frame (seq is 0: reads
+      // are idempotent, so never kept in the reply cache).
+      frame = op === 'read' && seq === 0 && this.freshReads ? encodeReadReplyParts(h.id, (rep as Rep<'read'>).data) : encodeReplyFrame(op, h.id, rep);
       if (this.core.log.debugEnabled) this.core.log.debug(`${this.peer} #${h.id} ${opLabel(op)} ok`);
     } catch (err) {
       const errno = err instanceof EncodeError ? toErrno(new Error(`${opLabel(op)} reply: ${err.message}`), 'server')
@@ -290,7 +295,7 @@ export class Session implements SessionApi {
       if (this.core.log.debugEnabled) this.core.log.debug(`${this.peer} #${h.id} ${opLabel(op)} ${errnoName(errno)}`);
     }
     // Kept for a retry even when this connection is gone: that is what the cache is for.
-    if (seq !== 0) this.replies.finish(seq, frame);
+    if (seq !== 0 && Buffer.isBuffer(frame)) this.replies.finish(seq, frame);
     this.running.delete(h.id);
     // No one waits for a RELEASE's answer (the kernel sends it in the background): it goes out with
     // the next frame, sparing a socket write here and a wake-up in the client.
@@ -529,16 +534,18 @@ export class Session implements SessionApi {
    * client a wake-up. A held frame (the reply to a RELEASE, which no one waits for) waits for the
    * next other frame, or HOLD_MS at most.
    */
-  private send(frame: Buffer, hold = false): void {
+  private send(frame: Buffer | [Buffer, Buffer], hold = false): void {
     if (this.state === 'closed' || this.socket.destroyed) return;
-    if (frame.length > this.maxFrame && this.state === 'open') {
+    const length = Buffer.isBuffer(frame) ? frame.length : frame[0].length + frame[1].length;
+    if (length > this.maxFrame && this.state === 'open') {
       // A source returned more than fits (a huge xattr, a long list): a bug-shaped failure, EIO.
-      const h = decodeHeader(new Reader(frame));
-      this.core.log.warn(`${this.peer}: reply of ${frame.length} bytes to op ${h.op} is over the frame limit; sending EIO`);
+      const h = decodeHeader(new Reader(Buffer.isBuffer(frame) ? frame : frame[0]));
+      this.core.log.warn(`${this.peer}: reply of ${length} bytes to op ${h.op} is over the frame limit; sending EIO`);
       frame = encodeErrorFrame(h.op, h.id, Errno.EIO);
     }
-    this.held.push(frame);
-    this.heldBytes += frame.length;
+    if (Buffer.isBuffer(frame)) this.held.push(frame);
+    else this.held.push(...frame);
+    this.heldBytes += length;
     // Requests answered without leaving the event loop (cached data) could queue replies without
     // end in one turn: past QUEUE_BYTES they go now, so a full socket stops the reading (pump).
     if (this.heldBytes >= QUEUE_BYTES) {

@@ -235,7 +235,8 @@ export class PassthroughFs implements Vfs {
   }
 
   info(): FsInfo {
-    return { type: this.type, readOnly: this.readOnly, coherent: !this.noWatch };
+    // read() fills a new Buffer for each call (or a view of one).
+    return { type: this.type, readOnly: this.readOnly, coherent: !this.noWatch, freshReads: true };
   }
 
   // --- nodes, paths and inode numbers ----------------------------------------------------------

@@ -120,6 +120,11 @@ export interface FsInfo {
    * cache kept up to date by watch() events is never stale, however long it keeps things.
    */
   coherent?: boolean;
+  /**
+   * read() returns a Buffer of its own that the source never touches again, so a server may send
+   * it as it is, after the call, instead of copying it first.
+   */
+  freshReads?: boolean;
 }
 
 /** A change pushed up from a source (or from a server to a client). */

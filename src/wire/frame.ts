@@ -100,6 +100,23 @@ export function encodeReplyFrame<N extends OpName>(op: N, id: number, rep: Rep<N
   return finish(w, OPS[op].code, FLAG_REPLY, id, 0);
 }
 
+/**
+ * A READ's reply as two buffers, the frame's first bytes (header, status, the data's length) and
+ * the data itself, for one writev: the same bytes as encodeReplyFrame('read', id, { data }) without
+ * copying megabytes of data into a new buffer.
+ */
+export function encodeReadReplyParts(id: number, data: Buffer): [Buffer, Buffer] {
+  const head = Buffer.allocUnsafe(HEADER_SIZE + 8);
+  head.writeUInt32LE(head.length + data.length, 0);
+  head.writeUInt16LE(OPS.read.code, 4);
+  head.writeUInt16LE(FLAG_REPLY, 6);
+  head.writeUInt32LE(id >>> 0, 8);
+  head.writeUInt32LE(0, 12);
+  head.writeInt32LE(0, HEADER_SIZE);
+  head.writeUInt32LE(data.length, HEADER_SIZE + 4);
+  return [head, data];
+}
+
 /** A failed request's reply: the status alone. `op` is echoed as received, known or not. */
 export function encodeErrorFrame(opCode: number, id: number, errno: number): Buffer {
   if (!(errno > 0)) throw new EncodeError(`bad errno ${errno}`);

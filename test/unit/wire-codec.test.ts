@@ -11,7 +11,7 @@ import { ProtocolError, Reader, Writer } from '../../src/lib/bytes.js';
 import { FIELDS, EncodeError, type FieldType } from '../../src/wire/codec.js';
 import {
   FLAG_NOREPLY, FLAG_PUSH, FLAG_REPLY, FrameSplitter, HEADER_SIZE, MAGIC, decodeHeader, encodeErrorFrame,
-  encodePushFrame, encodeReplyFrame, encodeRequestFrame,
+  encodePushFrame, encodeReadReplyParts, encodeReplyFrame, encodeRequestFrame,
 } from '../../src/wire/frame.js';
 import { OPS, OP_BY_CODE, decodeRep, decodeReq, describeOps, opLabel, type OpName } from '../../src/wire/ops.js';
 import { SEQ_WINDOW } from '../../src/wire/seq.js';
@@ -86,6 +86,16 @@ test('every op: request and reply round-trip through the table', () => {
       assert.deepEqual(decodeRep(rr, op), rep, `${op} reply`);
       assert.equal(rr.remaining, 0);
     }
+  }
+});
+
+test('a READ reply in two parts is the same bytes as the whole frame', () => {
+  for (const len of [0, 1, 4096, 1 << 20]) {
+    const data = Buffer.alloc(len);
+    for (let i = 0; i < len; i++) data[i] = (i * 31) & 0xff;
+    const parts = encodeReadReplyParts(0xfffffffe, data);
+    assert.equal(parts[1], data, 'the data itself, not a copy');
+    assert.deepEqual(Buffer.concat(parts), encodeReplyFrame('read', 0xfffffffe, { data }), `${len} bytes`);
   }
 });
 
