@@ -345,6 +345,17 @@ static napi_value dispatch(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+/* The arguments of a synchronous call: 0 with a TypeError pending if fewer than `need` came. */
+static int sync_args(napi_env env, napi_callback_info info, napi_value *argv, size_t need) {
+  size_t argc = need;
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc < need) {
+    napi_throw_type_error(env, NULL, "too few arguments");
+    return 0;
+  }
+  return 1;
+}
+
 /*
  * openat2Sync(dirfd, path, flags, mode, resolve) -> fd: the same call as the async openat2, made on
  * the calling thread. Resolving a short path beneath an open directory takes microseconds, while a
@@ -352,13 +363,8 @@ static napi_value dispatch(napi_env env, napi_callback_info info) {
  * passthrough source makes one per path call.
  */
 static napi_value openat2_sync(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 5) {
-    napi_throw_type_error(env, NULL, "too few arguments");
-    return NULL;
-  }
+  if (!sync_args(env, info, argv, 5)) return NULL;
   int dirfd, flags;
   int64_t mode, resolve;
   char *path = NULL;
@@ -390,13 +396,8 @@ static napi_value openat2_sync(napi_env env, napi_callback_info info) {
  * wake-ups each way would cost far more than the call.
  */
 static napi_value futimens_sync(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 5) {
-    napi_throw_type_error(env, NULL, "too few arguments");
-    return NULL;
-  }
+  if (!sync_args(env, info, argv, 5)) return NULL;
   int fd;
   struct timespec ts[2];
   if (!arg_int(env, argv[0], &fd) || !arg_times(env, argv + 1, ts)) return NULL;
@@ -414,13 +415,8 @@ static napi_value futimens_sync(napi_env env, napi_callback_info info) {
  * pool thread and back without ever blocking the event loop.
  */
 static napi_value pread_nowait_sync(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
   napi_value argv[5];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc < 5) {
-    napi_throw_type_error(env, NULL, "too few arguments");
-    return NULL;
-  }
+  if (!sync_args(env, info, argv, 5)) return NULL;
   int fd;
   int64_t off, len, pos;
   void *data;
