@@ -22,6 +22,7 @@ import {
 } from '../wire/frame.js';
 import { OPS, decodeRep, decodeReq, opLabel, type OpName, type Rep, type Req } from '../wire/ops.js';
 import type { Security } from '../wire/transport.js';
+import { Outbox, writeFrames } from '../wire/outbox.js';
 import { SEQ_WINDOW, nextSeq, seqDistance } from '../wire/seq.js';
 import { openLink, type Link } from './link.js';
 import { Liveness, Reconnector } from './reconnect.js';
@@ -129,10 +130,6 @@ const WRITE_OVERHEAD = 128;
  * How long a FORGET or RELEASE may wait for a frame to go out with, and how many may wait (fewer
  * than the kernel's congestion threshold for background requests: a RELEASE is one).
  */
-const HOLD_MS = 20;
-const HELD_MAX = 32;
-/** Bytes of frames queued for the end of the event loop's turn at most; beyond, they are written at once. */
-const QUEUE_BYTES = 256 * 1024;
 const SERVER_CTX: WireCtx = { uid: 0, gid: 0, pid: 0 };
 
 export async function connect(opts: ConnectOptions): Promise<RemoteVfs> {
@@ -192,16 +189,15 @@ export class RemoteVfs implements Vfs {
   private readonly cache: DataCache | undefined;
   private wire: Link | undefined;
   /**
-   * FORGETs and RELEASEs wait here to go out in one write with the next frame, or HOLD_MS later:
-   * the kernel sends them for each file closed, unlinked or evicted, and waits for none of them,
-   * yet each alone would cost a socket write here and a wake-up on the server (rm -rf: a FORGET
-   * per file; tar: a RELEASE per file).
+   * Frames on their way to the current link (see Outbox): calls made together (a file's gathered
+   * writes and its attributes at close) cost one socket write here and one wake-up on the server;
+   * FORGETs and RELEASEs, which the kernel sends for each file dropped or closed and waits for
+   * none of, wait for company (rm -rf: a FORGET per file; tar: a RELEASE per file).
    */
-  private held: Buffer[] = [];
-  private holdTimer: NodeJS.Timeout | undefined;
-  /** Frames queued for the end of this turn of the event loop (see put). */
-  private soon: NodeJS.Immediate | undefined;
-  private heldBytes = 0;
+  private readonly out = new Outbox((frames) => {
+    const socket = this.wire?.socket;
+    if (socket && !socket.destroyed) writeFrames(socket, frames);
+  });
   private maxFrame: number;
   private liveness: Liveness | undefined;
   private outageTimer: NodeJS.Timeout | undefined;
@@ -213,7 +209,7 @@ export class RemoteVfs implements Vfs {
   private nextSeq = 1;
   private state: 'open' | 'reconnecting' | 'closed' = 'open';
   private readonly byOp = new Map<string, number>();
-  private readonly counters = { requests: 0, errors: 0, pushes: 0, disconnects: 0, reconnects: 0, newSessions: 0, resent: 0, timedOut: 0 };
+  private readonly counters = { errors: 0, pushes: 0, disconnects: 0, reconnects: 0, newSessions: 0, resent: 0, timedOut: 0 };
   private markClosed!: () => void;
 
   constructor(server: string, link: Link, open: (sessionId: bigint) => Promise<Link>, opts: ConnectOptions, private readonly log: Logger) {
@@ -247,7 +243,8 @@ export class RemoteVfs implements Vfs {
 
   stats(): ClientStats {
     return {
-      state: this.state, inFlight: this.pending.size, ...this.counters, ops: Object.fromEntries(this.byOp), lastError: this.state === 'reconnecting' ? this.reconnector.lastError : '',
+      state: this.state, inFlight: this.pending.size, ...this.counters,
+      requests: [...this.byOp.values()].reduce((a, b) => a + b, 0), ops: Object.fromEntries(this.byOp), lastError: this.state === 'reconnecting' ? this.reconnector.lastError : '',
       nodes: this.nodes.nodeCount, handles: this.nodes.handleCount, ...this.nodes.counters,
       ...(this.cache ? { dataCache: this.cache.stats() } : {}),
     };
@@ -318,10 +315,7 @@ export class RemoteVfs implements Vfs {
     this.wire = undefined;
     // FORGETs are not resent (ids may mean other nodes after a server restart); a held RELEASE is
     // still pending and goes out again on the next link.
-    this.held = [];
-    this.heldBytes = 0;
-    if (this.soon) clearImmediate(this.soon);
-    this.soon = undefined;
+    this.out.clear();
     this.liveness?.stop();
     this.liveness = undefined;
     if (this.state === 'closed') return;
@@ -469,7 +463,6 @@ export class RemoteVfs implements Vfs {
       };
       const unhook = cancel?.onAbort(onAbort);
       this.pending.set(id, p);
-      this.counters.requests++;
       this.byOp.set(op, (this.byOp.get(op) ?? 0) + 1);
       if (this.wire) void this.transmit(id, p);
       else this.startOutageTimer();
@@ -509,56 +502,19 @@ export class RemoteVfs implements Vfs {
       return;
     }
     p.written = true;
-    if (p.op === 'release' || p.op === 'releasedir') this.hold(link, frame);
-    else this.put(link, frame);
+    this.put(link, frame, p.op === 'release' || p.op === 'releasedir');
   }
 
-  /**
-   * Queues a frame for the end of this turn of the event loop, when everything queued goes out in
-   * one write (after the frames held before it): calls made together (a file's gathered writes and
-   * its attributes at close, a RELEASE and the next CREATE) cost one socket write here and one
-   * wake-up on the server.
-   */
-  private put(link: Link, frame: Buffer): void {
-    if (link !== this.wire) return;
-    this.held.push(frame);
-    this.heldBytes += frame.length;
-    if (this.heldBytes >= QUEUE_BYTES) this.flushOut();
-    else this.soon ??= setImmediate(() => this.flushOut());
-  }
-
-  /** Writes every queued frame now, on the current link (one writev). */
-  private flushOut(): void {
-    clearTimeout(this.holdTimer);
-    this.holdTimer = undefined;
-    if (this.soon) clearImmediate(this.soon);
-    this.soon = undefined;
-    const frames = this.held;
-    this.held = [];
-    this.heldBytes = 0;
-    const socket = this.wire?.socket;
-    if (frames.length === 0 || !socket || socket.destroyed) return;
-    if (frames.length > 1) socket.cork();
-    for (const f of frames) socket.write(f);
-    if (frames.length > 1) socket.uncork();
+  /** Queues a frame for the current link; `hold`: no one waits for it. */
+  private put(link: Link, frame: Buffer, hold = false): void {
+    if (link === this.wire) this.out.push(frame, hold);
   }
 
   private sendOneway<N extends 'forget' | 'cancel' | 'bye' | 'changeAck'>(op: N, req: Req<N>): void {
     const link = this.wire;
     if (!link) return;
     const frame = encodeRequestFrame(op, 0, 0, req);
-    if (op === 'forget') this.hold(link, frame);
-    else this.put(link, frame);
-  }
-
-  /** Keeps a frame no one waits for until the next frame is written (see held). */
-  private hold(link: Link, frame: Buffer): void {
-    if (link !== this.wire) return;
-    this.held.push(frame);
-    this.heldBytes += frame.length;
-    if (this.soon) return;
-    if (this.held.length >= HELD_MAX) this.soon = setImmediate(() => this.flushOut());
-    else this.holdTimer ??= setTimeout(() => this.flushOut(), HOLD_MS).unref();
+    this.put(link, frame, op === 'forget');
   }
 
   /** Fails every waiting call with EIO: close() only. */
@@ -832,7 +788,7 @@ export class RemoteVfs implements Vfs {
       this.liveness?.stop();
       const link = this.wire;
       this.sendOneway('bye', {});
-      this.flushOut();
+      this.out.flush();
       this.wire = undefined;
       link?.socket.end();
       // A peer that does not finish the close politely still lets us go.

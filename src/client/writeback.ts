@@ -73,7 +73,7 @@ interface Handle {
 
 /** Writes of one handle, each starting where the one before ended, to be sent as one WRITE. */
 interface Gather {
-  nodeid: number;
+  h: Handle;
   fh: number;
   ctx: Ctx;
   chunks: Buffer[];
@@ -515,12 +515,12 @@ export class WriteBehindVfs implements Vfs {
       this.sendGather(g);
       return false;
     }
-    this.landed.delete(g.nodeid);
+    this.landed.delete(h.nodeid);
     g.chunks.push(data);
     f.end += data.length;
     f.bytes += data.length;
     this.inFlightBytes += data.length;
-    this.grew(g.nodeid, f.end);
+    this.grew(h.nodeid, f.end);
     this.counters.behind++;
     this.counters.gathered++;
     if (f.bytes >= GATHER_BYTES) this.sendGather(g);
@@ -532,26 +532,26 @@ export class WriteBehindVfs implements Vfs {
     let send!: (work: Promise<void>) => void;
     const work = new Promise<void>((resolve) => (send = resolve));
     const flight = this.fly(h.nodeid, offset, offset + data.length, data.length, work);
-    const g: Gather = { nodeid: h.nodeid, fh, ctx: plain(ctx), chunks: [data], flight, send, timer: setTimeout(() => this.sendGather(g), GATHER_MS) };
+    const g: Gather = { h, fh, ctx: plain(ctx), chunks: [data], flight, send, timer: setTimeout(() => this.sendGather(g), GATHER_MS) };
     g.timer.unref();
     h.gather = g;
   }
 
   /** Sends the handle's gathered writes as one WRITE. */
   private sendGather(g: Gather): void {
-    const h = this.handles.get(g.fh);
-    if (h?.gather !== g) return;
+    const { h } = g;
+    if (h.gather !== g) return;
     h.gather = undefined;
     clearTimeout(g.timer);
     const data = g.chunks.length === 1 ? g.chunks[0]! : Buffer.concat(g.chunks);
-    g.send(this.sent(h, g.nodeid, g.flight.off, this.inner.write(g.ctx, g.nodeid, g.fh, g.flight.off, data), data.length));
+    g.send(this.sent(h, h.nodeid, g.flight.off, this.inner.write(g.ctx, h.nodeid, g.fh, g.flight.off, data), data.length));
   }
 
-  /** Sends every gather of the node. */
+  /** Sends every gather of the node (each is one of its flights: a node with none has none). */
   private sendGathered(nodeid: number): void {
+    if (!this.flights.has(nodeid)) return;
     for (const h of this.handles.values()) if (h.gather && h.nodeid === nodeid) this.sendGather(h.gather);
   }
-
 
   /** Tracks `work` (which never rejects) as a flight of the node covering [off, end). */
   private fly(nodeid: number, off: number, end: number, bytes: number, work: Promise<void>): Flight {

@@ -7,7 +7,7 @@ import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
 import { Errno, errnoName, FsError, toErrno } from '../lib/errno.js';
 import { LazyAbort, RequestCtx } from '../lib/abort.js';
 import { logger } from '../lib/log.js';
-import { O_TRUNC, type ChangeEvent, type Ctx, type Entry, type SetAttr, type Vfs } from '../vfs/types.js';
+import { O_TRUNC, S_IFMT, S_IFREG, type ChangeEvent, type Ctx, type Entry, type SetAttr, type Vfs } from '../vfs/types.js';
 import {
   ATTR_OUT_SIZE, DIRENT_NAME_OFFSET, DIRENTPLUS_NAME_OFFSET, ENTRY_OUT_SIZE, FATTR, FOPEN, FUSE_GETATTR_FH,
   FUSE_OPEN_KILL_SUIDGID, FUSE_WRITE_KILL_SUIDGID,
@@ -113,7 +113,6 @@ export class FuseSession {
   private readonly dirFlags: number;
   private readonly maxWrite: number;
   private readonly inflight = new Map<bigint, LazyAbort>();
-  private requests = 0;
   /**
    * With HANDLE_KILLPRIV_V2 the set-ID bits a write or truncation clears are ours to clear: nodes
    * whose attributes, as last given to the kernel, had none (and that no push or change through us
@@ -146,8 +145,12 @@ export class FuseSession {
 
   stats(): { inFlight: number; requests: number; ops: Record<string, number> } {
     const ops: Record<string, number> = {};
-    this.byOpcode.forEach((n, opcode) => { ops[OPS[opcode]?.name ?? `opcode ${opcode}`] = n; });
-    return { inFlight: this.inflight.size, requests: this.requests, ops };
+    let requests = 0;
+    this.byOpcode.forEach((n, opcode) => {
+      ops[OPS[opcode]?.name ?? `opcode ${opcode}`] = n;
+      requests += n;
+    });
+    return { inFlight: this.inflight.size, requests, ops };
   }
 
   /** The connection is gone: cancel what is running, stop notifying. */
@@ -161,7 +164,6 @@ export class FuseSession {
 
   /** Handles one request frame read from the device; the frame is the session's to keep. */
   dispatch(frame: Buffer): void {
-    this.requests++;
     let h: InHeader;
     let spec: OpSpec | undefined;
     let req: unknown;
@@ -601,12 +603,9 @@ export class FuseSession {
 
   // --- notifications ---------------------------------------------------------------------------
 
-  /**
-   * Sends one change to the kernel. Never awaited by a request handler: the kernel may hold a page
-   * or directory lock for a request that is waiting on us while it processes the notify.
-   */
-  /** Attributes given to the kernel: what it now knows of the file's set-ID bits is ours too. */
+  /** Attributes given to the kernel: what it now knows of a file's set-ID bits is ours too. */
   private seen(nodeid: number, mode: number): void {
+    if ((mode & S_IFMT) !== S_IFREG) return; // only files are written
     if (setIdBits(mode)) {
       this.plain.delete(nodeid);
       return;
@@ -634,6 +633,10 @@ export class FuseSession {
     void this.notify({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
   }
 
+  /**
+   * Sends one change to the kernel. Never awaited by a request handler: the kernel may hold a page
+   * or directory lock for a request that is waiting on us while it processes the notify.
+   */
   private notify(ev: ChangeEvent): Promise<void> | undefined {
     if (ev.kind === 'inode') this.plain.delete(ev.nodeid);
     else if (ev.kind === 'delete') this.plain.delete(ev.child);

@@ -21,6 +21,7 @@ import {
   quoteForeign, versionMismatch, type Header,
 } from '../wire/frame.js';
 import { OPS, OP_BY_CODE, decodeReq, opLabel, type OpName, type Rep } from '../wire/ops.js';
+import { Outbox, writeFrames } from '../wire/outbox.js';
 import { strangerNode } from './export.js';
 import { HANDLERS, type SessionApi } from './handlers.js';
 import type { SessionRegistry } from './registry.js';
@@ -54,11 +55,6 @@ const PUSH_BACKLOG_LIMIT = 64 * 1024 * 1024;
 
 /** Changes kept for a detached session, replayed when its client is back; beyond this they are dropped. */
 const MISSED_LIMIT = 10_000;
-/** How long a reply no one waits for (RELEASE) may wait for a frame to go out with, and how many. */
-const HOLD_MS = 20;
-const HELD_MAX = 32;
-/** Bytes of frames queued for the end of the event loop's turn at most; beyond, they are written at once. */
-const QUEUE_BYTES = 256 * 1024;
 
 /** The identity the server uses for its own cleanup calls (releasing a departed client's handles). */
 const SERVER_CTX: Ctx = { uid: 0, gid: 0, pid: 0 };
@@ -86,10 +82,9 @@ export class Session implements SessionApi {
   private readonly writing = new Map<number, Set<Promise<void>>>();
   private writeBlocked = false;
   /** Replies waiting to be written (see send). */
-  private held: Buffer[] = [];
-  private holdTimer: NodeJS.Timeout | undefined;
-  private soon: NodeJS.Immediate | undefined;
-  private heldBytes = 0;
+  private readonly out = new Outbox((frames) => {
+    if (this.state !== 'closed' && !this.socket.destroyed && !writeFrames(this.socket, frames)) this.writeBlocked = true;
+  });
   /** The source's reads are its own buffers: their replies are sent without a copy (FsInfo.freshReads). */
   private readonly freshReads: boolean;
   private readonly helloTimer: NodeJS.Timeout;
@@ -200,7 +195,7 @@ export class Session implements SessionApi {
     }
     if (op === 'bye') {
       this.closing = true;
-      this.flushOut();
+      this.out.flush();
       this.socket.end();
       return;
     }
@@ -332,7 +327,7 @@ export class Session implements SessionApi {
         if (mismatch) {
           // The reply tells the client our version, so it can say what is wrong; then we part.
           this.core.log.warn(`${this.peer}: ${versionMismatch('client', a.major, a.minor)}; closing the connection`);
-          this.flushOut();
+          this.out.flush();
           this.socket.end();
           return;
         }
@@ -351,7 +346,7 @@ export class Session implements SessionApi {
         const errno = toErrno(err, 'server HELLO');
         this.core.log.warn(`${this.peer}: cannot open a session: the root getattr failed with ${errnoName(errno)}`);
         this.send(encodeErrorFrame(h.op, h.id, errno));
-        this.flushOut();
+        this.out.flush();
         this.socket.end();
       });
   }
@@ -529,10 +524,8 @@ export class Session implements SessionApi {
   // --- output and the end ----------------------------------------------------------------------
 
   /**
-   * Queues a frame for the end of this turn of the event loop, when everything queued goes out in
-   * one write: requests that arrive together are mostly answered together, and each write costs the
-   * client a wake-up. A held frame (the reply to a RELEASE, which no one waits for) waits for the
-   * next other frame, or HOLD_MS at most.
+   * Queues a frame (see Outbox): replies made together go out in one write, each write costing the
+   * client a wake-up; the reply to a RELEASE, which no one waits for, waits for company.
    */
   private send(frame: Buffer | [Buffer, Buffer], hold = false): void {
     if (this.state === 'closed' || this.socket.destroyed) return;
@@ -543,35 +536,7 @@ export class Session implements SessionApi {
       this.core.log.warn(`${this.peer}: reply of ${length} bytes to op ${h.op} is over the frame limit; sending EIO`);
       frame = encodeErrorFrame(h.op, h.id, Errno.EIO);
     }
-    if (Buffer.isBuffer(frame)) this.held.push(frame);
-    else this.held.push(...frame);
-    this.heldBytes += length;
-    // Requests answered without leaving the event loop (cached data) could queue replies without
-    // end in one turn: past QUEUE_BYTES they go now, so a full socket stops the reading (pump).
-    if (this.heldBytes >= QUEUE_BYTES) {
-      this.flushOut();
-      return;
-    }
-    if (hold && !this.soon && this.held.length < HELD_MAX) {
-      this.holdTimer ??= setTimeout(() => this.flushOut(), HOLD_MS).unref();
-      return;
-    }
-    this.soon ??= setImmediate(() => this.flushOut());
-  }
-
-  /** Writes every queued frame now (one writev). */
-  private flushOut(): void {
-    clearTimeout(this.holdTimer);
-    this.holdTimer = undefined;
-    if (this.soon) clearImmediate(this.soon);
-    this.soon = undefined;
-    const frames = this.held;
-    this.held = [];
-    this.heldBytes = 0;
-    if (frames.length === 0 || this.state === 'closed' || this.socket.destroyed) return;
-    if (frames.length > 1) this.socket.cork();
-    for (const f of frames) if (!this.socket.write(f)) this.writeBlocked = true;
-    if (frames.length > 1) this.socket.uncork();
+    this.out.push(frame, hold);
   }
 
   /** Ends the session now, with no grace (the server is shutting down). */

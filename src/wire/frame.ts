@@ -61,9 +61,10 @@ function frameWriter(sizeHint: number): Writer {
   w.zeros(HEADER_SIZE);
   return w;
 }
-function finish(w: Writer, op: number, flags: number, id: number, seq: number): Buffer {
+/** Fills in the header; `more`: bytes of the frame that follow this buffer (see encodeReadReplyParts). */
+function finish(w: Writer, op: number, flags: number, id: number, seq: number, more = 0): Buffer {
   const frame = w.done();
-  frame.writeUInt32LE(frame.length, 0);
+  frame.writeUInt32LE(frame.length + more, 0);
   frame.writeUInt16LE(op, 4);
   frame.writeUInt16LE(flags, 6);
   frame.writeUInt32LE(id >>> 0, 8);
@@ -106,15 +107,9 @@ export function encodeReplyFrame<N extends OpName>(op: N, id: number, rep: Rep<N
  * copying megabytes of data into a new buffer.
  */
 export function encodeReadReplyParts(id: number, data: Buffer): [Buffer, Buffer] {
-  const head = Buffer.allocUnsafe(HEADER_SIZE + 8);
-  head.writeUInt32LE(head.length + data.length, 0);
-  head.writeUInt16LE(OPS.read.code, 4);
-  head.writeUInt16LE(FLAG_REPLY, 6);
-  head.writeUInt32LE(id >>> 0, 8);
-  head.writeUInt32LE(0, 12);
-  head.writeInt32LE(0, HEADER_SIZE);
-  head.writeUInt32LE(data.length, HEADER_SIZE + 4);
-  return [head, data];
+  // Status 0, then the blob's length; the blob's bytes are `data`.
+  const w = frameWriter(8).i32(0).u32(data.length);
+  return [finish(w, OPS.read.code, FLAG_REPLY, id, 0, data.length), data];
 }
 
 /** A failed request's reply: the status alone. `op` is echoed as received, known or not. */

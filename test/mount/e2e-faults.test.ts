@@ -74,7 +74,8 @@ test('(a) the connection cut at random moments, many times', { timeout: 300_000 
   t.after(() => proxy.close());
   const { mnt } = await mount(t, `127.0.0.1:${proxy.port}`);
   const started = Date.now();
-  const stop = proxy.cutRandomly(200, 1200);
+  // Every 0.1-0.6 s: the workload takes some 8 s here, and at least 10 cuts must land in it.
+  const stop = proxy.cutRandomly(100, 600);
   try {
     await workload(mnt, fx, 300, 0.02);
   } finally {
