@@ -19,6 +19,13 @@
 // 4. Directory handles, opened on the server only when a listing is really read: the kernel keeps
 //    listings in its page cache (FOPEN_CACHE_DIR), so `find` or `git status` over a tree it has
 //    listed before open and close every directory without reading it; those opens cost nothing.
+// 5. Read-only file handles, likewise, for files the server opened plainly before (no direct I/O):
+//    the kernel keeps their pages across opens (FOPEN_KEEP_CACHE), so `git status` opening HEAD,
+//    config and the index, or a build opening the same headers again, reads nothing from the
+//    server, and its open and close were its only round trips. The server opens the file at the
+//    first read the kernel cannot answer; permissions were checked by the kernel at open, and the
+//    server checks them again then. Before an unlink or rename of ours, such handles are opened on
+//    the server, so a file we hold open and then remove stays readable.
 //
 // The list is exact because the server pushes every change to a directory to the sessions that
 // hold it (and this session holds what it made, until its kernel forgets it): any push naming a
@@ -28,7 +35,7 @@
 
 import { Errno, FsError } from '../lib/errno.js';
 import {
-  S_IFDIR, S_IFMT,
+  O_ACCMODE, O_CREAT, O_DIRECT, O_RDONLY, O_TRUNC, S_IFDIR, S_IFMT,
   type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo, type OpenResult,
   type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
@@ -48,12 +55,24 @@ const MAX_XATTRS = 100_000;
 type XattrAnswer = Buffer | FsError;
 const NO_DATA = new FsError(Errno.ENODATA);
 
-/** A directory handle given to the kernel, opened on the server at its first real use. */
-interface LazyDir {
+/** A directory or file handle given to the kernel, opened on the server at its first real use. */
+interface LazyHandle {
   nodeid: number;
   ctx: Ctx;
+  /** Open flags, for a file. */
+  flags: number;
   real: Promise<number> | undefined;
 }
+
+/**
+ * Lazy file handles are numbered from here: the server's handles pass through to the kernel
+ * unchanged and are small (a restarted server's are remapped from 2^40, remap.ts).
+ */
+const LAZY_FH_BASE = 2 ** 50;
+/** Nodes remembered as plainly openable at most; beyond, the set starts over. */
+const MAX_PLAIN_OPENS = 100_000;
+/** Open flags that may be answered here: read-only, no truncation, creation or direct I/O. */
+const PLAIN_OPEN_MASK = O_ACCMODE | O_TRUNC | O_CREAT | O_DIRECT;
 
 export class DirCacheVfs implements Vfs {
   /** Directory id -> every name in it, for directories made by this client and unchanged since. */
@@ -83,11 +102,18 @@ export class DirCacheVfs implements Vfs {
   private readonly noCaps = new Set<number>();
   /** Bumped at every drop: an answer that was in flight across one is not kept (it may be older). */
   private xattrEpoch = 0;
-  private readonly dirHandles = new Map<number, LazyDir>();
+  private readonly dirHandles = new Map<number, LazyHandle>();
   private nextDirFh = 1;
+  private readonly fileHandles = new Map<number, LazyHandle>();
+  private nextFileFh = LAZY_FH_BASE;
+  /**
+   * Node id -> keepCache of the server's last plain read-only open of it (one without direct I/O
+   * or a non-seekable stream): such opens are answered here. Dropped by any push about the node.
+   */
+  private readonly plainOpens = new Map<number, boolean>();
   private readonly unwatch: () => void;
   private readonly unhint: () => void;
-  private readonly counters = { answered: 0, attrsAnswered: 0 };
+  private readonly counters = { answered: 0, attrsAnswered: 0, opensAnswered: 0 };
 
   /** `hints`: subscribes to post-change directory attributes (RemoteVfs.onDirAttr). */
   constructor(private readonly inner: Vfs, hints?: (l: (nodeid: number, attr: Attr) => void) => () => void) {
@@ -104,8 +130,11 @@ export class DirCacheVfs implements Vfs {
     this.unhint = hints?.((nodeid, attr) => this.keepAttr(nodeid, attr)) ?? ((): void => {});
   }
 
-  stats(): { knownDirs: number; lookupsAnswered: number; dirAttrs: number; getattrsAnswered: number } {
-    return { knownDirs: this.known.size, lookupsAnswered: this.counters.answered, dirAttrs: this.dirAttrs.size, getattrsAnswered: this.counters.attrsAnswered };
+  stats(): { knownDirs: number; lookupsAnswered: number; dirAttrs: number; getattrsAnswered: number; opensAnswered: number } {
+    return {
+      knownDirs: this.known.size, lookupsAnswered: this.counters.answered, dirAttrs: this.dirAttrs.size,
+      getattrsAnswered: this.counters.attrsAnswered, opensAnswered: this.counters.opensAnswered,
+    };
   }
 
   private add(dir: number, name: string): void {
@@ -196,7 +225,7 @@ export class DirCacheVfs implements Vfs {
       return { ...got.attr };
     }
     const epoch = this.attrEpoch;
-    const attr = await this.inner.getattr(ctx, nodeid, fh);
+    const attr = await this.inner.getattr(ctx, nodeid, fh === undefined || fh < LAZY_FH_BASE ? fh : await this.openedFile(fh));
     // A directory's attributes change only with what the server pushes (its names, or a chmod): kept
     // until then. The kernel asks again after every listing it reads (to refresh the atime it keeps),
     // so without this a second `find` over a tree would cost one round trip per directory.
@@ -208,7 +237,7 @@ export class DirCacheVfs implements Vfs {
     // A mode change rewrites a POSIX ACL's xattr too.
     if (set.mode !== undefined) this.dropXattrs(nodeid);
     const epoch = this.attrEpoch;
-    const attr = await this.inner.setattr(ctx, nodeid, set, fh);
+    const attr = await this.inner.setattr(ctx, nodeid, set, fh === undefined || fh < LAZY_FH_BASE ? fh : await this.openedFile(fh));
     if (epoch === this.attrEpoch) this.keepAttr(nodeid, attr);
     return attr;
   }
@@ -255,6 +284,7 @@ export class DirCacheVfs implements Vfs {
     this.attrEpoch++;
     this.fileAttrs.clear();
     this.dirAttrs.delete(parent);
+    await this.openLazyFiles();
     await this.changing(parent, this.inner.unlink(ctx, parent, name));
     this.remove(parent, name);
   }
@@ -275,6 +305,7 @@ export class DirCacheVfs implements Vfs {
     this.dirAttrs.delete(newparent);
     const moved = this.unnamed(parent, name);
     const replaced = this.unnamed(newparent, newname);
+    await this.openLazyFiles();
     try {
       await this.inner.rename(ctx, parent, name, newparent, newname, flags);
     } catch (err) {
@@ -291,9 +322,50 @@ export class DirCacheVfs implements Vfs {
     if (moved !== undefined) this.dirIds.set(`${newparent}\0${newname}`, moved);
     if (exchange && replaced !== undefined) this.dirIds.set(`${parent}\0${name}`, replaced);
   }
-  open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
+  async open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
     this.touched(nodeid); // O_TRUNC, and atime
-    return this.inner.open(ctx, nodeid, flags);
+    const plain = (flags & PLAIN_OPEN_MASK) === O_RDONLY;
+    const keepCache = plain ? this.plainOpens.get(nodeid) : undefined;
+    if (keepCache !== undefined) {
+      // The kernel has checked the permission itself (default_permissions).
+      const fh = this.nextFileFh++;
+      this.fileHandles.set(fh, { nodeid, ctx: { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid }, flags, real: undefined });
+      this.counters.opensAnswered++;
+      return keepCache ? { fh, keepCache } : { fh };
+    }
+    const epoch = this.xattrEpoch;
+    const r = await this.inner.open(ctx, nodeid, flags);
+    // Kept only if no push about any node crossed the open (dropXattrs bumps the epoch).
+    if (plain && !r.directIo && !r.nonSeekable && epoch === this.xattrEpoch) {
+      if (this.plainOpens.size >= MAX_PLAIN_OPENS) this.plainOpens.clear();
+      this.plainOpens.set(nodeid, r.keepCache === true);
+    }
+    return r;
+  }
+  /** The server's handle for fh: a lazy one is opened there now (once). */
+  private realFile(fh: number, nodeid: number): Promise<number> | number {
+    if (fh < LAZY_FH_BASE) return fh;
+    const f = this.fileHandles.get(fh);
+    if (!f || f.nodeid !== nodeid) return Promise.reject(new FsError(Errno.EBADF));
+    f.real ??= this.inner.open(f.ctx, nodeid, f.flags).then((r) => r.fh);
+    return f.real;
+  }
+  /** The server's handle for fh if it has one, for calls that can do without (getattr, setattr). */
+  private async openedFile(fh: number | undefined): Promise<number | undefined> {
+    if (fh === undefined || fh < LAZY_FH_BASE) return fh;
+    const real = this.fileHandles.get(fh)?.real;
+    return real ? real.catch(() => undefined) : undefined;
+  }
+  /**
+   * Before we remove or replace a name: every lazy handle is opened on the server, so the file
+   * stays readable through it (POSIX: an open file outlives its names). Few are ever open at once.
+   */
+  private async openLazyFiles(): Promise<void> {
+    const waits: Array<Promise<unknown>> = [];
+    for (const [fh, f] of this.fileHandles) {
+      waits.push(Promise.resolve(this.realFile(fh, f.nodeid)).catch(() => undefined));
+    }
+    await Promise.all(waits);
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
     const epoch = this.xattrEpoch;
@@ -304,28 +376,36 @@ export class DirCacheVfs implements Vfs {
     this.remember(r.entry.nodeid, CAPS, NO_DATA, epoch);
     return r;
   }
-  read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
-    return this.inner.read(ctx, nodeid, fh, offset, size);
+  async read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
+    return this.inner.read(ctx, nodeid, await this.realFile(fh, nodeid), offset, size);
   }
-  write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
+  async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
     this.touched(nodeid);
-    return this.inner.write(ctx, nodeid, fh, offset, data);
+    return this.inner.write(ctx, nodeid, await this.realFile(fh, nodeid), offset, data);
   }
-  flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    return this.inner.flush(ctx, nodeid, fh);
+  async flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
+    // A read-only handle the server never opened has nothing to flush (locks are not forwarded).
+    const real = fh < LAZY_FH_BASE ? fh : await this.openedFile(fh);
+    if (real !== undefined) await this.inner.flush(ctx, nodeid, real);
   }
-  fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
-    return this.inner.fsync(ctx, nodeid, fh, datasync);
+  async fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
+    return this.inner.fsync(ctx, nodeid, await this.realFile(fh, nodeid), datasync);
   }
-  release(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    return this.inner.release(ctx, nodeid, fh);
+  async release(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
+    if (fh < LAZY_FH_BASE) return this.inner.release(ctx, nodeid, fh);
+    const f = this.fileHandles.get(fh);
+    if (!f || f.nodeid !== nodeid) throw new FsError(Errno.EBADF);
+    this.fileHandles.delete(fh);
+    // Never opened there (or the open failed): nothing to release.
+    const real = await f.real?.catch(() => undefined);
+    if (real !== undefined) await this.inner.release(ctx, nodeid, real);
   }
   // --- lazy directory handles -------------------------------------------------------------------
 
   async opendir(ctx: Ctx, nodeid: number): Promise<OpenResult> {
     // The kernel has checked the permission itself (default_permissions) and nodeid is a directory.
     const fh = this.nextDirFh++;
-    this.dirHandles.set(fh, { nodeid, ctx: { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid }, real: undefined });
+    this.dirHandles.set(fh, { nodeid, ctx: { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid }, flags: 0, real: undefined });
     return { fh };
   }
   private real(fh: number, nodeid: number): Promise<number> {
@@ -348,22 +428,19 @@ export class DirCacheVfs implements Vfs {
     const d = this.dirHandles.get(fh);
     if (!d || d.nodeid !== nodeid) throw new FsError(Errno.EBADF);
     this.dirHandles.delete(fh);
-    if (!d.real) return;
-    let real: number;
-    try {
-      real = await d.real;
-    } catch {
-      return; // never opened: nothing to release
-    }
-    await this.inner.releasedir(ctx, nodeid, real);
+    // Never opened (or the open failed): nothing to release.
+    const real = await d.real?.catch(() => undefined);
+    if (real !== undefined) await this.inner.releasedir(ctx, nodeid, real);
   }
 
   // --- extended attributes -----------------------------------------------------------------------
 
+  /** A push or a forget: what we kept of the node's xattrs, and how it opens, may be old. */
   private dropXattrs(nodeid: number): void {
     this.xattrEpoch++;
     this.xattrs.delete(nodeid);
     this.noCaps.delete(nodeid);
+    this.plainOpens.delete(nodeid);
   }
 
   private remember(nodeid: number, key: string, answer: XattrAnswer | string[], epoch: number): void {
@@ -425,16 +502,16 @@ export class DirCacheVfs implements Vfs {
   access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
     return this.inner.access(ctx, nodeid, mask);
   }
-  fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
+  async fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
     this.touched(nodeid);
-    return this.inner.fallocate(ctx, nodeid, fh, mode, offset, length);
+    return this.inner.fallocate(ctx, nodeid, await this.realFile(fh, nodeid), mode, offset, length);
   }
-  lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
-    return this.inner.lseek(ctx, nodeid, fh, offset, whence);
+  async lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
+    return this.inner.lseek(ctx, nodeid, await this.realFile(fh, nodeid), offset, whence);
   }
-  copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
+  async copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
     this.touched(nodeOut);
-    return this.inner.copyFileRange(ctx, nodeIn, fhIn, offIn, nodeOut, fhOut, offOut, len);
+    return this.inner.copyFileRange(ctx, nodeIn, await this.realFile(fhIn, nodeIn), offIn, nodeOut, await this.realFile(fhOut, nodeOut), offOut, len);
   }
   watch(listener: ChangeListener): () => void {
     return this.inner.watch(listener);

@@ -6,17 +6,21 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { Errno, FsError } from '../../src/lib/errno.js';
 import type { Logger } from '../../src/lib/log.js';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { MemoryFs } from '../../src/sources/memory.js';
+import { openSource } from '../../src/sources/index.js';
 import { startServer } from '../../src/server/server.js';
 import { connect, type RemoteVfs } from '../../src/client/client.js';
 import { DirCacheVfs } from '../../src/client/dircache.js';
-import { O_RDWR, ROOT_ID, S_IFREG, type Attr, type Ctx } from '../../src/vfs/types.js';
+import { O_DIRECT, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID, S_IFREG, type Attr, type Ctx, type Vfs } from '../../src/vfs/types.js';
 
 const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
 const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
 
-async function twoClients(t: TestContext): Promise<{ a: RemoteVfs; b: RemoteVfs }> {
-  const server = await startServer({ vfs: new MemoryFs(), host: '127.0.0.1', port: 0, log: quiet });
+async function twoClients(t: TestContext, vfs: Vfs = new MemoryFs()): Promise<{ a: RemoteVfs; b: RemoteVfs }> {
+  const server = await startServer({ vfs, host: '127.0.0.1', port: 0, log: quiet });
   t.after(() => server.close());
   const { port } = server.address();
   const a = await connect({ host: '127.0.0.1', port, log: quiet });
@@ -234,4 +238,84 @@ test('a rename or rmdir drops the attributes of the directories it changes, and 
   await cache.rmdir(ctx, ROOT_ID, 'top');
   assert.equal((await asked(other.nodeid))[1], false, 'an rmdir elsewhere leaves it');
   assert.equal((await asked(ROOT_ID))[0].nlink, (await a.getattr(ctx, ROOT_ID)).nlink, 'the parent is right');
+});
+
+test('a plain read-only open of a file the server opened plainly before costs no round trip', async (t) => {
+  const { a, b } = await twoClients(t);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
+  const f = await cache.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+  await cache.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.from('one'));
+  await cache.release(ctx, f.entry.nodeid, f.fh);
+  const node = f.entry.nodeid;
+  const first = await cache.open(ctx, node, O_RDONLY);
+  await cache.release(ctx, node, first.fh);
+
+  // The second open and its close are answered here; so are a flush and a getattr by handle.
+  let before = a.stats().requests;
+  const lazy = await cache.open(ctx, node, O_RDONLY);
+  await cache.flush(ctx, node, lazy.fh);
+  await cache.release(ctx, node, lazy.fh);
+  assert.equal(a.stats().requests, before, 'open, flush and release sent nothing');
+  assert.equal(cache.stats().opensAnswered, 1);
+
+  // Writable, truncating or direct opens always go to the server.
+  for (const flags of [O_RDWR, O_WRONLY, O_RDONLY | O_TRUNC, O_RDONLY | O_DIRECT]) {
+    before = a.stats().requests;
+    const h = await cache.open(ctx, node, flags);
+    assert.ok(a.stats().requests > before, `open with flags 0o${flags.toString(8)} asked the server`);
+    await cache.release(ctx, node, h.fh);
+  }
+
+  // The server opens it at the first read, once.
+  const reader = await cache.open(ctx, node, O_RDONLY);
+  before = a.stats().requests;
+  assert.equal((await cache.read(ctx, node, reader.fh, 0, 10)).toString(), 'one');
+  assert.equal((await cache.read(ctx, node, reader.fh, 1, 10)).toString(), 'ne');
+  assert.equal(a.stats().requests, before + 3, 'open, then two reads');
+  await cache.release(ctx, node, reader.fh);
+  // A RELEASE waits up to 20 ms for company before it is sent (client.ts).
+  await new Promise((r) => setTimeout(r, 100));
+  assert.equal(a.stats().requests, before + 4, 'and its release');
+  await assert.rejects(cache.read(ctx, node, reader.fh, 0, 10), (e: unknown) => e instanceof FsError && e.errno === Errno.EBADF);
+
+  // Another client's change is pushed: the next open asks the server again.
+  const bf = await b.lookup(ctx, ROOT_ID, 'f');
+  const bh = await b.open(ctx, bf.nodeid, O_RDWR);
+  await b.write(ctx, bf.nodeid, bh.fh, 0, Buffer.from('two'));
+  await b.release(ctx, bf.nodeid, bh.fh);
+  before = a.stats().requests;
+  const again = await cache.open(ctx, node, O_RDONLY);
+  assert.ok(a.stats().requests > before, 'asked after the push');
+  assert.equal((await cache.read(ctx, node, again.fh, 0, 10)).toString(), 'two');
+  await cache.release(ctx, node, again.fh);
+});
+
+test('a file opened without the server stays readable after our own unlink or rename over it', async (t) => {
+  // A directory on disk: its files are opened by name, so one opened after its unlink is gone.
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'wirefs-lazyopen-'));
+  t.after(() => fsp.rm(dir, { recursive: true, force: true }));
+  const source = await openSource(dir);
+  t.after(() => source.close());
+  const { a } = await twoClients(t, source);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
+  const made = async (name: string, text: string): Promise<number> => {
+    const f = await cache.create(ctx, ROOT_ID, name, S_IFREG | 0o644, O_RDWR);
+    await cache.write(ctx, f.entry.nodeid, f.fh, 0, Buffer.from(text));
+    await cache.release(ctx, f.entry.nodeid, f.fh);
+    const h = await cache.open(ctx, f.entry.nodeid, O_RDONLY);
+    await cache.release(ctx, f.entry.nodeid, h.fh);
+    return f.entry.nodeid;
+  };
+  const gone = await made('gone', 'unlinked');
+  const replaced = await made('old', 'replaced');
+  await made('new', 'newer');
+  const h1 = await cache.open(ctx, gone, O_RDONLY);
+  const h2 = await cache.open(ctx, replaced, O_RDONLY);
+  assert.equal(cache.stats().opensAnswered, 2);
+  await cache.unlink(ctx, ROOT_ID, 'gone');
+  await cache.rename(ctx, ROOT_ID, 'new', ROOT_ID, 'old', 0);
+  assert.equal((await cache.read(ctx, gone, h1.fh, 0, 20)).toString(), 'unlinked');
+  assert.equal((await cache.read(ctx, replaced, h2.fh, 0, 20)).toString(), 'replaced');
+  await cache.release(ctx, gone, h1.fh);
+  await cache.release(ctx, replaced, h2.fh);
 });
