@@ -84,6 +84,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   let server: { stats(): object } | undefined;
   let rttMs: number | undefined;
   let writeBehind: WriteBehindVfs | undefined;
+  let dirCache: DirCacheVfs | undefined;
   try {
     if (values['direct']) {
       vfs = await openSource(spec);
@@ -103,7 +104,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
         : (writeBehind = new WriteBehindVfs(client, undefined, coherent ? (l) => client.onWriteAttr(l) : undefined));
       // Absent names in directories this client made, and directory attributes after its own
       // changes, are answered locally (only sound when every change reaches us as a push).
-      vfs = coherent ? new DirCacheVfs(inner, (l) => client.onDirAttr(l)) : inner;
+      vfs = coherent ? (dirCache = new DirCacheVfs(inner, (l) => client.onDirAttr(l))) : inner;
     }
   } catch (err) {
     report(`error: ${(err as Error).message}`);
@@ -148,6 +149,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
     ...(readaheadKb !== undefined ? { readaheadKb } : {}),
     ...(server ? { client: server.stats() } : {}),
     ...(writeBehind ? { writeBehind: writeBehind.stats() } : {}),
+    ...(dirCache ? { dirCache: dirCache.stats() } : {}),
   }));
   report('ok');
 
@@ -304,6 +306,7 @@ function formatStatus(s: Record<string, unknown>): string {
   const { ops: kernelOps, ...fuseRest } = f;
   if (!s['client']) return `${head}  direct  ${flat(fuseRest, 'fuse').join(' ')}\n  kernel requests: ${counts(kernelOps)}`;
   const dc = c['dataCache'] as Record<string, number> | undefined;
+  const here = s['dirCache'] as Record<string, number> | undefined;
   const mib = (n: number | undefined): string => ((n ?? 0) / 2 ** 20).toFixed(1);
   const state = String(c['state']) + (c['lastError'] ? ` (${String(c['lastError'])})` : '');
   const lines = [
@@ -311,6 +314,7 @@ function formatStatus(s: Record<string, unknown>): string {
     `  connection: ${state}; ${String(c['reconnects'])} reconnects (${String(c['newSessions'])} to a restarted server), ${String(c['timedOut'])} calls timed out, ${String(c['resent'])} requests resent`,
     `  requests: ${String(c['inFlight'])} in flight, ${String(c['requests'])} sent, ${String(c['errors'])} errors, ${String(c['pushes'])} invalidations received`,
     ...(dc ? [`  data cache: ${String(dc['files'])} files, ${mib(dc['bytes'])} of ${mib(dc['maxBytes'])} MiB; ${String(dc['hits'])} reads from it, ${String(dc['misses'])} from the server; ${String(dc['errors'])} errors`] : []),
+    ...(here ? [`  answered here: ${String(here['lookupsAnswered'])} lookups, ${String(here['getattrsAnswered'])} getattrs, ${String(here['opensAnswered'])} opens`] : []),
     `  cache: ${String(c['nodes'])} nodes and ${String(c['handles'])} open handles held for the kernel; ${String(c['remapped'])} re-resolved and ${String(c['reopened'])} reopened after restarts, ${String(c['stale'])} stale`,
     `  ${flat(fuseRest, 'fuse').join(' ')}`,
     `  kernel requests: ${counts(kernelOps)}`,

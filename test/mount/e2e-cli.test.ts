@@ -29,6 +29,11 @@ test('wirefs mount as a daemon, the mount line, status, umount', async (t) => {
   assert.equal(await ok(`timeout 10 cat ${mnt}/greeting`), 'hello\n');
   const status = await ok(`${wirefs} status`);
   assert.match(status, new RegExp(`${mnt}\\s+${server.addr}`));
+  // A second read-only open is answered by the client; with the kernel's pages dropped, its read
+  // opens the file on the server then.
+  await ok('echo 1 > /proc/sys/vm/drop_caches');
+  assert.equal(await ok(`timeout 10 cat ${mnt}/greeting`), 'hello\n');
+  assert.match(await ok(`${wirefs} status`), /answered here: \d+ lookups, \d+ getattrs, 1 opens/);
 
   // busy: a process sits inside the mount
   const busy = await sh(`cd ${mnt} && ${wirefs} umount ${mnt}`, { timeoutMs: 15000 });
