@@ -102,8 +102,9 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
       const coherent = client.info().coherent === true;
       const inner = opts.has('sync') ? client
         : (writeBehind = new WriteBehindVfs(client, undefined, coherent ? (l) => client.onWriteAttr(l) : undefined));
-      // Absent names in directories this client made, and directory attributes after its own
-      // changes, are answered locally (only sound when every change reaches us as a push).
+      // Absent names in directories this client made, directory attributes after its own changes
+      // and read-only opens of files opened before are answered locally (only sound when every
+      // change reaches us as a push).
       vfs = coherent ? (dirCache = new DirCacheVfs(inner, (l) => client.onDirAttr(l))) : inner;
     }
   } catch (err) {

@@ -64,6 +64,43 @@ interface LazyHandle {
   real: Promise<number> | undefined;
 }
 
+/** Lazy handles of one kind (directories, or files), numbered from `next`. */
+class LazyHandles {
+  private readonly map = new Map<number, LazyHandle>();
+  constructor(private next: number, private readonly openReal: (h: LazyHandle) => Promise<number>) {}
+
+  get size(): number {
+    return this.map.size;
+  }
+  add(nodeid: number, ctx: Ctx, flags: number): number {
+    const fh = this.next++;
+    this.map.set(fh, { nodeid, ctx: { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid }, flags, real: undefined });
+    return fh;
+  }
+  /** The server's handle for fh, opened there now if it was not yet (once). */
+  real(fh: number, nodeid: number): Promise<number> {
+    const h = this.map.get(fh);
+    if (!h || h.nodeid !== nodeid) return Promise.reject(new FsError(Errno.EBADF));
+    h.real ??= this.openReal(h);
+    return h.real;
+  }
+  /** The server's handle for fh if it has one (undefined: never opened there, or that failed). */
+  async opened(fh: number): Promise<number | undefined> {
+    return this.map.get(fh)?.real?.catch(() => undefined);
+  }
+  /** Forgets fh (a release); resolves to the server's handle to release, if there is one. */
+  take(fh: number, nodeid: number): Promise<number | undefined> {
+    const h = this.map.get(fh);
+    if (!h || h.nodeid !== nodeid) return Promise.reject(new FsError(Errno.EBADF));
+    this.map.delete(fh);
+    return h.real ? h.real.catch(() => undefined) : Promise.resolve(undefined);
+  }
+  /** Opens every handle not yet opened on the server; failures are left to the handle's next use. */
+  async openAll(): Promise<void> {
+    await Promise.all([...this.map].map(([fh, h]) => this.real(fh, h.nodeid).catch(() => undefined)));
+  }
+}
+
 /**
  * Lazy file handles are numbered from here: the server's handles pass through to the kernel
  * unchanged and are small (a restarted server's are remapped from 2^40, remap.ts).
@@ -102,10 +139,8 @@ export class DirCacheVfs implements Vfs {
   private readonly noCaps = new Set<number>();
   /** Bumped at every drop: an answer that was in flight across one is not kept (it may be older). */
   private xattrEpoch = 0;
-  private readonly dirHandles = new Map<number, LazyHandle>();
-  private nextDirFh = 1;
-  private readonly fileHandles = new Map<number, LazyHandle>();
-  private nextFileFh = LAZY_FH_BASE;
+  private readonly dirHandles = new LazyHandles(1, (h) => this.inner.opendir(h.ctx, h.nodeid).then((r) => r.fh));
+  private readonly fileHandles = new LazyHandles(LAZY_FH_BASE, (h) => this.inner.open(h.ctx, h.nodeid, h.flags).then((r) => r.fh));
   /**
    * Node id -> keepCache of the server's last plain read-only open of it (one without direct I/O
    * or a non-seekable stream): such opens are answered here. Dropped by any push about the node.
@@ -225,7 +260,7 @@ export class DirCacheVfs implements Vfs {
       return { ...got.attr };
     }
     const epoch = this.attrEpoch;
-    const attr = await this.inner.getattr(ctx, nodeid, fh === undefined || fh < LAZY_FH_BASE ? fh : await this.openedFile(fh));
+    const attr = await this.inner.getattr(ctx, nodeid, fh === undefined || fh < LAZY_FH_BASE ? fh : await this.fileHandles.opened(fh));
     // A directory's attributes change only with what the server pushes (its names, or a chmod): kept
     // until then. The kernel asks again after every listing it reads (to refresh the atime it keeps),
     // so without this a second `find` over a tree would cost one round trip per directory.
@@ -237,7 +272,7 @@ export class DirCacheVfs implements Vfs {
     // A mode change rewrites a POSIX ACL's xattr too.
     if (set.mode !== undefined) this.dropXattrs(nodeid);
     const epoch = this.attrEpoch;
-    const attr = await this.inner.setattr(ctx, nodeid, set, fh === undefined || fh < LAZY_FH_BASE ? fh : await this.openedFile(fh));
+    const attr = await this.inner.setattr(ctx, nodeid, set, fh === undefined || fh < LAZY_FH_BASE ? fh : await this.fileHandles.opened(fh));
     if (epoch === this.attrEpoch) this.keepAttr(nodeid, attr);
     return attr;
   }
@@ -284,7 +319,7 @@ export class DirCacheVfs implements Vfs {
     this.attrEpoch++;
     this.fileAttrs.clear();
     this.dirAttrs.delete(parent);
-    await this.openLazyFiles();
+    if (this.fileHandles.size) await this.fileHandles.openAll(); // see openAll's use in rename
     await this.changing(parent, this.inner.unlink(ctx, parent, name));
     this.remove(parent, name);
   }
@@ -305,7 +340,10 @@ export class DirCacheVfs implements Vfs {
     this.dirAttrs.delete(newparent);
     const moved = this.unnamed(parent, name);
     const replaced = this.unnamed(newparent, newname);
-    await this.openLazyFiles();
+    // A file we hold open without the server must stay readable once its name is gone (POSIX: an
+    // open file outlives its names); which file a name is we cannot tell here, so all are opened.
+    // Few such handles are open at any time, and each is opened once.
+    if (this.fileHandles.size) await this.fileHandles.openAll();
     try {
       await this.inner.rename(ctx, parent, name, newparent, newname, flags);
     } catch (err) {
@@ -328,8 +366,7 @@ export class DirCacheVfs implements Vfs {
     const keepCache = plain ? this.plainOpens.get(nodeid) : undefined;
     if (keepCache !== undefined) {
       // The kernel has checked the permission itself (default_permissions).
-      const fh = this.nextFileFh++;
-      this.fileHandles.set(fh, { nodeid, ctx: { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid }, flags, real: undefined });
+      const fh = this.fileHandles.add(nodeid, ctx, flags);
       this.counters.opensAnswered++;
       return keepCache ? { fh, keepCache } : { fh };
     }
@@ -342,31 +379,6 @@ export class DirCacheVfs implements Vfs {
     }
     return r;
   }
-  /** The server's handle for fh: a lazy one is opened there now (once). */
-  private realFile(fh: number, nodeid: number): Promise<number> | number {
-    if (fh < LAZY_FH_BASE) return fh;
-    const f = this.fileHandles.get(fh);
-    if (!f || f.nodeid !== nodeid) return Promise.reject(new FsError(Errno.EBADF));
-    f.real ??= this.inner.open(f.ctx, nodeid, f.flags).then((r) => r.fh);
-    return f.real;
-  }
-  /** The server's handle for fh if it has one, for calls that can do without (getattr, setattr). */
-  private async openedFile(fh: number | undefined): Promise<number | undefined> {
-    if (fh === undefined || fh < LAZY_FH_BASE) return fh;
-    const real = this.fileHandles.get(fh)?.real;
-    return real ? real.catch(() => undefined) : undefined;
-  }
-  /**
-   * Before we remove or replace a name: every lazy handle is opened on the server, so the file
-   * stays readable through it (POSIX: an open file outlives its names). Few are ever open at once.
-   */
-  private async openLazyFiles(): Promise<void> {
-    const waits: Array<Promise<unknown>> = [];
-    for (const [fh, f] of this.fileHandles) {
-      waits.push(Promise.resolve(this.realFile(fh, f.nodeid)).catch(() => undefined));
-    }
-    await Promise.all(waits);
-  }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
     const epoch = this.xattrEpoch;
     const r = await this.changing(parent, this.inner.create(ctx, parent, name, mode, flags));
@@ -376,60 +388,48 @@ export class DirCacheVfs implements Vfs {
     this.remember(r.entry.nodeid, CAPS, NO_DATA, epoch);
     return r;
   }
-  async read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
-    return this.inner.read(ctx, nodeid, await this.realFile(fh, nodeid), offset, size);
+  // Every file call below passes the server's own handles straight through (read and write are
+  // the hot path); only a lazy handle costs a lookup, and its opening on the server at first use.
+  read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
+    if (fh < LAZY_FH_BASE) return this.inner.read(ctx, nodeid, fh, offset, size);
+    return this.fileHandles.real(fh, nodeid).then((real) => this.inner.read(ctx, nodeid, real, offset, size));
   }
-  async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
+  write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
     this.touched(nodeid);
-    return this.inner.write(ctx, nodeid, await this.realFile(fh, nodeid), offset, data);
+    // Lazy handles are read-only: the kernel sends no write through one.
+    return this.inner.write(ctx, nodeid, fh, offset, data);
   }
-  async flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    // A read-only handle the server never opened has nothing to flush (locks are not forwarded).
-    const real = fh < LAZY_FH_BASE ? fh : await this.openedFile(fh);
-    if (real !== undefined) await this.inner.flush(ctx, nodeid, real);
+  flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
+    if (fh < LAZY_FH_BASE) return this.inner.flush(ctx, nodeid, fh);
+    // One the server never opened has nothing to flush (locks are not forwarded).
+    return this.fileHandles.opened(fh).then((real) => (real === undefined ? undefined : this.inner.flush(ctx, nodeid, real)));
   }
-  async fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
-    return this.inner.fsync(ctx, nodeid, await this.realFile(fh, nodeid), datasync);
+  fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
+    if (fh < LAZY_FH_BASE) return this.inner.fsync(ctx, nodeid, fh, datasync);
+    return this.fileHandles.real(fh, nodeid).then((real) => this.inner.fsync(ctx, nodeid, real, datasync));
   }
-  async release(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
+  release(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
     if (fh < LAZY_FH_BASE) return this.inner.release(ctx, nodeid, fh);
-    const f = this.fileHandles.get(fh);
-    if (!f || f.nodeid !== nodeid) throw new FsError(Errno.EBADF);
-    this.fileHandles.delete(fh);
-    // Never opened there (or the open failed): nothing to release.
-    const real = await f.real?.catch(() => undefined);
-    if (real !== undefined) await this.inner.release(ctx, nodeid, real);
+    return this.fileHandles.take(fh, nodeid).then((real) => (real === undefined ? undefined : this.inner.release(ctx, nodeid, real)));
   }
   // --- lazy directory handles -------------------------------------------------------------------
 
   async opendir(ctx: Ctx, nodeid: number): Promise<OpenResult> {
     // The kernel has checked the permission itself (default_permissions) and nodeid is a directory.
-    const fh = this.nextDirFh++;
-    this.dirHandles.set(fh, { nodeid, ctx: { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid }, flags: 0, real: undefined });
-    return { fh };
-  }
-  private real(fh: number, nodeid: number): Promise<number> {
-    const d = this.dirHandles.get(fh);
-    if (!d || d.nodeid !== nodeid) return Promise.reject(new FsError(Errno.EBADF));
-    d.real ??= this.inner.opendir(d.ctx, nodeid).then((r) => r.fh);
-    return d.real;
+    return { fh: this.dirHandles.add(nodeid, ctx, 0) };
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    const real = await this.real(fh, nodeid);
+    const real = await this.dirHandles.real(fh, nodeid);
     const epoch = this.attrEpoch;
     const list = await this.inner.readdir(ctx, nodeid, real, offset, maxEntries, plus);
     if (plus) for (const d of list) if (d.entry) this.named(nodeid, d.name, d.entry, epoch);
     return list;
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
-    return this.inner.fsyncdir(ctx, nodeid, await this.real(fh, nodeid), datasync);
+    return this.inner.fsyncdir(ctx, nodeid, await this.dirHandles.real(fh, nodeid), datasync);
   }
   async releasedir(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
-    const d = this.dirHandles.get(fh);
-    if (!d || d.nodeid !== nodeid) throw new FsError(Errno.EBADF);
-    this.dirHandles.delete(fh);
-    // Never opened (or the open failed): nothing to release.
-    const real = await d.real?.catch(() => undefined);
+    const real = await this.dirHandles.take(fh, nodeid);
     if (real !== undefined) await this.inner.releasedir(ctx, nodeid, real);
   }
 
@@ -502,16 +502,19 @@ export class DirCacheVfs implements Vfs {
   access(ctx: Ctx, nodeid: number, mask: number): Promise<void> {
     return this.inner.access(ctx, nodeid, mask);
   }
-  async fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
+  fallocate(ctx: Ctx, nodeid: number, fh: number, mode: number, offset: number, length: number): Promise<void> {
     this.touched(nodeid);
-    return this.inner.fallocate(ctx, nodeid, await this.realFile(fh, nodeid), mode, offset, length);
+    // fallocate needs a writable handle: never a lazy one.
+    return this.inner.fallocate(ctx, nodeid, fh, mode, offset, length);
   }
   async lseek(ctx: Ctx, nodeid: number, fh: number, offset: number, whence: number): Promise<number> {
-    return this.inner.lseek(ctx, nodeid, await this.realFile(fh, nodeid), offset, whence);
+    return this.inner.lseek(ctx, nodeid, fh < LAZY_FH_BASE ? fh : await this.fileHandles.real(fh, nodeid), offset, whence);
   }
   async copyFileRange(ctx: Ctx, nodeIn: number, fhIn: number, offIn: number, nodeOut: number, fhOut: number, offOut: number, len: number): Promise<number> {
     this.touched(nodeOut);
-    return this.inner.copyFileRange(ctx, nodeIn, await this.realFile(fhIn, nodeIn), offIn, nodeOut, await this.realFile(fhOut, nodeOut), offOut, len);
+    // The source may be a lazy handle; the destination is writable, so never one.
+    const real = fhIn < LAZY_FH_BASE ? fhIn : await this.fileHandles.real(fhIn, nodeIn);
+    return this.inner.copyFileRange(ctx, nodeIn, real, offIn, nodeOut, fhOut, offOut, len);
   }
   watch(listener: ChangeListener): () => void {
     return this.inner.watch(listener);
