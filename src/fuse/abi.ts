@@ -56,7 +56,11 @@ export const FATTR = {
 
 export const FOPEN = {
   DIRECT_IO: 1 << 0, KEEP_CACHE: 1 << 1, NONSEEKABLE: 1 << 2, CACHE_DIR: 1 << 3, STREAM: 1 << 4,
+  /** 7.35: no FLUSH at close (fs/fuse/file.c fuse_flush returns at once without the writeback cache). */
+  NOFLUSH: 1 << 5,
 } as const;
+/** The first minor whose kernels know FOPEN_NOFLUSH. */
+export const NOFLUSH_MINOR = 35;
 
 export const FUSE_GETATTR_FH = 1 << 0;
 /** fuse_write_in.write_flags: the writer may not keep set-ID bits (no CAP_FSETID). */

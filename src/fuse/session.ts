@@ -7,11 +7,11 @@ import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
 import { Errno, errnoName, FsError, toErrno } from '../lib/errno.js';
 import { LazyAbort, RequestCtx } from '../lib/abort.js';
 import { logger } from '../lib/log.js';
-import { O_TRUNC, S_IFMT, S_IFREG, type ChangeEvent, type Ctx, type Entry, type SetAttr, type Vfs } from '../vfs/types.js';
+import { O_ACCMODE, O_RDONLY, O_TRUNC, S_IFMT, S_IFREG, type ChangeEvent, type Ctx, type Entry, type SetAttr, type Vfs } from '../vfs/types.js';
 import {
   ATTR_OUT_SIZE, DIRENT_NAME_OFFSET, DIRENTPLUS_NAME_OFFSET, ENTRY_OUT_SIZE, FATTR, FOPEN, FUSE_GETATTR_FH,
   FUSE_OPEN_KILL_SUIDGID, FUSE_WRITE_KILL_SUIDGID,
-  FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, FUSE_NAME_MAX, FUSE_ROOT_ID,
+  FUSE_KERNEL_MINOR_VERSION, FUSE_KERNEL_VERSION, FUSE_MIN_MINOR_VERSION, FUSE_NAME_MAX, FUSE_ROOT_ID, NOFLUSH_MINOR,
   IN_HEADER_SIZE, INIT_OUT_SIZE, Init, KSTATFS_SIZE, NOTIFY_DELETE_SIZE, Notify, OPEN_OUT_SIZE, OPS, OUT_HEADER_SIZE, Op,
   decodeInHeader, decoders, direntSize, direntplusSize, encodeAttrOut, encodeDirent, encodeDirentplus,
   encodeEntryOut, encodeGetxattrOut, encodeNegativeEntryOut, encodeInitOut, encodeLseekOut, encodeNotifyDelete, encodeNotifyInvalEntry,
@@ -108,6 +108,12 @@ export class FuseSession {
   private noOpendir: boolean;
   /** FUSE_POSIX_ACL is in force (INIT). */
   private posixAcl = false;
+  /**
+   * FOPEN_NOFLUSH for read-only opens (INIT: a 7.35+ kernel). Locks stay in the kernel (no
+   * POSIX_LOCKS) and a read-only handle has no writes to wait for, so its FLUSH at every close
+   * would be a round trip that does nothing.
+   */
+  private readNoFlush = 0;
   private readonly dirFhs = new Map<number, Promise<number>>();
   private readonly fileFlags: number;
   private readonly dirFlags: number;
@@ -265,6 +271,11 @@ export class FuseSession {
     return r.directIo ? own : own | extra;
   }
 
+  /** FOPEN_NOFLUSH for an open with these open(2) flags, or 0. */
+  private noFlush(flags: number): number {
+    return (flags & O_ACCMODE) === O_RDONLY ? this.readNoFlush : 0;
+  }
+
   /** The xattr size protocol: size 0 asks for the length; a smaller buffer than the value is ERANGE. */
   private static xattrAnswer(value: Buffer, size: number): Answer {
     if (size === 0) return { chunks: one((w) => encodeGetxattrOut(w, value.length), 8) };
@@ -366,7 +377,7 @@ export class FuseSession {
         });
       }
       return {
-        chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags)), OPEN_OUT_SIZE),
+        chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags) | this.noFlush(req.flags)), OPEN_OUT_SIZE),
         after: (ok) => { if (!ok) this.releaseQuietly(h.nodeid, r.fh, false); },
       };
     },
@@ -455,7 +466,7 @@ export class FuseSession {
       const w = new Writer(ENTRY_OUT_SIZE + OPEN_OUT_SIZE);
       encodeEntryOut(w, r.entry, this.entryT, this.attrT);
       this.seen(r.entry.nodeid, r.entry.attr.mode);
-      encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags));
+      encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags) | this.noFlush(req.flags));
       return {
         chunks: [w.done()],
         after: (ok) => {
@@ -534,6 +545,7 @@ export class FuseSession {
     if (!(req.flags & Init.NO_OPENDIR_SUPPORT)) this.noOpendir = false;
     let flags = req.flags & (WANTED_FLAGS | (this.opts.exportSupport ? Init.EXPORT_SUPPORT : 0) | (this.opts.posixAcl ? Init.POSIX_ACL : 0));
     this.posixAcl = (flags & Init.POSIX_ACL) !== 0;
+    this.readNoFlush = minor >= NOFLUSH_MINOR ? FOPEN.NOFLUSH : 0;
     // flags2 is read only when we echo INIT_EXT (7.36); we want none of its bits (SECURITY_CTX,
     // HAS_INODE_DAX, HAS_EXPIRE_ONLY), so it is zero, but the bit says we understand the layout.
     if (req.flags & Init.INIT_EXT) flags |= Init.INIT_EXT;

@@ -8,9 +8,9 @@ import fc from 'fast-check';
 import { Writer } from '../../src/lib/bytes.js';
 import { Errno } from '../../src/lib/errno.js';
 import { FuseSession } from '../../src/fuse/session.js';
-import { Init, Notify, Op } from '../../src/fuse/abi.js';
+import { FOPEN, Init, Notify, Op } from '../../src/fuse/abi.js';
 import { MemoryFs } from '../../src/sources/memory.js';
-import { O_RDWR, ROOT_ID, S_IFREG, type ChangeListener, type Ctx } from '../../src/vfs/types.js';
+import { O_RDONLY, O_RDWR, O_WRONLY, ROOT_ID, S_IFREG, type ChangeListener, type Ctx } from '../../src/vfs/types.js';
 
 interface Sent { error: number; unique: bigint; body: Buffer }
 
@@ -40,10 +40,10 @@ function cstr(...names: string[]): Buffer {
 }
 const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 5));
 
-async function started(vfs = new MemoryFs()): Promise<{ s: FuseSession; t: FakeTransport; vfs: MemoryFs }> {
+async function started(vfs = new MemoryFs(), minor = 45): Promise<{ s: FuseSession; t: FakeTransport; vfs: MemoryFs }> {
   const t = new FakeTransport();
   const s = new FuseSession(vfs, t, { entryTimeoutS: 2, attrTimeoutS: 0.5 });
-  const init = new Writer(64).u32(7).u32(45).u32(1 << 17).u32(0x7fffffff | Init.INIT_EXT).u32(0xffff).zeros(44).done();
+  const init = new Writer(64).u32(7).u32(minor).u32(1 << 17).u32(0x7fffffff | Init.INIT_EXT).u32(0xffff).zeros(44).done();
   s.dispatch(frame(Op.INIT, 0, init, 0n));
   await s.initialized;
   t.sent.length = 0;
@@ -222,5 +222,29 @@ void describe('FuseSession', () => {
     assert.equal(t.sent[2]!.body.readBigUInt64LE(8), 9n);
     s.close();
     assert.equal(listener, undefined, 'unsubscribed on close');
+  });
+
+  void it('asks for no FLUSH at the close of read-only handles only, on 7.35+ kernels', async () => {
+    // fuse_open_out.open_flags of each OPEN and CREATE reply, by the open(2) access mode asked.
+    const openFlags = async (minor: number): Promise<number[]> => {
+      const { s, t } = await started(new MemoryFs(), minor);
+      const out: number[] = [];
+      for (const [i, mode] of [O_RDONLY, O_WRONLY, O_RDWR].entries()) {
+        // fuse_create_in: flags, mode, umask, open_flags; then the name. fuse_open_in: flags, open_flags.
+        s.dispatch(frame(Op.CREATE, ROOT_ID, Buffer.concat([new Writer(16).u32(mode).u32(S_IFREG | 0o644).u32(0).u32(0).done(), cstr(`f${minor}-${i}`)])));
+        await tick();
+        const entry = t.sent.at(-1)!;
+        assert.equal(entry.error, 0);
+        out.push(entry.body.readUInt32LE(128 + 8));
+        s.dispatch(frame(Op.OPEN, Number(entry.body.readBigUInt64LE(0)), new Writer(8).u32(mode).u32(0).done()));
+        await tick();
+        assert.equal(t.sent.at(-1)!.error, 0);
+        out.push(t.sent.at(-1)!.body.readUInt32LE(8));
+      }
+      return out.map((f) => f & FOPEN.NOFLUSH);
+    };
+    const N = FOPEN.NOFLUSH;
+    assert.deepEqual(await openFlags(45), [N, N, 0, 0, 0, 0]);
+    assert.deepEqual(await openFlags(34), [0, 0, 0, 0, 0, 0]);
   });
 });
