@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { Writer } from '../../src/lib/bytes.js';
 import { Errno } from '../../src/lib/errno.js';
 import { FuseSession } from '../../src/fuse/session.js';
-import { FOPEN, Init, Notify, Op } from '../../src/fuse/abi.js';
+import { ENTRY_OUT_SIZE, FOPEN, Init, Notify, Op } from '../../src/fuse/abi.js';
 import { MemoryFs } from '../../src/sources/memory.js';
 import { O_RDONLY, O_RDWR, O_WRONLY, ROOT_ID, S_IFREG, type ChangeListener, type Ctx } from '../../src/vfs/types.js';
 
@@ -235,7 +235,8 @@ void describe('FuseSession', () => {
         await tick();
         const entry = t.sent.at(-1)!;
         assert.equal(entry.error, 0);
-        out.push(entry.body.readUInt32LE(128 + 8));
+        // fuse_entry_out, then fuse_open_out: fh 0, open_flags 8.
+        out.push(entry.body.readUInt32LE(ENTRY_OUT_SIZE + 8));
         s.dispatch(frame(Op.OPEN, Number(entry.body.readBigUInt64LE(0)), new Writer(8).u32(mode).u32(0).done()));
         await tick();
         assert.equal(t.sent.at(-1)!.error, 0);
