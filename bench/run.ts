@@ -14,9 +14,9 @@ import { spawn } from 'node:child_process';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { sh, startChild, teardownMount, tmpdir } from '../test/helpers/mount.js';
+import { sh, teardownMount, tmpdir } from '../test/helpers/mount.js';
 import { startProxy, type Proxy } from '../test/helpers/proxy.js';
-import { BIN } from '../test/helpers/wirefs.js';
+import { wirefsTarget, type Target } from './targets.js';
 
 const BIG_MB = Number(process.env['BENCH_BIG_MB'] ?? 1024);
 const FILES = Number(process.env['BENCH_FILES'] ?? 5000);
@@ -25,15 +25,9 @@ const ONLY = process.env['BENCH_ONLY']?.split(',');
 /** Files touched by the memory row (the issue asks for RSS after 100 000). */
 const TOUCH = Number(process.env['BENCH_TOUCH'] ?? 100000);
 
-interface Target {
-  name: string;
-  dir: string;
-  /** The processes whose memory the memory row reports. */
-  pids?: { client: number; server: number };
-  teardown(): Promise<void>;
-}
 
-async function rssMb(pid: number): Promise<number | undefined> {
+async function rssMb(pid: number | undefined): Promise<number | undefined> {
+  if (pid === undefined) return undefined;
   const status = await fsp.readFile(`/proc/${pid}/status`, 'utf8').catch(() => '');
   const m = /VmRSS:\s+(\d+) kB/.exec(status);
   return m ? Number(m[1]) / 1024 : undefined;
@@ -101,19 +95,6 @@ function rows(tarball: string): Row[] {
     { name: 'rm -rf tree', run: (d) => timed(`rm -rf ${d}/tree ${d}/big`) },
     { name: `create+stat ${TOUCH} empty files`, run: (d) => timed(`python3 -c '${TOUCHER}' ${d}/touched ${TOUCH}`, 3600_000) },
   ];
-}
-
-async function wirefsTarget(name: string, exported: string, delayMs: number, spec = exported): Promise<Target> {
-  const server = await startChild([process.execPath, BIN, 'serve', '-p', '0', '--bind', '127.0.0.1', '--no-root-squash', spec], { readyPattern: /on ([\d.]+):(\d+)/ });
-  const port = Number(/on [\d.]+:(\d+)/.exec(server.stdout())![1]);
-  let proxy: Proxy | undefined;
-  if (delayMs) proxy = await startProxy({ host: '127.0.0.1', port }, { delayMs });
-  const mnt = await tmpdir('wirefs-bench-mnt-');
-  const client = await startChild([process.execPath, BIN, 'mount', '-f', `127.0.0.1:${proxy?.port ?? port}`, mnt], { waitMount: mnt, timeoutMs: 20000 });
-  return {
-    name, dir: mnt, pids: { client: client.child.pid!, server: server.child.pid! },
-    teardown: async () => { await teardownMount(mnt, client.child); await proxy?.close(); await server.stop(); },
-  };
 }
 
 async function sshd(): Promise<{ port: number; key: string; stop(): Promise<void> }> {
