@@ -112,6 +112,8 @@ const commands: Record<string, Command> = {
       '                        sync               no write-behind: each write waits for the server',
       '                        readahead_kb=N     read-ahead window (default: 2 x round trip x 10 Gbit/s,',
       '                                           between 4 and 16 MiB)',
+      '                        readaround_kb=N    bytes fetched around a small random read, pushed into',
+      '                                           the page cache (default 128; 0: off)',
       '                        entry_timeout=S    kernel cache time for names (seconds)',
       '                        attr_timeout=S     kernel cache time for attributes (seconds)',
       '                        negative_timeout=S kernel cache time for absent names (seconds)',

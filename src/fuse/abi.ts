@@ -69,7 +69,7 @@ export const FUSE_WRITE_KILL_SUIDGID = 1 << 2;
 export const FUSE_OPEN_KILL_SUIDGID = 1 << 0;
 export const FUSE_FSYNC_FDATASYNC = 1 << 0;
 
-export const Notify = { INVAL_INODE: 2, INVAL_ENTRY: 3, DELETE: 6 } as const;
+export const Notify = { INVAL_INODE: 2, INVAL_ENTRY: 3, STORE: 4, DELETE: 6 } as const;
 
 // Struct sizes (bytes), pinned against fuse.h by test/unit/fuse-abi.test.ts.
 export const IN_HEADER_SIZE = 40;
@@ -89,6 +89,7 @@ export const LSEEK_OUT_SIZE = 8;
 export const DIRENT_NAME_OFFSET = 24;
 export const DIRENTPLUS_NAME_OFFSET = ENTRY_OUT_SIZE + DIRENT_NAME_OFFSET;
 export const NOTIFY_INVAL_INODE_SIZE = 24;
+export const NOTIFY_STORE_SIZE = 24;
 export const NOTIFY_INVAL_ENTRY_SIZE = 16;
 export const NOTIFY_DELETE_SIZE = 24;
 
@@ -597,6 +598,11 @@ export function encodeDirentplus(
 /** fuse_notify_inval_inode_out (24): ino 0, off 8 (i64), len 16 (i64). */
 export function encodeNotifyInvalInode(w: Writer, ino: number, off: number, len: number): void {
   w.u64(ino).i64(off).i64(len);
+}
+
+/** fuse_notify_store_out (24): nodeid 0, offset 8, size 16, padding 20; the bytes follow. */
+export function encodeNotifyStore(w: Writer, nodeid: number, offset: number, size: number): void {
+  w.u64(nodeid).u64(offset).u32(size).u32(0);
 }
 
 /** fuse_notify_inval_entry_out (16): parent 0, namelen 8, flags 12; then name and NUL. */

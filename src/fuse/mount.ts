@@ -34,6 +34,8 @@ export interface MountOptions {
   entryTimeoutS?: number;
   attrTimeoutS?: number;
   negativeTimeoutS?: number;
+  /** Read-around window for small random reads (readaround.ts), coherent Vfs only; 0 or absent: off. */
+  readAroundBytes?: number;
 }
 
 /**
@@ -203,6 +205,7 @@ export async function mountVfs(vfs: Vfs, mountpoint: string, opts: MountOptions)
     negativeTimeoutS: opts.negativeTimeoutS ?? (coherent ? COHERENT_NEGATIVE_S : 0),
     keepCache: coherent,
     posixAcl: (opts.defaultPermissions ?? true) && (opts.posixAcl ?? true),
+    ...(opts.readAroundBytes ? { readAroundBytes: opts.readAroundBytes } : {}),
   });
   const closed = channel.closed.then(() => session.close());
   // Reading starts before the mount: the reads wait (retrying EPERM) until mount(2) attaches the

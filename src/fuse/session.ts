@@ -7,7 +7,7 @@ import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
 import { Errno, errnoName, FsError, toErrno } from '../lib/errno.js';
 import { LazyAbort, RequestCtx } from '../lib/abort.js';
 import { logger } from '../lib/log.js';
-import { O_ACCMODE, O_RDONLY, O_TRUNC, S_IFMT, S_IFREG, type ChangeEvent, type Ctx, type Entry, type SetAttr, type Vfs } from '../vfs/types.js';
+import { O_ACCMODE, O_DIRECT, O_RDONLY, O_TRUNC, S_IFMT, S_IFREG, type ChangeEvent, type Ctx, type Entry, type SetAttr, type Vfs } from '../vfs/types.js';
 import {
   ATTR_OUT_SIZE, DIRENT_NAME_OFFSET, DIRENTPLUS_NAME_OFFSET, ENTRY_OUT_SIZE, FATTR, FOPEN, FUSE_GETATTR_FH,
   FUSE_OPEN_KILL_SUIDGID, FUSE_WRITE_KILL_SUIDGID,
@@ -15,10 +15,11 @@ import {
   IN_HEADER_SIZE, INIT_OUT_SIZE, Init, KSTATFS_SIZE, NOTIFY_DELETE_SIZE, Notify, OPEN_OUT_SIZE, OPS, OUT_HEADER_SIZE, Op,
   decodeInHeader, decoders, direntSize, direntplusSize, encodeAttrOut, encodeDirent, encodeDirentplus,
   encodeEntryOut, encodeGetxattrOut, encodeNegativeEntryOut, encodeInitOut, encodeLseekOut, encodeNotifyDelete, encodeNotifyInvalEntry,
-  encodeNotifyInvalInode, encodeOpenOut, encodeOutHeader, encodeStatfs, encodeWriteOut,
+  encodeNotifyInvalInode, encodeNotifyStore, NOTIFY_STORE_SIZE, encodeOpenOut, encodeOutHeader, encodeStatfs, encodeWriteOut,
   type Decoded, type HandlerKey, type InHeader, type OpSpec,
 } from './abi.js';
 import type { FuseTransport } from './channel.js';
+import { ReadAround, type ReadAroundStats } from './readaround.js';
 
 const log = logger('fuse');
 
@@ -65,6 +66,11 @@ export interface SessionOptions {
    * warm `ls -l` asks nothing. Default false.
    */
   posixAcl?: boolean;
+  /**
+   * Widen small random READs to this many bytes around them and push the rest into the kernel's
+   * page cache (readaround.ts); 0 or absent: off. Only with keepCache (a coherent Vfs).
+   */
+  readAroundBytes?: number;
 }
 
 const ACL_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
@@ -130,6 +136,7 @@ export class FuseSession {
   private initDone = false;
   private ended = false;
   private unwatch: (() => void) | undefined;
+  private readonly readAround: ReadAround | undefined;
 
   constructor(private readonly vfs: Vfs, private readonly transport: FuseTransport, private readonly opts: SessionOptions = {}) {
     this.entryT = opts.entryTimeoutS ?? 1;
@@ -141,6 +148,14 @@ export class FuseSession {
     // its mtime changes or an inval_inode drops them.
     this.dirFlags = opts.keepCache ? FOPEN.KEEP_CACHE | FOPEN.CACHE_DIR : 0;
     this.maxWrite = opts.maxWrite ?? DEFAULT_MAX_WRITE;
+    if (opts.keepCache && opts.readAroundBytes) {
+      this.readAround = new ReadAround(opts.readAroundBytes, (chunks) => this.transport.send(chunks), (nodeid, offset, size) => {
+        const w = new Writer(OUT_HEADER_SIZE + NOTIFY_STORE_SIZE);
+        encodeOutHeader(w, OUT_HEADER_SIZE + NOTIFY_STORE_SIZE + size, Notify.STORE, 0n);
+        encodeNotifyStore(w, nodeid, offset, size);
+        return w.done();
+      });
+    }
     this.initialized = new Promise((resolve, reject) => {
       this.resolveInit = resolve;
       this.rejectInit = reject;
@@ -149,14 +164,14 @@ export class FuseSession {
     this.initialized.catch(() => {});
   }
 
-  stats(): { inFlight: number; requests: number; ops: Record<string, number> } {
+  stats(): { inFlight: number; requests: number; ops: Record<string, number>; readAround?: ReadAroundStats } {
     const ops: Record<string, number> = {};
     let requests = 0;
     this.byOpcode.forEach((n, opcode) => {
       ops[OPS[opcode]?.name ?? `opcode ${opcode}`] = n;
       requests += n;
     });
-    return { inFlight: this.inflight.size, requests, ops };
+    return { inFlight: this.inflight.size, requests, ops, ...(this.readAround ? { readAround: this.readAround.stats() } : {}) };
   }
 
   /** The connection is gone: cancel what is running, stop notifying. */
@@ -303,12 +318,14 @@ export class FuseSession {
     },
     forget: async (h, req) => {
       this.plain.delete(h.nodeid);
+      void this.readAround?.changed(h.nodeid);
       this.forget(h.nodeid, req.nlookup);
       return NO_REPLY;
     },
     batchForget: async (_h, req) => {
       for (const f of req.items) {
         this.plain.delete(f.nodeid);
+        void this.readAround?.changed(f.nodeid);
         this.forget(f.nodeid, f.nlookup);
       }
       return NO_REPLY;
@@ -342,8 +359,16 @@ export class FuseSession {
       const plain = this.plain.delete(h.nodeid);
       // A truncation by a caller without CAP_FSETID clears set-ID bits (KILLPRIV_V2); a chown's
       // clearing, flagged too, is the source's (chown(2) rules, as the host's kernel applies them).
-      if (v & FATTR.KILL_SUIDGID && set.size !== undefined && set.mode === undefined && !plain) await this.killSetId(ctx, h.nodeid, fh);
-      return this.attr(await this.vfs.setattr(ctx, h.nodeid, set, fh), h.nodeid);
+      // A truncation: no store may land on the pages the kernel drops once we answer.
+      const unhold = set.size !== undefined ? await this.readAround?.hold(h.nodeid) : undefined;
+      try {
+        if (v & FATTR.KILL_SUIDGID && set.size !== undefined && set.mode === undefined && !plain) await this.killSetId(ctx, h.nodeid, fh);
+        const a = this.attr(await this.vfs.setattr(ctx, h.nodeid, set, fh), h.nodeid);
+        return unhold ? { ...a, after: unhold } : a;
+      } catch (err) {
+        unhold?.();
+        throw err;
+      }
     },
     readlink: async (h, _req, ctx) => ({ chunks: [Buffer.from(await this.vfs.readlink(ctx, h.nodeid))] }),
     symlink: async (h, req, ctx) => this.entry(await this.vfs.symlink(ctx, h.nodeid, req.name, req.target)),
@@ -369,21 +394,44 @@ export class FuseSession {
     link: async (h, req, ctx) => this.entry(await this.vfs.link(ctx, req.oldnodeid, h.nodeid, req.name)),
     // With ATOMIC_O_TRUNC the kernel passes O_TRUNC here instead of a SETATTR of size 0.
     open: async (h, req, ctx) => {
-      const r = await this.vfs.open(ctx, h.nodeid, req.flags);
-      if (req.openFlags & FUSE_OPEN_KILL_SUIDGID && req.flags & O_TRUNC && !this.plain.has(h.nodeid)) {
-        await this.killSetId(ctx, h.nodeid, r.fh).catch((err: unknown) => {
-          this.releaseQuietly(h.nodeid, r.fh, false);
-          throw err;
-        });
+      // A writable open first waits for read-around's stores to the node, and stops new ones.
+      const unhold = (req.flags & O_ACCMODE) !== O_RDONLY ? await this.readAround?.hold(h.nodeid) : undefined;
+      try {
+        const r = await this.vfs.open(ctx, h.nodeid, req.flags);
+        if (req.openFlags & FUSE_OPEN_KILL_SUIDGID && req.flags & O_TRUNC && !this.plain.has(h.nodeid)) {
+          await this.killSetId(ctx, h.nodeid, r.fh).catch((err: unknown) => {
+            this.releaseQuietly(h.nodeid, r.fh, false);
+            throw err;
+          });
+        }
+        this.readAround?.opened(r.fh, h.nodeid, req.flags, r.directIo === true || (req.flags & O_DIRECT) !== 0);
+        return {
+          chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags) | this.noFlush(req.flags)), OPEN_OUT_SIZE),
+          after: (ok) => { if (!ok) this.releaseQuietly(h.nodeid, r.fh, false); },
+        };
+      } finally {
+        unhold?.();
       }
-      return {
-        chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags) | this.noFlush(req.flags)), OPEN_OUT_SIZE),
-        after: (ok) => { if (!ok) this.releaseQuietly(h.nodeid, r.fh, false); },
-      };
     },
     read: async (h, req, ctx) => {
-      const data = await this.vfs.read(ctx, h.nodeid, req.fh, req.offset, req.size);
-      return { chunks: [data.length > req.size ? data.subarray(0, req.size) : data] };
+      const win = this.readAround?.widen(h.nodeid, req.fh, req.offset, req.size);
+      if (!win) {
+        const data = await this.vfs.read(ctx, h.nodeid, req.fh, req.offset, req.size);
+        return { chunks: [data.length > req.size ? data.subarray(0, req.size) : data] };
+      }
+      let data: Buffer;
+      try {
+        data = await this.vfs.read(ctx, h.nodeid, req.fh, win.start, win.length);
+      } catch (err) {
+        this.readAround!.finish(h.nodeid, win, undefined, req.offset, req.size);
+        throw err;
+      }
+      const from = Math.min(req.offset - win.start, data.length);
+      return {
+        chunks: [data.subarray(from, Math.min(from + req.size, data.length))],
+        // The rest goes once the kernel has the part it asked for (its pages stay locked till then).
+        after: () => this.readAround!.finish(h.nodeid, win, data, req.offset, req.size),
+      };
     },
     write: async (h, req, ctx) => {
       if (req.writeFlags & FUSE_WRITE_KILL_SUIDGID && !this.plain.has(h.nodeid)) await this.killSetId(ctx, h.nodeid, req.fh);
@@ -395,6 +443,7 @@ export class FuseSession {
       return { chunks: one((w) => encodeStatfs(w, s), KSTATFS_SIZE) };
     },
     release: async (h, req, ctx) => {
+      this.readAround?.released(req.fh);
       await this.vfs.release(ctx, h.nodeid, req.fh);
       return FuseSession.ok;
     },
@@ -463,6 +512,11 @@ export class FuseSession {
           throw err;
         });
       }
+      if (this.readAround) {
+        this.readAround.opened(r.fh, r.entry.nodeid, req.flags, r.directIo === true || (req.flags & O_DIRECT) !== 0);
+        // A name that came to exist elsewhere may name a node the kernel holds pages of.
+        if ((req.flags & O_ACCMODE) !== O_RDONLY) await this.readAround.changed(r.entry.nodeid);
+      }
       const w = new Writer(ENTRY_OUT_SIZE + OPEN_OUT_SIZE);
       encodeEntryOut(w, r.entry, this.entryT, this.attrT);
       this.seen(r.entry.nodeid, r.entry.attr.mode);
@@ -529,6 +583,7 @@ export class FuseSession {
 
   private releaseQuietly(nodeid: number, fh: number, dir: boolean): void {
     const ctx: Ctx = { uid: 0, gid: 0, pid: 0 };
+    if (!dir) this.readAround?.released(fh);
     const p = dir ? this.vfs.releasedir(ctx, nodeid, fh) : this.vfs.release(ctx, nodeid, fh);
     p.catch((err: unknown) => toErrno(err, 'FUSE release after lost reply'));
   }
@@ -680,10 +735,13 @@ export class FuseSession {
     const hdr = new Writer(OUT_HEADER_SIZE);
     encodeOutHeader(hdr, OUT_HEADER_SIZE + body.length, code, 0n);
     // Settles once the kernel has processed it: what the server waits for before the writer goes on.
-    return this.transport.send([hdr.done(), body]).catch((err: NodeJS.ErrnoException) => {
+    const go = (): Promise<void> => this.transport.send([hdr.done(), body]).catch((err: NodeJS.ErrnoException) => {
       // ENOENT: the kernel does not have that node or name cached, so there is nothing to drop.
       if (err.code === 'ENOENT' || err.code === 'ENOTDIR' || this.ended) return;
       log.warn(`notify ${ev.kind} failed: ${err.message}`);
     });
+    // After read-around's stores to the node: the kernel must drop what they put in, not keep it.
+    const stores = ev.kind === 'inode' ? this.readAround?.changed(ev.nodeid) : undefined;
+    return stores ? stores.then(go) : go();
   }
 }

@@ -19,7 +19,7 @@ const SIZES: Record<string, number> = {
   fuse_in_header: 40, fuse_out_header: 16, fuse_attr: 88, fuse_entry_out: 128, fuse_attr_out: 104,
   fuse_init_in: 64, fuse_init_out: 64, fuse_open_out: 16, fuse_kstatfs: 80, fuse_write_out: 8,
   fuse_getxattr_out: 8, fuse_lseek_out: 8, fuse_dirent: 24, fuse_direntplus: 152,
-  fuse_notify_inval_inode_out: 24, fuse_notify_inval_entry_out: 16, fuse_notify_delete_out: 24,
+  fuse_notify_inval_inode_out: 24, fuse_notify_inval_entry_out: 16, fuse_notify_delete_out: 24, fuse_notify_store_out: 24,
   fuse_setattr_in: 88, fuse_getattr_in: 16, fuse_mknod_in: 16, fuse_mkdir_in: 8, fuse_rename_in: 8,
   fuse_rename2_in: 16, fuse_link_in: 8, fuse_open_in: 8, fuse_create_in: 16, fuse_read_in: 40,
   fuse_write_in: 40, fuse_release_in: 24, fuse_flush_in: 24, fuse_fsync_in: 16, fuse_getxattr_in: 8,
@@ -36,7 +36,7 @@ const OURS: Record<string, number> = {
   fuse_write_out: abi.WRITE_OUT_SIZE, fuse_getxattr_out: abi.GETXATTR_OUT_SIZE, fuse_lseek_out: abi.LSEEK_OUT_SIZE,
   fuse_dirent: abi.DIRENT_NAME_OFFSET, fuse_direntplus: abi.DIRENTPLUS_NAME_OFFSET,
   fuse_notify_inval_inode_out: abi.NOTIFY_INVAL_INODE_SIZE, fuse_notify_inval_entry_out: abi.NOTIFY_INVAL_ENTRY_SIZE,
-  fuse_notify_delete_out: abi.NOTIFY_DELETE_SIZE,
+  fuse_notify_delete_out: abi.NOTIFY_DELETE_SIZE, fuse_notify_store_out: abi.NOTIFY_STORE_SIZE,
 };
 const TABLE: Record<string, number> = {
   fuse_setattr_in: abi.Op.SETATTR, fuse_getattr_in: abi.Op.GETATTR, fuse_mknod_in: abi.Op.MKNOD,
@@ -140,6 +140,7 @@ void describe('FUSE ABI', () => {
     assert.equal(written((w) => abi.encodeNotifyInvalInode(w, 1, -1, 0)).length, abi.NOTIFY_INVAL_INODE_SIZE);
     assert.equal(written((w) => abi.encodeNotifyInvalEntry(w, 1, nb)).length, abi.NOTIFY_INVAL_ENTRY_SIZE + nb.length + 1);
     assert.equal(written((w) => abi.encodeNotifyDelete(w, 1, 2, nb)).length, abi.NOTIFY_DELETE_SIZE + nb.length + 1);
+    assert.equal(written((w) => abi.encodeNotifyStore(w, 1, 4096, 8192)).length, abi.NOTIFY_STORE_SIZE);
   });
 
   void it('has one table entry per opcode, each with a decoder or ENOSYS', () => {

@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { Writer } from '../../src/lib/bytes.js';
 import { Errno } from '../../src/lib/errno.js';
 import { FuseSession } from '../../src/fuse/session.js';
-import { ENTRY_OUT_SIZE, FOPEN, Init, Notify, Op } from '../../src/fuse/abi.js';
+import { ENTRY_OUT_SIZE, FATTR, FOPEN, Init, Notify, Op } from '../../src/fuse/abi.js';
 import { MemoryFs } from '../../src/sources/memory.js';
 import { O_RDONLY, O_RDWR, O_WRONLY, ROOT_ID, S_IFREG, type ChangeListener, type Ctx } from '../../src/vfs/types.js';
 
@@ -247,5 +247,123 @@ void describe('FuseSession', () => {
     const N = FOPEN.NOFLUSH;
     assert.deepEqual(await openFlags(45), [N, N, 0, 0, 0, 0]);
     assert.deepEqual(await openFlags(34), [0, 0, 0, 0, 0, 0]);
+  });
+
+  void describe('read-around', () => {
+    const WINDOW = 64 * 1024;
+    const content = Buffer.from(Array.from({ length: 4 * WINDOW }, (_, i) => (i * 7 + (i >> 12)) & 0xff));
+    const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
+
+    /** A session over a MemoryFs holding one file of `content`, opened by the kernel with mode. */
+    async function withFile(mode: number, vfs = new MemoryFs()): Promise<{ s: FuseSession; t: FakeTransport; node: number; fh: number }> {
+      const c = await vfs.create(ctx, ROOT_ID, 'f', S_IFREG | 0o644, O_RDWR);
+      await vfs.write(ctx, c.entry.nodeid, c.fh, 0, content);
+      await vfs.release(ctx, c.entry.nodeid, c.fh);
+      const t = new FakeTransport();
+      const s = new FuseSession(vfs, t, { keepCache: true, readAroundBytes: WINDOW });
+      s.dispatch(frame(Op.INIT, 0, new Writer(64).u32(7).u32(45).u32(1 << 17).u32(0x7fffffff | Init.INIT_EXT).u32(0xffff).zeros(44).done(), 0n));
+      await s.initialized;
+      s.dispatch(frame(Op.OPEN, c.entry.nodeid, new Writer(8).u32(mode).u32(0).done()));
+      await tick();
+      const open = t.sent.at(-1)!;
+      assert.equal(open.error, 0);
+      t.sent.length = 0;
+      return { s, t, node: c.entry.nodeid, fh: Number(open.body.readBigUInt64LE(0)) };
+    }
+    const read = (node: number, fh: number, offset: number, size: number): Buffer =>
+      frame(Op.READ, node, new Writer(40).u64(fh).u64(offset).u32(size).u32(0).u64(0).u32(0).u32(0).done());
+    /** The STORE notifications sent: [nodeid, offset, bytes]. */
+    const stores = (t: FakeTransport): Array<[number, number, Buffer]> => t.sent.filter((m) => m.unique === 0n && m.error === Notify.STORE)
+      .map((m) => {
+        assert.equal(m.body.readUInt32LE(16), m.body.length - 24, 'store size matches its bytes');
+        return [Number(m.body.readBigUInt64LE(0)), Number(m.body.readBigUInt64LE(8)), m.body.subarray(24)];
+      });
+
+    void it('answers a small random READ and stores the rest of its window in the page cache', async () => {
+      const { s, t, node, fh } = await withFile(O_RDONLY);
+      s.dispatch(read(node, fh, WINDOW + 8192, 4096));
+      await tick();
+      const reply = t.sent.find((m) => m.unique !== 0n)!;
+      assert.equal(reply.error, 0);
+      assert.deepEqual(reply.body, content.subarray(WINDOW + 8192, WINDOW + 12288));
+      assert.deepEqual(stores(t), [
+        [node, WINDOW, content.subarray(WINDOW, WINDOW + 8192)],
+        [node, WINDOW + 12288, content.subarray(WINDOW + 12288, 2 * WINDOW)],
+      ]);
+      // The next READ that continues this one is read-ahead's: not widened.
+      t.sent.length = 0;
+      s.dispatch(read(node, fh, WINDOW + 12288, 4096));
+      await tick();
+      assert.deepEqual(t.sent.map((m) => m.unique === 0n), [false]);
+      // Nor is a READ as big as half the window, nor one at the end of the file (short).
+      s.dispatch(read(node, fh, 2 * WINDOW, WINDOW / 2));
+      await tick();
+      assert.equal(stores(t).length, 0);
+      t.sent.length = 0;
+      s.dispatch(read(node, fh, 4 * WINDOW - 4096, 4096));
+      await tick();
+      assert.deepEqual(stores(t), [[node, 3 * WINDOW, content.subarray(3 * WINDOW, 4 * WINDOW - 4096)]]);
+      assert.deepEqual(s.stats().readAround, { widened: 2, storedBytes: 2 * WINDOW - 8192, dropped: 0 });
+    });
+
+    void it('stores nothing while the node is open for writing here', async () => {
+      const { s, t, node, fh } = await withFile(O_RDWR);
+      s.dispatch(read(node, fh, 8192, 4096));
+      await tick();
+      assert.deepEqual(t.sent.map((m) => [m.unique === 0n, m.body.length]), [[false, 4096]]);
+      // Once the writer is released, reads are widened again.
+      s.dispatch(frame(Op.RELEASE, node, new Writer(24).u64(fh).u32(0).u32(0).u64(0).done()));
+      await tick();
+      const ro = await (async () => {
+        s.dispatch(frame(Op.OPEN, node, new Writer(8).u32(O_RDONLY).u32(0).done()));
+        await tick();
+        return Number(t.sent.at(-1)!.body.readBigUInt64LE(0));
+      })();
+      t.sent.length = 0;
+      s.dispatch(read(node, ro, 2 * WINDOW, 4096));
+      await tick();
+      assert.equal(stores(t).length, 1);
+    });
+
+    void it('drops a window when a truncation comes while it is fetched', async () => {
+      const vfs = new MemoryFs();
+      let open: () => void = () => {};
+      const gate = new Promise<void>((r) => (open = r));
+      const { s, t, node, fh } = await withFile(O_RDONLY, vfs);
+      const plainRead = vfs.read.bind(vfs);
+      vfs.read = async (...args: Parameters<MemoryFs['read']>): Promise<Buffer> => {
+        const data = await plainRead(...args);
+        await gate;
+        return data;
+      };
+      s.dispatch(read(node, fh, 16384, 4096));
+      await tick();
+      // SETATTR of size (fuse_setattr_in, 88 bytes: valid 0, fh 8, size 16, ...).
+      s.dispatch(frame(Op.SETATTR, node, new Writer(88).u32(FATTR.SIZE).u32(0).u64(0).u64(100).zeros(64).done()));
+      await tick();
+      open();
+      await tick();
+      assert.equal(t.sent.filter((m) => m.unique !== 0n && m.error === 0).length, 2, 'both answered');
+      assert.deepEqual(stores(t), []);
+      assert.equal(s.stats().readAround?.dropped, 1);
+    });
+
+    void it('sends a pushed change to the kernel only after the stores to that node', async () => {
+      const vfs = new MemoryFs();
+      let listener: ChangeListener | undefined;
+      vfs.watch = (l: ChangeListener): (() => void) => { listener = l; return () => (listener = undefined); };
+      const { s, t, node, fh } = await withFile(O_RDONLY, vfs);
+      // Stores take a while to reach the kernel; an invalidation must not overtake them.
+      const plainSend = t.send.bind(t);
+      t.send = async (chunks: Buffer[]): Promise<void> => {
+        if (chunks[0]!.readInt32LE(4) === Notify.STORE) await tick();
+        return plainSend(chunks);
+      };
+      s.dispatch(read(node, fh, 16384, 4096));
+      await new Promise((r) => setImmediate(r));
+      await listener!({ kind: 'inode', nodeid: node, off: -1, len: 0 });
+      const kinds = t.sent.filter((m) => m.unique === 0n).map((m) => m.error);
+      assert.deepEqual(kinds, [Notify.STORE, Notify.STORE, Notify.INVAL_INODE]);
+    });
   });
 });

@@ -1,0 +1,178 @@
+// Read-around for small random reads. The kernel reads ahead only for sequential reads: a random
+// 4 KiB read(2) that misses the page cache becomes one 4 KiB READ, so on a network mount every
+// such read pays a round trip. Here a small READ that does not continue the handle's last one
+// fetches the aligned window around it instead (one request, the same round trip plus the
+// window's transfer), answers the kernel's part, and pushes the rest into the kernel's page cache
+// with FUSE_NOTIFY_STORE (7.15), so later reads nearby never leave the kernel. This is what the
+// kernel itself does for page faults on mmap (read-around of the read-ahead window).
+//
+// NOTIFY_STORE overwrites whatever the pages hold (fs/fuse/dev.c fuse_notify_store), so a store must
+// never land on newer bytes:
+// - No store while the node has a writable handle on this mount: a write changes the page before
+//   its WRITE reaches us. A writable OPEN or CREATE, and a truncation, first wait for the node's
+//   stores under way and stop new ones until they are done (hold()).
+// - A store's bytes are dropped if anything changed the node since they were fetched: a change
+//   pushed by the server (its notify waits for stores under way, so the kernel drops them after),
+//   a truncation, a FORGET (fetches carry a token that these clear).
+// Only for a coherent Vfs (every change elsewhere is pushed) and handles that use the page cache.
+
+import { O_ACCMODE, O_RDONLY } from '../vfs/types.js';
+
+const PAGE = 4096;
+
+interface Handle {
+  nodeid: number;
+  writable: boolean;
+  direct: boolean;
+  /** Where this handle's last READ ended: a READ starting there is sequential (read-ahead's). */
+  lastEnd: number;
+}
+
+/** A fetch under way: its bytes may be stored only while it stays valid. */
+interface Token {
+  valid: boolean;
+}
+
+export interface ReadAroundStats {
+  /** READs widened to their window. */
+  widened: number;
+  /** Bytes pushed into the kernel's page cache. */
+  storedBytes: number;
+  /** Windows not stored because the node changed while they were fetched. */
+  dropped: number;
+}
+
+export interface Window {
+  start: number;
+  length: number;
+  token: Token;
+}
+
+export class ReadAround {
+  private readonly handles = new Map<number, Handle>();
+  /** Writable handles and truncations under way, per node. */
+  private readonly writers = new Map<number, number>();
+  private readonly fetching = new Map<number, Set<Token>>();
+  /** The last store sent per node; each waits for the one before, so they settle in order. */
+  private readonly storing = new Map<number, Promise<void>>();
+  private readonly counts: ReadAroundStats = { widened: 0, storedBytes: 0, dropped: 0 };
+
+  /**
+   * @param window bytes, a power of two multiple of the page size
+   * @param send writes one notify message (off the main thread: a store takes page locks)
+   * @param header the message header for a store of size bytes at offset
+   */
+  constructor(
+    private readonly window: number,
+    private readonly send: (chunks: Buffer[]) => Promise<void>,
+    private readonly header: (nodeid: number, offset: number, size: number) => Buffer,
+  ) {
+    if (window < PAGE * 2 || window & (window - 1)) throw new RangeError(`read-around window ${window} is not a power of two of at least two pages`);
+  }
+
+  stats(): ReadAroundStats {
+    return { ...this.counts };
+  }
+
+  /**
+   * A handle the kernel now holds (OPEN or CREATE answered). direct: its reads bypass the page
+   * cache (FOPEN_DIRECT_IO, O_DIRECT), so they are never widened.
+   */
+  opened(fh: number, nodeid: number, flags: number, direct: boolean): void {
+    const writable = (flags & O_ACCMODE) !== O_RDONLY;
+    this.handles.set(fh, { nodeid, writable, direct, lastEnd: -1 });
+    if (writable) this.writers.set(nodeid, (this.writers.get(nodeid) ?? 0) + 1);
+  }
+
+  released(fh: number): void {
+    const h = this.handles.get(fh);
+    if (!h) return;
+    this.handles.delete(fh);
+    if (h.writable) this.unhold(h.nodeid);
+  }
+
+  /**
+   * Stops stores to a node until the returned function is called, once its stores under way have
+   * settled (for a writable open, a truncation). Fetches under way are not stored.
+   */
+  async hold(nodeid: number): Promise<() => void> {
+    this.writers.set(nodeid, (this.writers.get(nodeid) ?? 0) + 1);
+    await this.changed(nodeid);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.unhold(nodeid);
+    };
+  }
+
+  /** The node changed (or is gone): fetches under way are not stored; settles after its stores. */
+  changed(nodeid: number): Promise<void> {
+    const tokens = this.fetching.get(nodeid);
+    if (tokens) for (const t of tokens) t.valid = false;
+    return this.storing.get(nodeid) ?? Promise.resolve();
+  }
+
+  /**
+   * The window to fetch instead of [offset, offset + size), or undefined to read just that: for a
+   * page-aligned READ under half the window that does not continue the handle's last one, on a node no one
+   * writes through this mount.
+   */
+  widen(nodeid: number, fh: number, offset: number, size: number): Window | undefined {
+    const h = this.handles.get(fh);
+    if (!h || h.direct) return undefined;
+    const sequential = offset === h.lastEnd;
+    h.lastEnd = offset + size;
+    if (sequential || size * 2 >= this.window || offset % PAGE || size % PAGE || this.writers.get(nodeid)) return undefined;
+    const start = offset - (offset % this.window);
+    if (offset + size > start + this.window) return undefined;
+    const token: Token = { valid: true };
+    let set = this.fetching.get(nodeid);
+    if (!set) this.fetching.set(nodeid, (set = new Set()));
+    set.add(token);
+    this.counts.widened++;
+    return { start, length: this.window, token };
+  }
+
+  /**
+   * The window's fetch is over: data (possibly short, at end of file) holds the bytes from
+   * w.start. Stores all but [offset, offset + size) unless the node changed meanwhile; failed is
+   * true when the fetch failed (nothing to store).
+   */
+  finish(nodeid: number, w: Window, data: Buffer | undefined, offset: number, size: number): void {
+    const set = this.fetching.get(nodeid);
+    set?.delete(w.token);
+    if (set?.size === 0) this.fetching.delete(nodeid);
+    if (!data) return;
+    if (!w.token.valid || this.writers.get(nodeid)) {
+      this.counts.dropped++;
+      return;
+    }
+    // Both pieces start on a page; each ends on one or at the end of the file.
+    const before = data.subarray(0, Math.min(offset - w.start, data.length));
+    const after = data.subarray(Math.min(offset + size - w.start, data.length));
+    const pieces: Array<[number, Buffer]> = [];
+    if (before.length) pieces.push([w.start, before]);
+    if (after.length) pieces.push([offset + size, after]);
+    if (!pieces.length) return;
+    const prev = this.storing.get(nodeid) ?? Promise.resolve();
+    const mine: Promise<void> = prev.then(async () => {
+      for (const [off, bytes] of pieces) {
+        await this.send([this.header(nodeid, off, bytes.length), bytes]);
+        this.counts.storedBytes += bytes.length;
+      }
+    }).catch(() => {
+      // ENOENT: the kernel has forgotten the node; anything else leaves the pages as they were,
+      // and the kernel reads them when asked.
+    }).finally(() => {
+      if (this.storing.get(nodeid) === mine) this.storing.delete(nodeid);
+    });
+    this.storing.set(nodeid, mine);
+  }
+
+  private unhold(nodeid: number): void {
+    const n = (this.writers.get(nodeid) ?? 1) - 1;
+    if (n > 0) this.writers.set(nodeid, n);
+    else this.writers.delete(nodeid);
+  }
+}
