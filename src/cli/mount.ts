@@ -156,6 +156,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
     ...(server ? { client: server.stats() } : {}),
     ...(writeBehind ? { writeBehind: writeBehind.stats() } : {}),
     ...(dirCache ? { dirCache: dirCache.stats() } : {}),
+    memory: process.memoryUsage(),
   }));
   report('ok');
 
@@ -320,6 +321,7 @@ function formatStatus(s: Record<string, unknown>): string {
   if (!s['client']) return `${head}  direct  ${flat(fuseRest, 'fuse').join(' ')}\n  kernel requests: ${counts(kernelOps)}`;
   const dc = c['dataCache'] as Record<string, number> | undefined;
   const here = s['dirCache'] as Record<string, number> | undefined;
+  const m = s['memory'] as Record<string, number> | undefined;
   const mib = (n: number | undefined): string => ((n ?? 0) / 2 ** 20).toFixed(1);
   const state = String(c['state']) + (c['lastError'] ? ` (${String(c['lastError'])})` : '');
   const lines = [
@@ -332,6 +334,7 @@ function formatStatus(s: Record<string, unknown>): string {
     `  ${flat(fuseRest, 'fuse').join(' ')}`,
     `  kernel requests: ${counts(kernelOps)}`,
     `  server requests: ${counts(c['ops'])}`,
+    ...(m ? [`  memory: ${mib(m['rss'])} MiB resident; JavaScript heap ${mib(m['heapUsed'])} of ${mib(m['heapTotal'])} MiB; buffers ${mib(m['arrayBuffers'])} MiB`] : []),
   ];
   return lines.join('\n');
 }

@@ -53,8 +53,8 @@ export class ReadAround {
   /** Writable handles and truncations under way, per node. */
   private readonly writers = new Map<number, number>();
   private readonly fetching = new Map<number, Set<Token>>();
-  /** The last store sent per node; each waits for the one before, so they settle in order. */
-  private readonly storing = new Map<number, Promise<void>>();
+  /** Stores on their way to the kernel, per node. */
+  private readonly storing = new Map<number, Set<Promise<void>>>();
   private readonly counts: ReadAroundStats = { widened: 0, storedBytes: 0, dropped: 0 };
 
   /**
@@ -110,7 +110,8 @@ export class ReadAround {
   changed(nodeid: number): Promise<void> {
     const tokens = this.fetching.get(nodeid);
     if (tokens) for (const t of tokens) t.valid = false;
-    return this.storing.get(nodeid) ?? Promise.resolve();
+    const stores = this.storing.get(nodeid);
+    return stores ? Promise.all(stores).then(() => {}) : Promise.resolve();
   }
 
   /**
@@ -155,19 +156,21 @@ export class ReadAround {
     if (before.length) pieces.push([w.start, before]);
     if (after.length) pieces.push([offset + size, after]);
     if (!pieces.length) return;
-    const prev = this.storing.get(nodeid) ?? Promise.resolve();
-    const mine: Promise<void> = prev.then(async () => {
-      for (const [off, bytes] of pieces) {
-        await this.send([this.header(nodeid, off, bytes.length), bytes]);
+    let stores = this.storing.get(nodeid);
+    if (!stores) this.storing.set(nodeid, (stores = new Set()));
+    const mine = stores;
+    for (const [off, bytes] of pieces) {
+      const one: Promise<void> = this.send([this.header(nodeid, off, bytes.length), bytes]).then(() => {
         this.counts.storedBytes += bytes.length;
-      }
-    }).catch(() => {
-      // ENOENT: the kernel has forgotten the node; anything else leaves the pages as they were,
-      // and the kernel reads them when asked.
-    }).finally(() => {
-      if (this.storing.get(nodeid) === mine) this.storing.delete(nodeid);
-    });
-    this.storing.set(nodeid, mine);
+      }, () => {
+        // ENOENT: the kernel has forgotten the node; anything else leaves the pages as they were,
+        // and the kernel reads them when asked.
+      }).finally(() => {
+        mine.delete(one);
+        if (!mine.size && this.storing.get(nodeid) === mine) this.storing.delete(nodeid);
+      });
+      mine.add(one);
+    }
   }
 
   private unhold(nodeid: number): void {
