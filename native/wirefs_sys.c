@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/openat2.h>
+#include <malloc.h>
 #include <sched.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -409,6 +410,16 @@ static napi_value futimens_sync(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * malloc_trim(0): hands the pages of freed heap memory back to the system (glibc keeps them, in every
+ * arena a thread used, for the next malloc). Returns whether any memory was released.
+ */
+static napi_value malloc_trim_sync(napi_env env, napi_callback_info info) {
+  napi_value out;
+  napi_get_boolean(env, malloc_trim(0) == 1, &out);
+  return out;
+}
+
+/*
  * preadv2(fd, [buffer+off, len], pos, RWF_NOWAIT) on the calling thread: the bytes read (0 at end
  * of file), or -errno. With RWF_NOWAIT the kernel copies only what its page cache holds and never
  * waits for the disk (EAGAIN instead), so a read the page cache can answer skips the trip to a
@@ -454,6 +465,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "openat2Sync", sync_fn);
   napi_create_function(env, "preadNowaitSync", NAPI_AUTO_LENGTH, pread_nowait_sync, NULL, &sync_fn);
   napi_set_named_property(env, exports, "preadNowaitSync", sync_fn);
+  napi_create_function(env, "mallocTrim", NAPI_AUTO_LENGTH, malloc_trim_sync, NULL, &sync_fn);
+  napi_set_named_property(env, exports, "mallocTrim", sync_fn);
   napi_create_function(env, "futimensSync", NAPI_AUTO_LENGTH, futimens_sync, NULL, &sync_fn);
   napi_set_named_property(env, exports, "futimensSync", sync_fn);
   napi_create_int64(env, RESOLVE_BENEATH, &v);

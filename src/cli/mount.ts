@@ -18,6 +18,7 @@ import { CliError, UsageError } from './errors.js';
 import { parseAddress, parseMountOptions } from './util.js';
 import { BIN } from './main.js';
 import { clientSecurity } from './security.js';
+import { startMemoryTrim } from '../lib/memory.js';
 
 export const RUN_DIR = '/run/wirefs';
 
@@ -159,6 +160,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
     memory: process.memoryUsage(),
   }));
   report('ok');
+  const memory = startMemoryTrim(() => fuse.stats().requests);
 
   let stopping = false;
   const stop = (): void => {
@@ -169,6 +171,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
   process.on('SIGINT', stop);
   process.on('SIGTERM', stop);
   await fuse.closed;
+  memory.stop();
   control.close();
   await vfs.close().catch(() => {});
   return 0;

@@ -2,6 +2,7 @@
 
 import { openSource } from '../sources/index.js';
 import { startServer } from '../server/server.js';
+import { startMemoryTrim } from '../lib/memory.js';
 import { UsageError } from './errors.js';
 import { parsePort } from './util.js';
 import { countFlag, exportRules, serverSecurity } from './security.js';
@@ -34,12 +35,14 @@ export async function serveCommand(values: Record<string, unknown>, positionals:
   }
   const addr = server.address();
   const how = security.mode === 'psk' ? 'TLS, shared secret' : security.mode === 'cert' ? `TLS, certificate${security.ca ? 's both ways' : ''}` : 'plain TCP';
+  const memory = startMemoryTrim(() => server.stats().requests);
   process.stdout.write(`wirefs: serving ${spec} (type ${vfs.info().type}) on ${addr.host}:${addr.port} (${how})\n`);
   await new Promise<void>((resolve) => {
     const stop = (): void => resolve();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);
   });
+  memory.stop();
   await server.close();
   await vfs.close();
   return 0;

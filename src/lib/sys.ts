@@ -37,6 +37,8 @@ export interface Sys {
    * system cannot say). Never waits for a disk.
    */
   preadNowaitSync(fd: number, buffer: Buffer, offset: number, length: number, position: number): number;
+  /** malloc_trim(0): returns freed heap pages to the system; true if any were released. */
+  mallocTrim(): boolean;
   /** futimens(2) on the calling thread (throws like the async one): an open file's inode only. */
   futimensSync(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
   /**

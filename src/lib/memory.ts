@@ -1,0 +1,77 @@
+// Gives memory back to the system after bursts of I/O. A daemon that has just moved a gigabyte
+// holds on to it: the 1 MiB buffers it read and wrote are freed into glibc's heaps (one per pool
+// thread that allocated), which keep the pages for the next malloc, and buffers no longer used
+// wait for V8's next full collection. Measured on a mount daemon after writing and reading 1 GiB:
+// 137 MiB resident, 65 MiB once collected and trimmed.
+//
+// So every period: after any work, malloc_trim(0) (a few milliseconds at most; pages freed while
+// busy may be faulted in again, which costs far less than keeping them); and once the daemon has
+// been idle for a whole period with many buffers still counted, a full collection first, so the
+// dead ones are freed and trimmed too. Both are skipped without the native addon / V8's gc hook.
+
+import v8 from 'node:v8';
+import vm from 'node:vm';
+import { nativeSys } from './sys.js';
+
+/** Buffers counted beyond this when idle are worth a full collection. */
+const IDLE_GC_BYTES = 8 << 20;
+
+let gcHook: (() => void) | undefined | null = null;
+
+/** V8's full collection, exposed at run time (as --expose-gc does), or undefined if refused. */
+function fullGc(): (() => void) | undefined {
+  if (gcHook === null) {
+    try {
+      v8.setFlagsFromString('--expose-gc');
+      gcHook = vm.runInNewContext('gc') as () => void;
+    } catch {
+      gcHook = undefined;
+    }
+  }
+  return gcHook;
+}
+
+export interface MemoryTrimStats {
+  /** malloc_trim calls, and those that gave pages back. */
+  trims: number;
+  released: number;
+  collections: number;
+}
+
+/**
+ * Starts the periodic trim. `activity` is any count that grows with the daemon's work (requests
+ * served); returns a function that stops it. The timer never keeps the process alive.
+ */
+export function startMemoryTrim(activity: () => number, periodMs = 5000): { stop(): void; stats(): MemoryTrimStats } {
+  const sys = nativeSys();
+  const counts: MemoryTrimStats = { trims: 0, released: 0, collections: 0 };
+  const trim = (): void => {
+    if (!sys) return;
+    counts.trims++;
+    if (sys.mallocTrim()) counts.released++;
+  };
+  let seen = activity();
+  let trimmedIdle = true;
+  const timer = setInterval(() => {
+    const now = activity();
+    const busy = now !== seen;
+    seen = now;
+    if (busy) {
+      trimmedIdle = false;
+      trim();
+      return;
+    }
+    if (trimmedIdle) return;
+    trimmedIdle = true;
+    if (process.memoryUsage().arrayBuffers > IDLE_GC_BYTES) {
+      const gc = fullGc();
+      if (gc) {
+        gc();
+        counts.collections++;
+      }
+    }
+    trim();
+  }, periodMs);
+  timer.unref();
+  return { stop: () => clearInterval(timer), stats: () => ({ ...counts }) };
+}

@@ -1,0 +1,51 @@
+// The periodic memory trim: malloc_trim after work, and one full collection once idle with many
+// buffers counted; nothing at all while idle after that.
+
+import { it } from 'node:test';
+import assert from 'node:assert/strict';
+import { startMemoryTrim } from '../../src/lib/memory.js';
+import { nativeSys } from '../../src/lib/sys.js';
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+const PERIOD = 100;
+
+/** Work that never leaves a period without a request. */
+async function busy(bump: () => void, ms: number): Promise<void> {
+  for (const end = Date.now() + ms; Date.now() < end;) {
+    bump();
+    await sleep(5);
+  }
+}
+
+void it('trims after work, collects once when idle with buffers counted, then rests', async () => {
+  let work = 0;
+  const trim = startMemoryTrim(() => work, PERIOD);
+  try {
+    let held: Buffer | undefined = Buffer.alloc(16 << 20, 1);
+    await busy(() => work++, 5 * PERIOD);
+    const during = trim.stats();
+    if (nativeSys()) assert.ok(during.trims >= 3, `trims while busy: ${during.trims}`);
+    assert.equal(during.collections, 0, 'no collection while busy');
+    // Idle with 16 MiB of buffers counted: one collection, then nothing while idle.
+    await sleep(3 * PERIOD);
+    const idle = trim.stats();
+    assert.equal(idle.collections, 1);
+    await sleep(3 * PERIOD);
+    assert.deepEqual(trim.stats(), idle, 'nothing more while idle');
+    assert.equal(held[0], 1);
+    // Dropped, the buffer is counted until collected: the next idle period collects it...
+    held = undefined;
+    await busy(() => work++, 2 * PERIOD);
+    await sleep(3 * PERIOD);
+    assert.equal(trim.stats().collections, 2);
+    // ...and after more work, an idle period with few buffers counted trims without collecting.
+    const before = trim.stats();
+    await busy(() => work++, 2 * PERIOD);
+    await sleep(3 * PERIOD);
+    const after = trim.stats();
+    assert.equal(after.collections, 2);
+    if (nativeSys()) assert.ok(after.trims >= before.trims + 2, 'trimmed after the work and once idle');
+  } finally {
+    trim.stop();
+  }
+});
