@@ -286,6 +286,11 @@ export class FuseSession {
     return r.directIo ? own : own | extra;
   }
 
+  /** Whether an open with these open(2) flags may change the file's bytes. */
+  private static changes(flags: number): boolean {
+    return (flags & O_ACCMODE) !== O_RDONLY || (flags & O_TRUNC) !== 0;
+  }
+
   /** FOPEN_NOFLUSH for an open with these open(2) flags, or 0. */
   private noFlush(flags: number): number {
     return (flags & O_ACCMODE) === O_RDONLY ? this.readNoFlush : 0;
@@ -394,8 +399,9 @@ export class FuseSession {
     link: async (h, req, ctx) => this.entry(await this.vfs.link(ctx, req.oldnodeid, h.nodeid, req.name)),
     // With ATOMIC_O_TRUNC the kernel passes O_TRUNC here instead of a SETATTR of size 0.
     open: async (h, req, ctx) => {
-      // A writable open first waits for read-around's stores to the node, and stops new ones.
-      const unhold = (req.flags & O_ACCMODE) !== O_RDONLY ? await this.readAround?.hold(h.nodeid) : undefined;
+      // An open that may change the file (writable, or O_TRUNC, which Linux honours even read-only)
+      // first waits for read-around's stores to the node, and stops new ones.
+      const unhold = FuseSession.changes(req.flags) ? await this.readAround?.hold(h.nodeid) : undefined;
       try {
         const r = await this.vfs.open(ctx, h.nodeid, req.flags);
         if (req.openFlags & FUSE_OPEN_KILL_SUIDGID && req.flags & O_TRUNC && !this.plain.has(h.nodeid)) {
@@ -515,7 +521,7 @@ export class FuseSession {
       if (this.readAround) {
         this.readAround.opened(r.fh, r.entry.nodeid, req.flags, r.directIo === true || (req.flags & O_DIRECT) !== 0);
         // A name that came to exist elsewhere may name a node the kernel holds pages of.
-        if ((req.flags & O_ACCMODE) !== O_RDONLY) await this.readAround.changed(r.entry.nodeid);
+        if (FuseSession.changes(req.flags)) await this.readAround.changed(r.entry.nodeid);
       }
       const w = new Writer(ENTRY_OUT_SIZE + OPEN_OUT_SIZE);
       encodeEntryOut(w, r.entry, this.entryT, this.attrT);

@@ -10,7 +10,7 @@ import { Errno } from '../../src/lib/errno.js';
 import { FuseSession } from '../../src/fuse/session.js';
 import { ENTRY_OUT_SIZE, FATTR, FOPEN, Init, Notify, Op } from '../../src/fuse/abi.js';
 import { MemoryFs } from '../../src/sources/memory.js';
-import { O_RDONLY, O_RDWR, O_WRONLY, ROOT_ID, S_IFREG, type ChangeListener, type Ctx } from '../../src/vfs/types.js';
+import { O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID, S_IFREG, type ChangeListener, type Ctx } from '../../src/vfs/types.js';
 
 interface Sent { error: number; unique: bigint; body: Buffer }
 
@@ -325,28 +325,32 @@ void describe('FuseSession', () => {
       assert.equal(stores(t).length, 1);
     });
 
-    void it('drops a window when a truncation comes while it is fetched', async () => {
-      const vfs = new MemoryFs();
-      let open: () => void = () => {};
-      const gate = new Promise<void>((r) => (open = r));
-      const { s, t, node, fh } = await withFile(O_RDONLY, vfs);
-      const plainRead = vfs.read.bind(vfs);
-      vfs.read = async (...args: Parameters<MemoryFs['read']>): Promise<Buffer> => {
-        const data = await plainRead(...args);
-        await gate;
-        return data;
-      };
-      s.dispatch(read(node, fh, 16384, 4096));
-      await tick();
-      // SETATTR of size (fuse_setattr_in, 88 bytes: valid 0, fh 8, size 16, ...).
-      s.dispatch(frame(Op.SETATTR, node, new Writer(88).u32(FATTR.SIZE).u32(0).u64(0).u64(100).zeros(64).done()));
-      await tick();
-      open();
-      await tick();
-      assert.equal(t.sent.filter((m) => m.unique !== 0n && m.error === 0).length, 2, 'both answered');
-      assert.deepEqual(stores(t), []);
-      assert.equal(s.stats().readAround?.dropped, 1);
-    });
+    for (const how of ['SETATTR', 'OPEN O_TRUNC'] as const) {
+      void it(`drops a window when a truncation (${how}) comes while it is fetched`, async () => {
+        const vfs = new MemoryFs();
+        let open: () => void = () => {};
+        const gate = new Promise<void>((r) => (open = r));
+        const { s, t, node, fh } = await withFile(O_RDONLY, vfs);
+        const plainRead = vfs.read.bind(vfs);
+        vfs.read = async (...args: Parameters<MemoryFs['read']>): Promise<Buffer> => {
+          const data = await plainRead(...args);
+          await gate;
+          return data;
+        };
+        s.dispatch(read(node, fh, 16384, 4096));
+        await tick();
+        // SETATTR of size (fuse_setattr_in, 88 bytes: valid 0, fh 8, size 16, ...), or a read-only
+        // open with O_TRUNC, which Linux honours.
+        if (how === 'SETATTR') s.dispatch(frame(Op.SETATTR, node, new Writer(88).u32(FATTR.SIZE).u32(0).u64(0).u64(100).zeros(64).done()));
+        else s.dispatch(frame(Op.OPEN, node, new Writer(8).u32(O_RDONLY | O_TRUNC).u32(0).done()));
+        await tick();
+        open();
+        await tick();
+        assert.equal(t.sent.filter((m) => m.unique !== 0n && m.error === 0).length, 2, 'both answered');
+        assert.deepEqual(stores(t), []);
+        assert.equal(s.stats().readAround?.dropped, 1);
+      });
+    }
 
     void it('sends a pushed change to the kernel only after the stores to that node', async () => {
       const vfs = new MemoryFs();
