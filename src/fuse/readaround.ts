@@ -9,8 +9,9 @@
 // NOTIFY_STORE overwrites whatever the pages hold (fs/fuse/dev.c fuse_notify_store), so a store must
 // never land on newer bytes:
 // - No store while the node has a writable handle on this mount: a write changes the page before
-//   its WRITE reaches us. A writable OPEN or CREATE, and a truncation, first wait for the node's
-//   stores under way and stop new ones until they are done (hold()).
+//   its WRITE reaches us. An OPEN that may change the file (writable, or O_TRUNC) and a truncating
+//   SETATTR first wait for the node's stores under way and stop new ones until done (hold()); a
+//   writable CREATE waits for them before its reply (the node is known only then).
 // - A store's bytes are dropped if anything changed the node since they were fetched: a change
 //   pushed by the server (its notify waits for stores under way, so the kernel drops them after),
 //   a truncation, a FORGET (fetches carry a token that these clear).
@@ -137,8 +138,8 @@ export class ReadAround {
 
   /**
    * The window's fetch is over: data (possibly short, at end of file) holds the bytes from
-   * w.start. Stores all but [offset, offset + size) unless the node changed meanwhile; failed is
-   * true when the fetch failed (nothing to store).
+   * w.start, or undefined if the fetch failed. Stores all but [offset, offset + size) unless the
+   * node changed meanwhile.
    */
   finish(nodeid: number, w: Window, data: Buffer | undefined, offset: number, size: number): void {
     const set = this.fetching.get(nodeid);
