@@ -16,7 +16,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/openat2.h>
+#ifdef __GLIBC__
 #include <malloc.h>
+#endif
 #include <sched.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -415,7 +417,11 @@ static napi_value futimens_sync(napi_env env, napi_callback_info info) {
  */
 static napi_value malloc_trim_sync(napi_env env, napi_callback_info info) {
   napi_value out;
+#ifdef __GLIBC__
   napi_get_boolean(env, malloc_trim(0) == 1, &out);
+#else
+  napi_get_boolean(env, false, &out);  /* other C libraries have no such call */
+#endif
   return out;
 }
 
