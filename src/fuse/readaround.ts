@@ -17,7 +17,7 @@
 //   a truncation, a FORGET (fetches carry a token that these clear).
 // Only for a coherent Vfs (every change elsewhere is pushed) and handles that use the page cache.
 
-import { O_ACCMODE, O_RDONLY } from '../vfs/types.js';
+import { O_ACCMODE, O_DIRECT, O_RDONLY } from '../vfs/types.js';
 
 const PAGE = 4096;
 
@@ -76,11 +76,12 @@ export class ReadAround {
   }
 
   /**
-   * A handle the kernel now holds (OPEN or CREATE answered). direct: its reads bypass the page
-   * cache (FOPEN_DIRECT_IO, O_DIRECT), so they are never widened.
+   * A handle the kernel now holds (OPEN or CREATE answered) with these open(2) flags. Reads of a
+   * direct-I/O one (FOPEN_DIRECT_IO given, or O_DIRECT) bypass the page cache: never widened.
    */
-  opened(fh: number, nodeid: number, flags: number, direct: boolean): void {
+  opened(fh: number, nodeid: number, flags: number, directIo: boolean | undefined): void {
     const writable = (flags & O_ACCMODE) !== O_RDONLY;
+    const direct = directIo === true || (flags & O_DIRECT) !== 0;
     this.handles.set(fh, { nodeid, writable, direct, lastEnd: -1 });
     if (writable) this.writers.set(nodeid, (this.writers.get(nodeid) ?? 0) + 1);
   }
@@ -107,12 +108,15 @@ export class ReadAround {
     };
   }
 
-  /** The node changed (or is gone): fetches under way are not stored; settles after its stores. */
-  changed(nodeid: number): Promise<void> {
+  /**
+   * The node changed (or is gone): fetches under way are not stored. Returns what settles once its
+   * stores under way have, or undefined when there are none (the common case: nothing to wait for).
+   */
+  changed(nodeid: number): Promise<void> | undefined {
     const tokens = this.fetching.get(nodeid);
     if (tokens) for (const t of tokens) t.valid = false;
     const stores = this.storing.get(nodeid);
-    return stores ? Promise.all(stores).then(() => {}) : Promise.resolve();
+    return stores ? Promise.all(stores).then(() => {}) : undefined;
   }
 
   /**

@@ -7,7 +7,7 @@ import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
 import { Errno, errnoName, FsError, toErrno } from '../lib/errno.js';
 import { LazyAbort, RequestCtx } from '../lib/abort.js';
 import { logger } from '../lib/log.js';
-import { O_ACCMODE, O_DIRECT, O_RDONLY, O_TRUNC, S_IFMT, S_IFREG, type ChangeEvent, type Ctx, type Entry, type SetAttr, type Vfs } from '../vfs/types.js';
+import { O_ACCMODE, O_RDONLY, O_TRUNC, S_IFMT, S_IFREG, type ChangeEvent, type Ctx, type Entry, type SetAttr, type Vfs } from '../vfs/types.js';
 import {
   ATTR_OUT_SIZE, DIRENT_NAME_OFFSET, DIRENTPLUS_NAME_OFFSET, ENTRY_OUT_SIZE, FATTR, FOPEN, FUSE_GETATTR_FH,
   FUSE_OPEN_KILL_SUIDGID, FUSE_WRITE_KILL_SUIDGID,
@@ -410,7 +410,7 @@ export class FuseSession {
             throw err;
           });
         }
-        this.readAround?.opened(r.fh, h.nodeid, req.flags, r.directIo === true || (req.flags & O_DIRECT) !== 0);
+        this.readAround?.opened(r.fh, h.nodeid, req.flags, r.directIo);
         return {
           chunks: one((w) => encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags) | this.noFlush(req.flags)), OPEN_OUT_SIZE),
           after: (ok) => { if (!ok) this.releaseQuietly(h.nodeid, r.fh, false); },
@@ -420,8 +420,9 @@ export class FuseSession {
       }
     },
     read: async (h, req, ctx) => {
-      const win = this.readAround?.widen(h.nodeid, req.fh, req.offset, req.size);
-      if (!win) {
+      const ra = this.readAround;
+      const win = ra?.widen(h.nodeid, req.fh, req.offset, req.size);
+      if (!ra || !win) {
         const data = await this.vfs.read(ctx, h.nodeid, req.fh, req.offset, req.size);
         return { chunks: [data.length > req.size ? data.subarray(0, req.size) : data] };
       }
@@ -429,14 +430,14 @@ export class FuseSession {
       try {
         data = await this.vfs.read(ctx, h.nodeid, req.fh, win.start, win.length);
       } catch (err) {
-        this.readAround!.finish(h.nodeid, win, undefined, req.offset, req.size);
+        ra.finish(h.nodeid, win, undefined, req.offset, req.size);
         throw err;
       }
       const from = Math.min(req.offset - win.start, data.length);
       return {
         chunks: [data.subarray(from, Math.min(from + req.size, data.length))],
         // The rest goes once the kernel has the part it asked for (its pages stay locked till then).
-        after: () => this.readAround!.finish(h.nodeid, win, data, req.offset, req.size),
+        after: () => ra.finish(h.nodeid, win, data, req.offset, req.size),
       };
     },
     write: async (h, req, ctx) => {
@@ -519,7 +520,7 @@ export class FuseSession {
         });
       }
       if (this.readAround) {
-        this.readAround.opened(r.fh, r.entry.nodeid, req.flags, r.directIo === true || (req.flags & O_DIRECT) !== 0);
+        this.readAround.opened(r.fh, r.entry.nodeid, req.flags, r.directIo);
         // A name that came to exist elsewhere may name a node the kernel holds pages of.
         if (FuseSession.changes(req.flags)) await this.readAround.changed(r.entry.nodeid);
       }

@@ -2,7 +2,7 @@
 // holds on to it: the 1 MiB buffers it read and wrote are freed into glibc's heaps (one per pool
 // thread that allocated), which keep the pages for the next malloc, and buffers no longer used
 // wait for V8's next full collection. Measured on a mount daemon after writing and reading 1 GiB:
-// 137 MiB resident, 65 MiB once collected and trimmed.
+// 139 MiB resident, 60 MiB after an idle period (docs/DESIGN.md).
 //
 // So every period: after any work, malloc_trim(0) (a few milliseconds at most; pages freed while
 // busy may be faulted in again, which costs far less than keeping them); and once the daemon has
@@ -40,7 +40,7 @@ export interface MemoryTrimStats {
 
 /**
  * Starts the periodic trim. `activity` is any count that grows with the daemon's work (requests
- * served); returns a function that stops it. The timer never keeps the process alive.
+ * served). The timer never keeps the process alive; stop() ends it, stats() counts what it did.
  */
 export function startMemoryTrim(activity: () => number, periodMs = 5000): { stop(): void; stats(): MemoryTrimStats } {
   const sys = nativeSys();

@@ -311,6 +311,7 @@ void describe('FuseSession', () => {
       s.dispatch(read(node, fh, 8192, 4096));
       await tick();
       assert.deepEqual(t.sent.map((m) => [m.unique === 0n, m.body.length]), [[false, 4096]]);
+      assert.equal(s.stats().readAround?.widened, 0, 'not even fetched wide');
       // Once the writer is released, reads are widened again.
       s.dispatch(frame(Op.RELEASE, node, new Writer(24).u64(fh).u32(0).u32(0).u64(0).done()));
       await tick();
