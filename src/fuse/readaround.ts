@@ -16,10 +16,23 @@
 //   pushed by the server (its notify waits for stores under way, so the kernel drops them after),
 //   a truncation, a FORGET (fetches carry a token that these clear).
 // Only for a coherent Vfs (every change elsewhere is pushed) and handles that use the page cache.
+//
+// The window grows per node with the reading it serves. Random reads that have pulled a sixteenth
+// of the span read so far (and at least 64 windows) through windows of one size will most likely
+// pull the rest of it too: the window doubles, up to 8 times the base and at most MAX_WINDOW, so
+// the same bytes come in fewer round trips (a base lowered for a slow link bounds them too). Sparse random reads over a large file (a database's lookups) never pull that share,
+// and keep the base window; a program that sweeps a file randomly (fio, a linker, a scan in random
+// order) soon fetches it 1 MiB at a time.
 
 import { O_ACCMODE, O_DIRECT, O_RDONLY } from '../vfs/types.js';
 
 const PAGE = 4096;
+/** The largest window a node's reads grow to: 8 times the base, at most this (a larger base stays). */
+export const MAX_WINDOW = 1 << 20;
+/** Windows of one size fetched for a node, at least, before its window doubles. */
+const GROW_AFTER = 64;
+/** Nodes whose reading is remembered at most; the longest unseen goes first. */
+const MAX_NODES = 4096;
 
 interface Handle {
   nodeid: number;
@@ -27,6 +40,15 @@ interface Handle {
   direct: boolean;
   /** Where this handle's last READ ended: a READ starting there is sequential (read-ahead's). */
   lastEnd: number;
+}
+
+/** How a node's random reads have gone: its window, and what they fetched at that size. */
+interface Reading {
+  window: number;
+  /** Bytes fetched through windows of the current size. */
+  fetched: number;
+  /** The furthest any READ of the node reached: the span the program reads. */
+  span: number;
 }
 
 /** A fetch under way: its bytes may be stored only while it stays valid. */
@@ -41,6 +63,8 @@ export interface ReadAroundStats {
   storedBytes: number;
   /** Windows not stored because the node changed while they were fetched. */
   dropped: number;
+  /** Times a node's window doubled. */
+  grown: number;
 }
 
 export interface Window {
@@ -56,7 +80,9 @@ export class ReadAround {
   private readonly fetching = new Map<number, Set<Token>>();
   /** Stores on their way to the kernel, per node. */
   private readonly storing = new Map<number, Set<Promise<void>>>();
-  private readonly counts: ReadAroundStats = { widened: 0, storedBytes: 0, dropped: 0 };
+  private readonly reading = new Map<number, Reading>();
+  private readonly counts: ReadAroundStats = { widened: 0, storedBytes: 0, dropped: 0, grown: 0 };
+  private readonly maxWindow: number;
 
   /**
    * @param window bytes, a power of two multiple of the page size
@@ -69,6 +95,7 @@ export class ReadAround {
     private readonly header: (nodeid: number, offset: number, size: number) => Buffer,
   ) {
     if (window < PAGE * 2 || window & (window - 1)) throw new RangeError(`read-around window ${window} is not a power of two of at least two pages`);
+    this.maxWindow = Math.max(window, Math.min(8 * window, MAX_WINDOW));
   }
 
   stats(): ReadAroundStats {
@@ -119,6 +146,12 @@ export class ReadAround {
     return stores ? Promise.all(stores).then(() => {}) : undefined;
   }
 
+  /** The kernel has forgotten the node: as changed(), and its reading is forgotten too. */
+  forgot(nodeid: number): void {
+    this.reading.delete(nodeid);
+    void this.changed(nodeid);
+  }
+
   /**
    * The window to fetch instead of [offset, offset + size), or undefined to read just that: for a
    * page-aligned READ under half the window that does not continue the handle's last one, on a node no one
@@ -130,14 +163,36 @@ export class ReadAround {
     const sequential = offset === h.lastEnd;
     h.lastEnd = offset + size;
     if (sequential || size * 2 >= this.window || offset % PAGE || size % PAGE || this.writers.get(nodeid)) return undefined;
-    const start = offset - (offset % this.window);
-    if (offset + size > start + this.window) return undefined;
+    // Every window size is a multiple of the base: a READ inside a base window is inside any.
+    if (offset + size > offset - (offset % this.window) + this.window) return undefined;
+    const r = this.readingOf(nodeid);
+    r.span = Math.max(r.span, offset + size);
+    const length = r.window;
+    const start = offset - (offset % length);
+    r.fetched += length;
+    if (length < this.maxWindow && r.fetched >= Math.max(GROW_AFTER * length, r.span / 16)) {
+      r.window = length * 2;
+      r.fetched = 0;
+      this.counts.grown++;
+    }
     const token: Token = { valid: true };
     let set = this.fetching.get(nodeid);
     if (!set) this.fetching.set(nodeid, (set = new Set()));
     set.add(token);
     this.counts.widened++;
-    return { start, length: this.window, token };
+    return { start, length, token };
+  }
+
+  /** The node's reading, made the most recently seen. */
+  private readingOf(nodeid: number): Reading {
+    let r = this.reading.get(nodeid);
+    if (r) this.reading.delete(nodeid);
+    else {
+      r = { window: this.window, fetched: 0, span: 0 };
+      if (this.reading.size >= MAX_NODES) this.reading.delete(this.reading.keys().next().value!);
+    }
+    this.reading.set(nodeid, r);
+    return r;
   }
 
   /**

@@ -323,14 +323,14 @@ export class FuseSession {
     },
     forget: async (h, req) => {
       this.plain.delete(h.nodeid);
-      void this.readAround?.changed(h.nodeid);
+      this.readAround?.forgot(h.nodeid);
       this.forget(h.nodeid, req.nlookup);
       return NO_REPLY;
     },
     batchForget: async (_h, req) => {
       for (const f of req.items) {
         this.plain.delete(f.nodeid);
-        void this.readAround?.changed(f.nodeid);
+        this.readAround?.forgot(f.nodeid);
         this.forget(f.nodeid, f.nlookup);
       }
       return NO_REPLY;
