@@ -72,8 +72,13 @@ test('pages the kernel dropped are read from the client disk cache, and every ch
   const fb = `${b.mnt}/f`;
 
   assert.equal(await rereadMd5(fa), await hostMd5(host));
+  const once = await cacheOf(a.mnt);
+  assert.ok(once, 'a default mount has a data cache');
+  assert.equal(once.mib, 0, `a file read once is not kept: ${JSON.stringify(once)}`);
+  // Read again after the kernel let its pages go: kept now.
+  assert.equal(await rereadMd5(fa), await hostMd5(host));
   const first = await kept(a.mnt, 4);
-  assert.ok(first, 'a default mount has a data cache');
+  assert.ok(first);
   assert.ok(first.mib >= 4 && first.files === 1, `4 MiB kept: ${JSON.stringify(first)}`);
 
   // The kernel's pages are gone; the server is not asked again.

@@ -18,9 +18,44 @@ async function settle(c: DataCache, stored: number): Promise<void> {
   assert.equal(c.stats().stored, stored, 'page writes settled');
 }
 
+/** A cache that keeps pages the first time they come: the tests of what it does with them. */
 function cacheIn(dir: string, maxBytes = 1 << 30): DataCache {
-  return new DataCache({ dir, maxBytes });
+  return new DataCache({ dir, maxBytes, keepFirst: true });
 }
+
+test('a page is kept the second time it comes from the server, not the first', async (t) => {
+  const c = new DataCache({ dir: await tmpdir('wirefs-dc-'), maxBytes: 1 << 30 });
+  t.after(() => c.close());
+  const fetch = (node: number, offset: number, data: Buffer): void => {
+    const tk = c.begin(node);
+    c.put(tk, offset, data.length, data);
+    c.end(tk);
+  };
+  const data = randomBytes(4 * PAGE);
+  fetch(7, 0, data);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.deepEqual([c.stats().stored, c.stats().files], [0, 0], 'a first fetch is not kept');
+  assert.equal(await c.get(7, 0, PAGE), undefined);
+  // Pages 2-3 come again with pages 4-5, which come for the first time: none kept.
+  fetch(7, 2 * PAGE, randomBytes(4 * PAGE));
+  fetch(8, 0, data.subarray(0, 2 * PAGE)); // another node's pages are its own
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(c.stats().stored, 0);
+  fetch(7, 0, data);
+  await settle(c, 4 * PAGE);
+  assert.deepEqual(await c.get(7, 0, 4 * PAGE), data, 'the second fetch is kept');
+  // A change drops the pages, but not what came before: the next fetch is kept at once.
+  c.drop(7);
+  assert.equal(await c.get(7, 0, PAGE), undefined);
+  fetch(7, 0, data);
+  await settle(c, 8 * PAGE);
+  assert.deepEqual(await c.get(7, 0, 4 * PAGE), data);
+  // The kernel forgot the node (its id may name another file later): first fetches again.
+  c.forget(7);
+  fetch(7, 0, data);
+  await new Promise((r) => setTimeout(r, 50));
+  assert.equal(c.stats().stored, 8 * PAGE);
+});
 
 test('pages read are given back whole, a range not all held is a miss, and the end of file is known', async (t) => {
   const c = cacheIn(await tmpdir('wirefs-dc-'));
