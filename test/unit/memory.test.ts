@@ -49,3 +49,13 @@ void it('trims after work, collects once when idle with buffers counted, then re
     trim.stop();
   }
 });
+
+void it('raises glibc\'s mmap and trim thresholds where the addon and glibc are there', (t) => {
+  const sys = nativeSys();
+  if (!sys?.mallocTune || !process.report?.getReport) return t.skip('no native addon');
+  const glibc = (process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header?.glibcVersionRuntime;
+  if (!glibc) return t.skip('not glibc');
+  assert.equal(sys.mallocTune(32, 64), true);
+  assert.throws(() => sys.mallocTune!(Number.NaN, 64));
+  assert.throws(() => sys.mallocTune!(32, 4096), /0 to 1024 MiB/);
+});
