@@ -20,9 +20,10 @@
 // The window grows per node with the reading it serves. Random reads that have pulled a sixteenth
 // of the span read so far (and at least 64 windows) through windows of one size will most likely
 // pull the rest of it too: the window doubles, up to 8 times the base and at most MAX_WINDOW, so
-// the same bytes come in fewer round trips (a base lowered for a slow link bounds them too). Sparse random reads over a large file (a database's lookups) never pull that share,
-// and keep the base window; a program that sweeps a file randomly (fio, a linker, a scan in random
-// order) soon fetches it 1 MiB at a time.
+// the same bytes come in fewer round trips (a base lowered for a slow link bounds them too).
+// Sparse random reads over a large file (a database's lookups) never pull that share and keep the
+// base window; a program that sweeps a file randomly (fio, a linker, a scan in random order) soon
+// fetches it 1 MiB at a time.
 
 import { O_ACCMODE, O_DIRECT, O_RDONLY } from '../vfs/types.js';
 
