@@ -206,7 +206,10 @@ export class DataCache {
     }
     entry.busy++;
     this.queuedBytes += keep;
-    this.queue.push(() => write(entry.fd, data, keep, offset, (err, n) => {
+    // The bytes wait their turn: a view much smaller than the memory it lies in (a socket slab of
+    // the link) is copied, so the queue never holds whole slabs for a few pages each.
+    const bytes = data.byteLength * 4 < data.buffer.byteLength ? Buffer.from(data.subarray(0, keep)) : data;
+    this.queue.push(() => write(entry.fd, bytes, keep, offset, (err, n) => {
       entry.busy--;
       this.queuedBytes -= keep;
       this.closeIfIdle(entry);

@@ -120,7 +120,8 @@ export function encodeErrorFrame(opCode: number, id: number, errno: number): Buf
 
 /**
  * Cuts a byte stream into frames. Frames within one chunk are returned as views of it (Node
- * allocates each socket chunk afresh, so a view stays valid); a frame spanning chunks is copied.
+ * allocates each socket chunk afresh, so a view stays valid); so are frames over chunks that lie
+ * one after the other in memory (a plain link reads into slabs: transport.ts); others are copied.
  */
 export class FrameSplitter {
   private chunks: Buffer[] = [];
@@ -134,8 +135,13 @@ export class FrameSplitter {
 
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
-    this.chunks.push(chunk);
     this.size += chunk.length;
+    const last = this.chunks.at(-1);
+    if (last && last.buffer === chunk.buffer && last.byteOffset + last.length === chunk.byteOffset) {
+      this.chunks[this.chunks.length - 1] = Buffer.from(last.buffer, last.byteOffset, last.length + chunk.length);
+    } else {
+      this.chunks.push(chunk);
+    }
   }
 
   /** The bytes received so far, up to n (for error messages about a foreign peer). */

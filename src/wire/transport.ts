@@ -154,12 +154,49 @@ export interface Dialing {
 }
 
 /** Connects to a server over the chosen transport. */
+/** Slab size for a plain link's reads, and the room below which a read starts a new slab. */
+const SLAB_BYTES = 4 << 20;
+const SLAB_MIN_ROOM = 256 << 10;
+
+/**
+ * Buffers for socket reads, carved one after the other out of a slab: what a read filled is kept
+ * (callers hold views of it) and the next read goes right after it.
+ */
+export class Slabs {
+  private slab = Buffer.allocUnsafe(SLAB_BYTES);
+  private used = 0;
+
+  /** Room for the next read. */
+  next(): Buffer {
+    if (this.slab.length - this.used < SLAB_MIN_ROOM) {
+      this.slab = Buffer.allocUnsafe(SLAB_BYTES);
+      this.used = 0;
+    }
+    return this.slab.subarray(this.used);
+  }
+
+  /** A read filled n bytes of buf (what next() gave): they are the caller's now. */
+  take(buf: Uint8Array, n: number): Buffer {
+    if (buf.buffer === this.slab.buffer && buf.byteOffset === this.slab.byteOffset + this.used) this.used += n;
+    return Buffer.from(buf.buffer, buf.byteOffset, n);
+  }
+}
+
 export function dial(opts: DialOptions): Dialing {
   const sec = opts.security;
   let socket: net.Socket;
   let event: string;
   if (sec.mode === 'plain') {
-    socket = net.connect({ host: opts.host, port: opts.port });
+    // Reads land one after the other in large slabs, so a frame that takes several reads is
+    // contiguous memory and the splitter hands it on as a view instead of copying it together
+    // (1 MiB read replies took ~180 ms of client CPU per GiB to copy out of 64 KiB chunks). The
+    // bytes are given on as 'data' events, as without onread.
+    const slabs = new Slabs();
+    socket = net.connect({
+      host: opts.host,
+      port: opts.port,
+      onread: { buffer: () => slabs.next(), callback: (n: number, buf: Uint8Array) => socket.emit('data', slabs.take(buf, n)) || true },
+    });
     event = 'connect';
   } else if (sec.mode === 'psk') {
     socket = tls.connect({
