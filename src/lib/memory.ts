@@ -12,7 +12,7 @@
 // While busy, freed buffers are kept for reuse instead: glibc's thresholds are raised at start
 // (mmap above 32 MiB, trim above 64 MiB free), since with its defaults each 1 MiB buffer was a
 // fresh mapping faulted in and zeroed page by page. Measured on a server streaming a cold 1 GiB
-// file: 520-840 ms of CPU instead of 700-1320 ms.
+// file: 510-860 ms of CPU instead of 700-1320 ms.
 
 import v8 from 'node:v8';
 import vm from 'node:vm';

@@ -153,7 +153,6 @@ export interface Dialing {
   ready: Promise<void>;
 }
 
-/** Connects to a server over the chosen transport. */
 /** Slab size for a plain link's reads, and the room below which a read starts a new slab. */
 const SLAB_BYTES = 4 << 20;
 const SLAB_MIN_ROOM = 256 << 10;
@@ -175,13 +174,14 @@ export class Slabs {
     return this.slab.subarray(this.used);
   }
 
-  /** A read filled n bytes of buf (what next() gave): they are the caller's now. */
+  /** A read filled n bytes of buf (what next() gave): they are the caller's now, never read over. */
   take(buf: Uint8Array, n: number): Buffer {
-    if (buf.buffer === this.slab.buffer && buf.byteOffset === this.slab.byteOffset + this.used) this.used += n;
+    if (buf.buffer === this.slab.buffer) this.used = Math.max(this.used, buf.byteOffset - this.slab.byteOffset + n);
     return Buffer.from(buf.buffer, buf.byteOffset, n);
   }
 }
 
+/** Connects to a server over the chosen transport. */
 export function dial(opts: DialOptions): Dialing {
   const sec = opts.security;
   let socket: net.Socket;

@@ -181,6 +181,17 @@ test('frames read into slabs one after the other come out as views, not copies',
   }), { numRuns: 30, endOnFailure: true });
 });
 
+test('a slab never hands out again bytes a read filled', () => {
+  const slabs = new Slabs();
+  const room = slabs.next();
+  const first = slabs.take(room, 100);
+  const second = slabs.next();
+  assert.equal(second.byteOffset, first.byteOffset + 100);
+  // A read into a later part of the slab (not what next() offered) still keeps what it filled.
+  slabs.take(second.subarray(50), 10);
+  assert.equal(slabs.next().byteOffset, first.byteOffset + 160);
+});
+
 /** Decodes a frame the way a peer would; the only failure allowed is ProtocolError. */
 function decodeAsPeer(bytes: Uint8Array): void {
   const s = new FrameSplitter(1 << 16);
