@@ -19,6 +19,7 @@ import { parseAddress, parseMountOptions } from './util.js';
 import { BIN } from './main.js';
 import { clientSecurity } from './security.js';
 import { startMemoryTrim } from '../lib/memory.js';
+import { logger } from '../lib/log.js';
 
 export const RUN_DIR = '/run/wirefs';
 
@@ -105,11 +106,11 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
       for (let i = 0; i < 5; i++) rttMs = Math.min(rttMs, await client.roundTrip());
       const coherent = client.info().coherent === true;
       const inner = opts.has('sync') ? client
-        : (writeBehind = new WriteBehindVfs(client, undefined, coherent ? (l) => client.onWriteAttr(l) : undefined));
+        : (writeBehind = new WriteBehindVfs(client, undefined, coherent ? (l) => client.onWriteAttr(l) : undefined, client));
       // Absent names in directories this client made, directory attributes after its own changes
       // and read-only opens of files opened before are answered locally (only sound when every
       // change reaches us as a push).
-      vfs = coherent ? (dirCache = new DirCacheVfs(inner, (l) => client.onDirAttr(l))) : inner;
+      vfs = coherent ? (dirCache = new DirCacheVfs(inner, (l) => client.onDirAttr(l), writeBehind ?? client, logger('client'))) : inner;
     }
   } catch (err) {
     report(`error: ${(err as Error).message}`);
@@ -324,6 +325,7 @@ function formatStatus(s: Record<string, unknown>): string {
   if (!s['client']) return `${head}  direct  ${flat(fuseRest, 'fuse').join(' ')}\n  kernel requests: ${counts(kernelOps)}`;
   const dc = c['dataCache'] as Record<string, number> | undefined;
   const here = s['dirCache'] as Record<string, number> | undefined;
+  const ub = c['unlinkBehind'] as Record<string, number> | undefined;
   const m = s['memory'] as Record<string, number> | undefined;
   const mib = (n: number | undefined): string => ((n ?? 0) / 2 ** 20).toFixed(1);
   const state = String(c['state']) + (c['lastError'] ? ` (${String(c['lastError'])})` : '');
@@ -333,6 +335,7 @@ function formatStatus(s: Record<string, unknown>): string {
     `  requests: ${String(c['inFlight'])} in flight, ${String(c['requests'])} sent, ${String(c['errors'])} errors, ${String(c['pushes'])} invalidations received`,
     ...(dc ? [`  data cache: ${String(dc['files'])} files, ${mib(dc['bytes'])} of ${mib(dc['maxBytes'])} MiB; ${String(dc['hits'])} reads from it, ${String(dc['misses'])} from the server; ${String(dc['errors'])} errors`] : []),
     ...(here ? [`  answered here: ${String(here['lookupsAnswered'])} lookups, ${String(here['getattrsAnswered'])} getattrs, ${String(here['opensAnswered'])} opens`] : []),
+    ...(ub ? [`  unlink-behind: ${String(ub['sent'])} sent, ${String(ub['failed'])} failed, ${String(ub['inFlight'])} in flight; ${String(ub['leases'])} directory leases granted, ${String(ub['recalled'])} recalled, ${String(ub['held'])} held`] : []),
     `  cache: ${String(c['nodes'])} nodes and ${String(c['handles'])} open handles held for the kernel; ${String(c['remapped'])} re-resolved and ${String(c['reopened'])} reopened after restarts, ${String(c['stale'])} stale`,
     `  ${flat(fuseRest, 'fuse').join(' ')}`,
     `  kernel requests: ${counts(kernelOps)}`,

@@ -12,7 +12,7 @@ import { signalCancel, type Cancel } from '../lib/abort.js';
 import { Errno, FsError } from '../lib/errno.js';
 import { logger, type Logger } from '../lib/log.js';
 import {
-  O_CREAT, O_EXCL, O_TRUNC,
+  O_CREAT, O_EXCL, O_TRUNC, ROOT_ID,
   type Attr, type ChangeEvent, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
   type OpenResult, type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
@@ -89,6 +89,8 @@ export interface ClientStats {
   stale: number;
   /** The data cache on local disk, when there is one. */
   dataCache?: DataCacheStats;
+  /** Unlinks answered before the server ran them, leases granted and recalled, and how many are held now. */
+  unlinkBehind: { sent: number; failed: number; recalled: number; leases: number; held: number; inFlight: number };
 }
 
 type CallOp = { [N in OpName]: (typeof OPS)[N]['kind'] extends 'call' ? N : never }[OpName];
@@ -123,6 +125,11 @@ class CrossedRestart extends FsError {}
 function alreadyDone(err: unknown): void {
   if (!(err instanceof CrossedRestart)) throw err;
 }
+
+/** A directory refused a lease is not asked for again before this long. */
+const LEASE_RETRY_MS = 1000;
+/** Leases held, and directories remembered as asked, at most. */
+const MAX_LEASES = 10_000;
 
 /** Bytes of a write request besides its data: header, ctx, nodeid, fh, offset, blob length. */
 const WRITE_OVERHEAD = 128;
@@ -211,6 +218,17 @@ export class RemoteVfs implements Vfs {
   private readonly byOp = new Map<string, number>();
   private readonly counters = { errors: 0, pushes: 0, disconnects: 0, reconnects: 0, newSessions: 0, resent: 0, timedOut: 0 };
   private markClosed!: () => void;
+  // Unlink-behind (see unlinkBehind): directories this session holds alone, by the uid whose
+  // LEASE_DIR was granted; when each was last asked for (not again for LEASE_RETRY_MS); whether
+  // the server knows LEASE_DIR; and the unlinks sent and not yet answered, all of them and by what
+  // they touch ("n<id>": a node, "e<parent>/<name>": a name), for the calls that must come after.
+  private readonly leases = new Map<number, number>();
+  private readonly leaseAsked = new Map<number, number>();
+  private leaseGen = 0;
+  private leaseUnsupported = false;
+  private readonly behindAll = new Set<Promise<void>>();
+  private readonly behindBy = new Map<string, Set<Promise<void>>>();
+  private readonly behindCounters = { sent: 0, failed: 0, recalled: 0, leases: 0 };
 
   constructor(server: string, link: Link, open: (sessionId: bigint) => Promise<Link>, opts: ConnectOptions, private readonly log: Logger) {
     this.server = server;
@@ -247,6 +265,7 @@ export class RemoteVfs implements Vfs {
       requests: [...this.byOp.values()].reduce((a, b) => a + b, 0), ops: Object.fromEntries(this.byOp), lastError: this.state === 'reconnecting' ? this.reconnector.lastError : '',
       nodes: this.nodes.nodeCount, handles: this.nodes.handleCount, ...this.nodes.counters,
       ...(this.cache ? { dataCache: this.cache.stats() } : {}),
+      unlinkBehind: { ...this.behindCounters, held: this.leases.size, inFlight: this.behindAll.size },
     };
   }
 
@@ -280,6 +299,10 @@ export class RemoteVfs implements Vfs {
 
     this.counters.reconnects++;
     this.state = 'open';
+    // The server dropped our leases with the old link (a resumed session starts without any).
+    this.leases.clear();
+    this.leaseAsked.clear();
+    this.leaseGen++;
     clearInterval(this.outageTimer);
     this.outageTimer = undefined;
     const resumed = link.welcome.sessionId === this.sessionId;
@@ -365,6 +388,10 @@ export class RemoteVfs implements Vfs {
     const r = new Reader(frame);
     const h = decodeHeader(r);
     if (h.flags & FLAG_PUSH) {
+      if (h.op === OPS.recall.code) {
+        this.recalled(decodeReq(r, 'recall').nodeid, h.id);
+        return;
+      }
       if (h.op !== OPS.change.code) return; // a push from a newer server: not for us
       const { event } = decodeReq(r, 'change');
       this.counters.pushes++;
@@ -434,8 +461,12 @@ export class RemoteVfs implements Vfs {
    * of reach longer than the outage timeout or the client is closed. `raw` requests are already in
    * the current session's ids.
    */
-  private async call<N extends CallOp>(op: N, req: Req<N>, ctx?: Ctx, raw = false): Promise<Rep<N>> {
+  private async call<N extends CallOp>(op: N, req: Req<N>, ctx?: Ctx, raw = false, ordered = true): Promise<Rep<N>> {
     if (this.state === 'closed') throw new FsError(Errno.EIO, `not connected to ${this.server}`);
+    if (ordered && this.behindAll.size && !raw) {
+      const before = this.behindOf(op, req as Record<string, unknown>);
+      if (before) await before;
+    }
     const cancel = ctx && cancelOf(ctx);
     if (cancel?.aborted) throw new FsError(Errno.EINTR);
     let seq = 0;
@@ -544,6 +575,13 @@ export class RemoteVfs implements Vfs {
   }
   forget(nodeid: number, nlookup: number): void {
     if (!(Number.isSafeInteger(nodeid) && nodeid > 0 && Number.isSafeInteger(nlookup) && nlookup > 0)) return;
+    const behind = this.behindBy.get(`n${nodeid}`);
+    if (behind) {
+      // An unlink in it (or of it) is on its way: the server must still know the node when it runs.
+      void Promise.all(behind).then(() => this.forget(nodeid, nlookup));
+      return;
+    }
+    if (this.leases.delete(nodeid)) this.leaseGen++;
     // A forget is not resent: a lost one leaves the session a lookup too many until it ends.
     // The kernel forgets a node whole, when it evicts it: its id may name another file later.
     this.cache?.forget(nodeid);
@@ -627,8 +665,115 @@ export class RemoteVfs implements Vfs {
     }
   }
   async unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
+    this.askLease(ctx, parent);
     await this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx)).catch(alreadyDone);
     this.nodes.removed(parent, name);
+  }
+
+  // --- unlink-behind ---------------------------------------------------------------------------
+  //
+  // `rm -rf` and cleanup loops pay a round trip per name. A directory no other client holds can be
+  // leased (LEASE_DIR); while the lease lasts, the kernel's UNLINK in it is answered here and sent
+  // at once without waiting, many in flight. No other client can see the directory before the
+  // server has run them: it recalls the lease first, and we answer the recall once every unlink
+  // sent in the directory has its reply. Here, a later call that depends on one waits for it:
+  // those naming the directory or the removed node, those naming the same name, and every rmdir,
+  // rename and link (they name directories by name, and we cannot tell which).
+
+  /** Asks for a lease on `dir` in the background, at an unlink there (at most once a second). */
+  private askLease(ctx: Ctx, dir: number): void {
+    if (this.leaseUnsupported || process.env['WIREFS_AB'] || !this.fsInfo.coherent || this.leases.has(dir) || dir === ROOT_ID) return;
+    const now = Date.now();
+    const asked = this.leaseAsked.get(dir);
+    if (asked !== undefined && now - asked < LEASE_RETRY_MS) return;
+    if (this.leaseAsked.size >= MAX_LEASES) this.leaseAsked.clear();
+    this.leaseAsked.set(dir, now);
+    const gen = this.leaseGen;
+    this.call('leaseDir', { ctx: wireCtx(ctx), nodeid: dir }).then((rep) => {
+      // A recall, forget or new link since we asked: the answer may be older than the lease's end.
+      if (!rep.granted || gen !== this.leaseGen || this.leases.size >= MAX_LEASES) return;
+      this.leases.set(dir, ctx.uid);
+      this.behindCounters.leases++;
+    }, (err: unknown) => {
+      if (err instanceof FsError && err.errno === Errno.ENOSYS) this.leaseUnsupported = true;
+    });
+  }
+
+  /** Whether unlinks in `dir` by `uid` may be answered before the server runs them. */
+  leasedFor(dir: number, uid: number): boolean {
+    return this.leases.get(dir) === uid && this.state === 'open';
+  }
+
+  /**
+   * Sends an unlink under a lease without waiting for its reply (the caller answers the kernel):
+   * resolves once it has its reply, to undefined or, if it failed, the error. The caller checked
+   * leasedFor() and the permission; a node the kernel holds open is not sent behind (its last
+   * link may go while we still report it).
+   */
+  unlinkBehind(ctx: Ctx, parent: number, name: string): Promise<FsError | undefined> | undefined {
+    if (!this.leasedFor(parent, ctx.uid)) return undefined;
+    const child = this.nodes.idOf(parent, name);
+    if (child !== undefined && this.nodes.isOpen(child)) return undefined;
+    this.behindCounters.sent++;
+    const result = this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx, false, false)).then(
+      () => {
+        this.nodes.removed(parent, name);
+        return undefined;
+      },
+      (err: unknown) => {
+        if (err instanceof CrossedRestart) {
+          this.nodes.removed(parent, name);
+          return undefined;
+        }
+        this.behindCounters.failed++;
+        return err instanceof FsError ? err : new FsError(Errno.EIO, (err as Error).message);
+      });
+    const done = result.then(() => undefined);
+    const keys = [`n${parent}`, `e${parent}/${name}`];
+    if (child !== undefined) keys.push(`n${child}`);
+    this.behindAll.add(done);
+    for (const k of keys) {
+      let set = this.behindBy.get(k);
+      if (!set) this.behindBy.set(k, (set = new Set()));
+      set.add(done);
+    }
+    void done.then(() => {
+      this.behindAll.delete(done);
+      for (const k of keys) {
+        const set = this.behindBy.get(k);
+        set?.delete(done);
+        if (set?.size === 0) this.behindBy.delete(k);
+      }
+    });
+    return result;
+  }
+
+  /** What a call must wait for among the unlinks sent behind (undefined: nothing). */
+  private behindOf(op: CallOp, req: Record<string, unknown>): Promise<unknown> | undefined {
+    if (op === 'rmdir' || op === 'rename' || op === 'link') return Promise.all(this.behindAll);
+    const waits: Promise<void>[] = [];
+    for (const f of ['nodeid', 'nodeIn', 'nodeOut'] as const) {
+      const set = req[f] === undefined ? undefined : this.behindBy.get(`n${req[f] as number}`);
+      if (set) waits.push(...set);
+    }
+    if (req['parent'] !== undefined && req['name'] !== undefined) {
+      const set = this.behindBy.get(`e${req['parent'] as number}/${req['name'] as string}`);
+      if (set) waits.push(...set);
+    }
+    return waits.length ? Promise.all(waits) : undefined;
+  }
+
+  /** RECALL: the lease ends; once every unlink sent in the directory has its reply, we say so. */
+  private recalled(dir: number, id: number): void {
+    if (this.leases.delete(dir)) this.behindCounters.recalled++;
+    this.leaseGen++;
+    this.leaseAsked.set(dir, Date.now());
+    const set = this.behindBy.get(`n${dir}`);
+    const ack = (): void => {
+      if (id !== 0) this.sendOneway('changeAck', { id });
+    };
+    if (set) void Promise.all(set).then(ack);
+    else ack();
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
     await this.hinted(parent, this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx)).catch(alreadyDone);

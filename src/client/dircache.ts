@@ -26,6 +26,13 @@
 //    first read the kernel cannot answer; permissions were checked by the kernel at open, and the
 //    server checks them again then. Before an unlink or rename of ours, such handles are opened on
 //    the server, so a file we hold open and then remove stays readable.
+// 6. Unlinks answered here (unlink-behind, client.ts): in a directory this client holds alone
+//    under a lease, by the uid the lease was granted to, when the kernel's check of the
+//    directory's permissions is the server's (root, or the directory's owner with write and search
+//    bits); the directory's attributes are then answered as they were with mtime and ctime now,
+//    until the unlinks have their replies and the kernel is told to ask again. One that failed
+//    (a host process removed or locked the file meanwhile) is logged, and the kernel is told to
+//    look the name up again: the file is there.
 //
 // The list is exact because the server pushes every change to a directory to the sessions that
 // hold it (and this session holds what it made, until its kernel forgets it): any push naming a
@@ -33,7 +40,9 @@
 // local processes on the server host arrive through inotify a few milliseconds late; until then
 // this cache says what a negative dentry in the kernel would have said.
 
-import { Errno, FsError } from '../lib/errno.js';
+import { Errno, FsError, errnoName } from '../lib/errno.js';
+import type { Logger } from '../lib/log.js';
+import { ChangeListeners } from '../vfs/listeners.js';
 import {
   O_ACCMODE, O_CREAT, O_DIRECT, O_RDONLY, O_TRUNC, S_IFDIR, S_IFMT,
   type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo, type OpenResult,
@@ -49,11 +58,20 @@ const ATTR_TTL_MS = 600_000;
 const MAX_DIR_ATTRS = 20_000;
 const MAX_FILE_ATTRS = 10_000;
 const CAPS = 'security.capability';
+/** How long after its last unlink-behind landed a directory's made-up attributes are dropped. */
+const CORRECT_AFTER_MS = 50;
 /** Extended attribute answers kept at most (names over all nodes); beyond, the cache starts over. */
 const MAX_XATTRS = 100_000;
 
 type XattrAnswer = Buffer | FsError;
 const NO_DATA = new FsError(Errno.ENODATA);
+
+/** Unlink-behind as the layers below offer it (client.ts; writeback.ts passes it through). */
+export interface UnlinkBehind {
+  leasedFor(dir: number, uid: number): boolean;
+  /** Sent without waiting (undefined: not possible now); resolves with its failure, if any. */
+  unlinkBehind(ctx: Ctx, parent: number, name: string): Promise<FsError | undefined> | undefined;
+}
 
 /** A directory or file handle given to the kernel, opened on the server at its first real use. */
 interface LazyHandle {
@@ -149,9 +167,19 @@ export class DirCacheVfs implements Vfs {
   private readonly unwatch: () => void;
   private readonly unhint: () => void;
   private readonly counters = { answered: 0, attrsAnswered: 0, opensAnswered: 0 };
+  /** Our own notes to the kernel (unlink-behind), besides what the layers below report. */
+  private readonly notes = new ChangeListeners();
+  /** Directory id -> unlinks answered here and not yet answered by the server. */
+  private readonly behindIn = new Map<number, number>();
+  /** Directories whose made-up attributes are about to be dropped (see unlinkBehind). */
+  private readonly correcting = new Map<number, NodeJS.Timeout>();
 
-  /** `hints`: subscribes to post-change directory attributes (RemoteVfs.onDirAttr). */
-  constructor(private readonly inner: Vfs, hints?: (l: (nodeid: number, attr: Attr) => void) => () => void) {
+  /**
+   * `hints`: subscribes to post-change directory attributes (RemoteVfs.onDirAttr); `behind`:
+   * unlink-behind, when the layers below offer it.
+   */
+  constructor(private readonly inner: Vfs, hints?: (l: (nodeid: number, attr: Attr) => void) => () => void,
+    private readonly behind?: UnlinkBehind, private readonly log?: Logger) {
     this.unwatch = inner.watch((ev) => {
       const dir = ev.kind === 'inode' ? ev.nodeid : ev.parent;
       this.known.delete(dir);
@@ -318,10 +346,51 @@ export class DirCacheVfs implements Vfs {
     // must not cost a later `find` every directory's attributes.
     this.attrEpoch++;
     this.fileAttrs.clear();
+    if (this.unlinkBehind(ctx, parent, name)) return;
     this.dirAttrs.delete(parent);
     if (this.fileHandles.size) await this.fileHandles.openAll(); // see openAll's use in rename
     await this.changing(parent, this.inner.unlink(ctx, parent, name));
     this.remove(parent, name);
+  }
+  /** Answers an unlink here and sends it behind, when it may (see 6 above); false if not. */
+  private unlinkBehind(ctx: Ctx, parent: number, name: string): boolean {
+    const kept = this.dirAttrs.get(parent);
+    if (!this.behind || !kept || Date.now() - kept.at >= ATTR_TTL_MS || this.fileHandles.size) return false;
+    const d = kept.attr;
+    if (ctx.uid !== 0 && !(ctx.uid === d.uid && (d.mode & 0o300) === 0o300)) return false;
+    if (!this.behind.leasedFor(parent, ctx.uid)) return false;
+    const sent = this.behind.unlinkBehind(ctx, parent, name);
+    if (!sent) return false;
+    const ms = Date.now();
+    const now = { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 };
+    this.keepAttr(parent, { ...d, mtime: now, ctime: now });
+    this.remove(parent, name);
+    this.behindIn.set(parent, (this.behindIn.get(parent) ?? 0) + 1);
+    void sent.then((err) => {
+      if (err) {
+        this.log?.warn(`an unlink answered before the server ran it failed there (${errnoName(err.errno)}): the name is back`);
+        this.known.delete(parent);
+        void this.notes.emit({ kind: 'entry', parent, name });
+      }
+      const left = (this.behindIn.get(parent) ?? 1) - 1;
+      if (left > 0) {
+        this.behindIn.set(parent, left);
+        return;
+      }
+      this.behindIn.delete(parent);
+      // All landed: the kernel may hold the attributes we made up (our clock), so it is told to
+      // ask again; a moment later, as the next unlink in a loop often comes before the server has
+      // answered the last, and would then find no attributes to go behind with.
+      if (!this.correcting.has(parent)) {
+        this.correcting.set(parent, setTimeout(() => {
+          this.correcting.delete(parent);
+          if (this.behindIn.has(parent)) return;
+          this.touched(parent);
+          void this.notes.emit({ kind: 'inode', nodeid: parent, off: -1, len: 0, attrsOnly: true });
+        }, CORRECT_AFTER_MS).unref());
+      }
+    });
+    return true;
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
     // The parent's link count and times change, and the directory goes; no other node.
@@ -517,9 +586,16 @@ export class DirCacheVfs implements Vfs {
     return this.inner.copyFileRange(ctx, nodeIn, real, offIn, nodeOut, fhOut, offOut, len);
   }
   watch(listener: ChangeListener): () => void {
-    return this.inner.watch(listener);
+    const unwatchInner = this.inner.watch(listener);
+    const unwatch = this.notes.add(listener);
+    return () => {
+      unwatchInner();
+      unwatch();
+    };
   }
   async close(): Promise<void> {
+    for (const t of this.correcting.values()) clearTimeout(t);
+    this.correcting.clear();
     this.unwatch();
     this.unhint();
     await this.inner.close();

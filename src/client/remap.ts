@@ -257,6 +257,17 @@ export class NodeTable {
     if (rec) rec.name = undefined;
   }
 
+  /** The node id the kernel holds for parent/name, if it holds one. */
+  idOf(parent: number, name: string): number | undefined {
+    return this.names.get(nameKey(parent, name));
+  }
+
+  /** Whether the kernel holds an open handle of the node. */
+  isOpen(nodeid: number): boolean {
+    for (const h of this.handles.values()) if (h.nodeid === nodeid) return true;
+    return false;
+  }
+
   removed(parent: number, name: string): void {
     const key = nameKey(parent, name);
     const id = this.names.get(key);

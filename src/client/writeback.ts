@@ -36,6 +36,7 @@
 // for ctime, so it is dropped (an attributes-only inode change to the listeners) at close, or at
 // once if the server's answer differs from ours or a call failed.
 
+import type { UnlinkBehind } from './dircache.js';
 import { Errno, FsError } from '../lib/errno.js';
 import { ChangeListeners } from '../vfs/listeners.js';
 import {
@@ -183,7 +184,7 @@ export class WriteBehindVfs implements Vfs {
 
   /** `writeAttrs`: subscribes to a file's attributes after a write (RemoteVfs.onWriteAttr); only for a coherent server. */
   constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES,
-    writeAttrs?: (l: (nodeid: number, attr: Attr) => void) => () => void) {
+    writeAttrs?: (l: (nodeid: number, attr: Attr) => void) => () => void, private readonly behind?: UnlinkBehind) {
     this.unwatch = inner.watch((ev) => {
       const id = ev.kind === 'inode' ? ev.nodeid : ev.kind === 'delete' ? ev.child : 0;
       if (!id) return;
@@ -395,6 +396,20 @@ export class WriteBehindVfs implements Vfs {
   }
   rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
     return this.inner.rmdir(ctx, parent, name);
+  }
+  // Unlink-behind (client.ts) passes through, with unlink's own bookkeeping here.
+  leasedFor(dir: number, uid: number): boolean {
+    return this.behind?.leasedFor(dir, uid) ?? false;
+  }
+  unlinkBehind(ctx: Ctx, parent: number, name: string): Promise<FsError | undefined> | undefined {
+    if (!this.behind?.leasedFor(parent, ctx.uid)) return undefined;
+    this.unmadeAll();
+    this.nameChanges++;
+    this.landed.clear();
+    const sent = this.behind.unlinkBehind(ctx, parent, name);
+    if (!sent) this.nameChanges--;
+    else void sent.then(() => this.nameChanges--);
+    return sent;
   }
   rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
     this.unmadeAll(); // a replaced file's link count

@@ -28,6 +28,11 @@ export interface SessionApi {
   othersListening(): boolean;
   /** WRITEs of the node from this session running now (the caller's own included). */
   writesRunning(nodeid: number): number;
+  /** LEASE_DIR: whether the directory is now this session's alone (Session.leaseDir). */
+  leaseDir(ctx: Ctx, nodeid: number): Promise<boolean>;
+  /** Before handing node `nodeid` out: recalls it from a session that holds it alone; true if it did. */
+  claim(nodeid: number): Promise<boolean>;
+
 }
 
 type CallOp = Exclude<VfsOpName, 'forget'>;
@@ -73,6 +78,14 @@ async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op:
   return { parentAttr: await postAttr(s, ctx, parent) };
 }
 
+/**
+ * An entry about to be handed out: a directory another session holds alone is recalled first
+ * (that client sends the unlinks it answered early), and its attributes are read again after.
+ */
+async function fresh(s: SessionApi, ctx: Ctx, e: Entry): Promise<void> {
+  if (e.nodeid && (await s.claim(e.nodeid))) e.attr = await s.vfs.getattr(ctx, e.nodeid);
+}
+
 // Bytes of one DirEntry on the wire, to keep a readdir reply under the max frame.
 function direntSize(d: DirEntry): number {
   return 25 + Buffer.byteLength(d.name) + (d.entry ? ENTRY_SIZE : 0);
@@ -81,6 +94,7 @@ function direntSize(d: DirEntry): number {
 export const HANDLERS: { [N in CallOp]: Handler<N> } = {
   lookup: async (s, ctx, a) => {
     const entry = await s.vfs.lookup(ctx, a.parent, a.name);
+    await fresh(s, ctx, entry);
     s.gotEntry(entry);
     return { entry };
   },
@@ -167,6 +181,7 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     let keep = 0;
     while (keep < all.length && (room -= direntSize(all[keep]!)) >= 0) keep++;
     const entries = all.slice(0, keep);
+    for (const d of entries) if (d.entry) await fresh(s, ctx, d.entry);
     for (const d of entries) if (d.entry) s.gotEntry(d.entry);
     for (const d of all.slice(keep)) if (d.entry && d.entry.nodeid) s.vfs.forget(d.entry.nodeid, 1);
     return { entries };
@@ -209,6 +224,7 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     s.handle(a.fh, false);
     return { offset: await s.vfs.lseek(ctx, a.nodeid, a.fh, a.offset, a.whence) };
   },
+  leaseDir: async (s, ctx, a) => ({ granted: await s.leaseDir(ctx, a.nodeid) }),
   copyFileRange: async (s, ctx, a) => {
     s.handle(a.fhIn, false);
     s.handle(a.fhOut, false);

@@ -9,7 +9,7 @@ import type { ChangeEvent, Vfs } from '../vfs/types.js';
 import { DEFAULT_MAX_FRAME, MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR } from '../wire/frame.js';
 import type { Security } from '../wire/transport.js';
 import { Admission, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_ADDRESS } from './admission.js';
-import { guardVfs, isLoopback, type ExportRules } from './export.js';
+import { guardVfs, isLoopback, mapIds, type ExportRules } from './export.js';
 import { SessionRegistry } from './registry.js';
 import { Session, type ServerCore } from './session.js';
 
@@ -61,6 +61,8 @@ export interface ServerStats {
   pushes: number;
   /** Connections closed for a protocol error since start. */
   protocolErrors: number;
+  /** RECALLs sent: a directory one client held alone was about to be seen by another. */
+  recalls: number;
   /** Invalidations that were not acknowledged within the lease time. */
   leaseExpiries: number;
   /** Connections refused since start (limits, allow-list, failed TLS handshakes). */
@@ -108,7 +110,13 @@ export async function startServer(opts: ServerOptions): Promise<WireServer> {
     serverName: `wirefs/${VERSION_MAJOR}.${VERSION_MINOR} ${os.hostname()}`,
     sessions,
     registry: new SessionRegistry<Session>(opts.sessionGraceMs ?? 60_000),
-    counters: { requests: 0, pushes: 0, protocolErrors: 0, connections: 0, leaseExpiries: 0, replayed: 0 },
+    counters: { requests: 0, pushes: 0, protocolErrors: 0, connections: 0, leaseExpiries: 0, replayed: 0, recalls: 0 },
+    dirLeases: new Map(),
+    identityKept(uid, gid) {
+      if (!opts.export) return true;
+      const m = mapIds(opts.export.idmap, uid, gid);
+      return m.uid === uid && m.gid === gid;
+    },
     broadcast(events, from) {
       let waits: Promise<void>[] | undefined;
       for (const s of sessions) {

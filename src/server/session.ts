@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { ProtocolError, Reader } from '../lib/bytes.js';
 import { Errno, FsError, errnoName, toErrno } from '../lib/errno.js';
 import type { Logger } from '../lib/log.js';
-import { ROOT_ID, type ChangeEvent, type Ctx, type Entry, type Vfs } from '../vfs/types.js';
+import { ROOT_ID, S_IFDIR, S_IFMT, type ChangeEvent, type Ctx, type Entry, type Vfs } from '../vfs/types.js';
 import { LazyAbort, RequestCtx } from '../lib/abort.js';
 import { EncodeError } from '../wire/codec.js';
 
@@ -40,7 +40,7 @@ export interface ServerCore {
   readonly strictNodes: boolean;
   readonly serverName: string;
   readonly sessions: Set<Session>;
-  readonly counters: { requests: number; pushes: number; protocolErrors: number; connections: number; leaseExpiries: number; replayed: number };
+  readonly counters: { requests: number; pushes: number; protocolErrors: number; connections: number; leaseExpiries: number; replayed: number; recalls: number };
   /** Sessions by id, and the ones waiting for their client to reconnect. */
   readonly registry: SessionRegistry<Session>;
   /**
@@ -48,6 +48,10 @@ export interface ServerCore {
    * has acknowledged them (or the lease time has passed for those that did not).
    */
   broadcast(events: ChangeEvent[], from: Session | undefined): Promise<void>;
+  /** Directories held alone by one session (LEASE_DIR), and the recall under way of each. */
+  readonly dirLeases: Map<number, { owner: Session; recall?: Promise<void> }>;
+  /** Whether the server runs a request as the ids it names (no squash or map changes them). */
+  identityKept(uid: number, gid: number): boolean;
 }
 
 /** Pushes queued beyond this many bytes mean the client no longer reads: drop it rather than grow. */
@@ -103,6 +107,8 @@ export class Session implements SessionApi {
    * into a file another client once read costs that client one push, not one per write).
    */
   private readonly dropped = new Set<number>();
+  /** Directories this session holds under LEASE_DIR (see core.dirLeases). */
+  private readonly leased = new Set<number>();
   /** Pushes awaiting CHANGE_ACK, by push id. */
   private readonly acks = new Map<number, () => void>();
   private nextPushId = 0;
@@ -204,7 +210,7 @@ export class Session implements SessionApi {
       this.acks.get(id)?.();
       return;
     }
-    if (op === 'hello' || op === 'change') throw new ProtocolError(`unexpected ${opLabel(op)} frame`);
+    if (op === 'hello' || op === 'change' || op === 'recall') throw new ProtocolError(`unexpected ${opLabel(op)} frame`);
     if (this.running.has(h.id)) throw new ProtocolError(`request id ${h.id} reused while still in flight`);
     this.core.counters.requests++;
     if (op === 'ping') {
@@ -267,7 +273,7 @@ export class Session implements SessionApi {
   }
 
   /** One request as its own task: always ends in exactly one reply. */
-  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'forget' | 'bye'>, h: Header, args: object, ac: LazyAbort, seq: number, after?: Promise<unknown>): Promise<void> {
+  private async run(op: Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'forget' | 'bye' | 'recall'>, h: Header, args: object, ac: LazyAbort, seq: number, after?: Promise<unknown>): Promise<void> {
     let frame: Buffer | [Buffer, Buffer];
     try {
       if (after) await after;
@@ -276,6 +282,12 @@ export class Session implements SessionApi {
       const ctx: Ctx = new RequestCtx(wctx.uid, wctx.gid, wctx.pid, ac);
       const stranger = this.core.strictNodes ? strangerNode(rest, (id) => this.knows(id)) : undefined;
       if (stranger !== undefined) throw new FsError(Errno.ESTALE, `node ${stranger} was never handed to this client`);
+      if (this.core.dirLeases.size) {
+        // A node another session holds alone (possible only without export rules, which refuse ids
+        // a session was never handed): recalled before this request sees it.
+        const a = rest as { nodeid?: number; parent?: number; newparent?: number };
+        for (const id of [a.nodeid, a.parent, a.newparent]) if (id !== undefined) await this.claim(id);
+      }
       const handler = HANDLERS[op] as (s: SessionApi, ctx: Ctx, a: object) => Promise<Rep<typeof op>>;
       const rep = await handler(this, ctx, rest);
       // A READ's data goes out as it came from the source, not copied into a frame (seq is 0: reads
@@ -385,6 +397,8 @@ export class Session implements SessionApi {
     // replayed (missed) if it resumes, so their authors need not wait.
     for (const done of [...this.acks.values()]) done();
     this.dropped.clear();
+    // A resumed client starts without leases (it drops its own when its link goes).
+    for (const id of [...this.leased]) this.unlease(id);
     this.socket.destroy();
   }
 
@@ -414,6 +428,7 @@ export class Session implements SessionApi {
     if (held === drop) {
       this.lookups.delete(nodeid);
       this.dropped.delete(nodeid);
+      if (this.leased.has(nodeid)) this.unlease(nodeid);
     } else {
       this.lookups.set(nodeid, held - drop);
     }
@@ -476,6 +491,68 @@ export class Session implements SessionApi {
   /** Whether this client may have the node (or, for names, the directory) cached. */
   knows(nodeid: number): boolean {
     return nodeid === ROOT_ID || this.lookups.has(nodeid);
+  }
+
+  /**
+   * LEASE_DIR: grants directory `nodeid` to this session alone when no other session holds it, it
+   * is not the root (every session holds that), the source reports every change (COHERENT), and
+   * the server runs ctx's requests as ctx's own ids, so the client's kernel checked the permissions
+   * the server will check. The client acknowledges pushes (it must answer a RECALL).
+   */
+  async leaseDir(ctx: Ctx, nodeid: number): Promise<boolean> {
+    const info = this.vfs.info();
+    if (nodeid === ROOT_ID || !this.lookups.has(nodeid) || info.readOnly || !info.coherent) return false;
+    if (!(this.features & FEATURE_PUSH_ACK) || this.state !== 'open' || !this.core.identityKept(ctx.uid, ctx.gid)) return false;
+    const attr = await this.vfs.getattr(ctx, nodeid);
+    if ((attr.mode & S_IFMT) !== S_IFDIR) return false;
+    const cur = this.core.dirLeases.get(nodeid);
+    if (cur) return cur.owner === this && !cur.recall;
+    for (const s of this.core.sessions) if (s !== this && s.lookups.has(nodeid)) return false;
+    // Checked again after the await: a lookup by another session may have come in meanwhile.
+    if (!this.lookups.has(nodeid) || this.state !== 'open') return false;
+    this.core.dirLeases.set(nodeid, { owner: this });
+    this.leased.add(nodeid);
+    return true;
+  }
+
+  private unlease(nodeid: number): void {
+    this.leased.delete(nodeid);
+    if (this.core.dirLeases.get(nodeid)?.owner === this) this.core.dirLeases.delete(nodeid);
+  }
+
+  /**
+   * This session is about to see node `nodeid`: if another session holds it under a lease, that
+   * client sends what it has not yet sent in it and the lease ends first. Resolves true when it
+   * recalled (the caller's view of the node, its attributes, may be older than what it now is).
+   */
+  async claim(nodeid: number): Promise<boolean> {
+    const lease = this.core.dirLeases.get(nodeid);
+    if (!lease || lease.owner === this) return false;
+    lease.recall ??= lease.owner.recall(nodeid).finally(() => lease.owner.unlease(nodeid));
+    await lease.recall;
+    return true;
+  }
+
+  /** Sends RECALL for a leased directory; resolves on CHANGE_ACK, at the lease time, or when the session ends. */
+  private recall(nodeid: number): Promise<void> {
+    if (this.state !== 'open') return Promise.resolve();
+    this.core.counters.recalls++;
+    this.nextPushId = this.nextPushId >= 0xffffffff ? 1 : this.nextPushId + 1;
+    const id = this.nextPushId;
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => {
+        this.core.counters.leaseExpiries++;
+        this.core.log.debug(`${this.peer}: no answer to the recall of directory ${nodeid} within ${this.core.leaseMs} ms; going on without it`);
+        done();
+      }, this.core.leaseMs);
+      const done = (): void => {
+        clearTimeout(timer);
+        this.acks.delete(id);
+        resolve();
+      };
+      this.acks.set(id, done);
+      this.send(encodePushFrame('recall', { nodeid }, id));
+    });
   }
 
   /** Sends one change; resolves when the client has acted on it, or after the lease time. */
@@ -566,6 +643,7 @@ export class Session implements SessionApi {
     for (const { ac } of this.running.values()) ac.abort();
     // Nobody is left to acknowledge: let the authors of pending changes go on.
     for (const done of [...this.acks.values()]) done();
+    for (const id of [...this.leased]) this.unlease(id);
     const handles = [...this.files, ...this.dirs];
     this.files.clear();
     this.dirs.clear();

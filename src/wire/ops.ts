@@ -52,6 +52,11 @@ export const OPS = {
     code: 6, kind: 'oneway', idempotent: true, doc: 'The CHANGE push with request id `id` has been acted on (PUSH_ACK).',
     req: [['id', 'u32']], rep: [],
   },
+  recall: {
+    code: 7, kind: 'push', idempotent: true,
+    doc: 'Another client is about to see directory `nodeid`, which this client holds under a LEASE_DIR (1.3): send every change in it not yet sent, wait for their replies, then answer with CHANGE_ACK (request id as for CHANGE). The lease is over.',
+    req: [['nodeid', 'u64']], rep: [],
+  },
 
   // --- the Vfs, one op per method (src/vfs/types.ts gives the semantics) ----------------------
   lookup: { code: 16, kind: 'call', idempotent: true, doc: 'Counts one lookup of the node.', req: [C, ['parent', 'u64'], ['name', 'str']], rep: [['entry', 'entry']] },
@@ -109,14 +114,19 @@ export const OPS = {
     req: [C, ['nodeIn', 'u64'], ['fhIn', 'u64'], ['offIn', 'u64'], ['nodeOut', 'u64'], ['fhOut', 'u64'], ['offOut', 'u64'], ['len', 'u64']],
     rep: [['count', 'u64']],
   },
+  leaseDir: {
+    code: 48, kind: 'call', idempotent: true,
+    doc: '1.3. Asks for directory `nodeid` alone: granted when no other session holds it, it is not the root, and the server runs ctx\'s requests as ctx\'s own ids. Until a RECALL or a FORGET of it, the holder may answer an UNLINK in it by ctx\'s uid before the server has run it (see DESIGN.md, "Unlink-behind").',
+    req: [C, ['nodeid', 'u64']], rep: [['granted', 'bool']],
+  },
 } as const satisfies Record<string, OpSpec>;
 
 export type OpName = keyof typeof OPS;
 type Struct<S extends Schema> = { -readonly [F in S[number] as F[0]]: FieldValue<F[1]> };
 export type Req<N extends OpName> = Struct<(typeof OPS)[N]['req']>;
 export type Rep<N extends OpName> = Struct<(typeof OPS)[N]['rep']>;
-/** The ops that carry Vfs methods (everything after the session ops). */
-export type VfsOpName = Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'bye'>;
+/** The ops the server's handlers run: the Vfs methods, and LEASE_DIR (everything after the session ops). */
+export type VfsOpName = Exclude<OpName, 'hello' | 'ping' | 'cancel' | 'change' | 'changeAck' | 'bye' | 'recall'>;
 
 export const OP_BY_CODE: ReadonlyMap<number, OpName> = new Map(
   (Object.keys(OPS) as OpName[]).map((name) => [OPS[name].code, name]),

@@ -1,0 +1,133 @@
+// Unlink-behind (client.ts, dircache.ts) against a real server on loopback: in a directory one
+// client holds alone under LEASE_DIR, its unlinks are answered before the server has run them; a
+// second client that comes to the directory gets it only after the server recalled the lease and
+// the first client's unlinks have all landed, so it never sees a name the first one removed.
+
+import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { Errno, FsError } from '../../src/lib/errno.js';
+import type { Logger } from '../../src/lib/log.js';
+import { MemoryFs } from '../../src/sources/memory.js';
+import { startServer } from '../../src/server/server.js';
+import { connect, type RemoteVfs } from '../../src/client/client.js';
+import { DirCacheVfs } from '../../src/client/dircache.js';
+import { O_RDWR, ROOT_ID, S_IFREG, type ChangeEvent, type Ctx } from '../../src/vfs/types.js';
+
+const root: Ctx = { uid: 0, gid: 0, pid: 1 };
+const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
+const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENOENT;
+
+/** A source whose unlink of "locked" fails (as an immutable file's would on a host). */
+class LockedFs extends MemoryFs {
+  override unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
+    return name === 'locked' ? Promise.reject(new FsError(Errno.EPERM)) : super.unlink(ctx, parent, name);
+  }
+}
+
+async function setup(t: TestContext, files: number): Promise<{ a: RemoteVfs; b: RemoteVfs; cache: DirCacheVfs; dir: number }> {
+  const mem = new LockedFs();
+  const server = await startServer({ vfs: mem, host: '127.0.0.1', port: 0, log: quiet });
+  t.after(() => server.close());
+  const { port } = server.address();
+  const a = await connect({ host: '127.0.0.1', port, log: quiet });
+  const b = await connect({ host: '127.0.0.1', port, log: quiet });
+  t.after(async () => {
+    await a.close();
+    await b.close();
+  });
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a, quiet);
+  const dir = (await cache.mkdir(root, ROOT_ID, 'd', 0o755)).nodeid;
+  for (let i = 0; i < files; i++) {
+    const f = await cache.create(root, dir, `f${i}`, S_IFREG | 0o644, O_RDWR);
+    await cache.release(root, f.entry.nodeid, f.fh);
+  }
+  return { a, b, cache, dir };
+}
+
+/** Waits (at most 5 s) until the lease question sent at a directory's first unlink has its answer. */
+async function leaseAnswered(a: RemoteVfs, asked = 1): Promise<void> {
+  for (let i = 0; i < 500 && a.stats().inFlight > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(a.stats().ops['leaseDir'], asked, 'the first unlink in the directory asked for it');
+}
+
+test('unlinks in a leased directory are answered at once; another client sees none of the names', async (t) => {
+  const { a, b, cache, dir } = await setup(t, 40);
+  await cache.unlink(root, dir, 'f0'); // the server's round trip; asks for the lease beside it
+  await leaseAnswered(a);
+  assert.equal(a.leasedFor(dir, 0), true, 'no one else holds the directory: granted');
+  assert.equal(a.leasedFor(dir, 1000), false, 'only for the uid that asked');
+
+  for (let i = 1; i < 40; i++) await cache.unlink(root, dir, `f${i}`);
+  // None of the 39 had its reply yet: replies need a turn of the event loop, the loop took none.
+  assert.deepEqual({ sent: a.stats().unlinkBehind.sent, inFlight: a.stats().unlinkBehind.inFlight }, { sent: 39, inFlight: 39 });
+  // This client's own view is right at once, without waiting.
+  await assert.rejects(cache.lookup(root, dir, 'f7'), enoent);
+
+  // B comes to the directory: the server recalls A's lease first, and A answers once all 39 landed.
+  const bd = await b.lookup(root, ROOT_ID, 'd');
+  assert.equal(a.stats().unlinkBehind.recalled, 1);
+  assert.equal(a.stats().unlinkBehind.inFlight, 0);
+  assert.equal(a.leasedFor(dir, 0), false, 'the lease is over');
+  assert.equal(bd.attr.nlink, 2);
+  await assert.rejects(b.lookup(root, bd.nodeid, 'f39'), enoent);
+  const h = await b.opendir(root, bd.nodeid);
+  const names = (await b.readdir(root, bd.nodeid, h.fh, 0, 100, false)).map((e) => e.name).filter((n) => n !== '.' && n !== '..');
+  await b.releasedir(root, bd.nodeid, h.fh);
+  assert.deepEqual(names, []);
+
+  // Without the lease A's next change waits for its reply again (and B is told of it).
+  await cache.create(root, dir, 'again', S_IFREG | 0o644, O_RDWR).then((f) => cache.release(root, f.entry.nodeid, f.fh));
+  const sent = a.stats().unlinkBehind.sent;
+  await cache.unlink(root, dir, 'again');
+  assert.equal(a.stats().unlinkBehind.sent, sent, 'sent and waited for');
+  await assert.rejects(b.lookup(root, bd.nodeid, 'again'), enoent);
+});
+
+test('a directory another client holds is not leased, and a later create of the same name waits for the unlink', async (t) => {
+  const { a, b, cache, dir } = await setup(t, 3);
+  await b.lookup(root, ROOT_ID, 'd');
+  await cache.unlink(root, dir, 'f0');
+  await leaseAnswered(a);
+  assert.equal(a.leasedFor(dir, 0), false, 'B holds it: refused');
+  await cache.unlink(root, dir, 'f1');
+  assert.equal(a.stats().unlinkBehind.sent, 0);
+
+  // A client alone in its own directory: an unlink behind, then a create of the same name, which
+  // must not reach the server before the unlink (it would fail with EEXIST).
+  const e = (await cache.mkdir(root, ROOT_ID, 'e', 0o755)).nodeid;
+  for (const n of ['x', 'y', 'z']) await cache.create(root, e, n, S_IFREG | 0o644, O_RDWR).then((f) => cache.release(root, f.entry.nodeid, f.fh));
+  await cache.unlink(root, e, 'x');
+  await leaseAnswered(a, 2);
+  assert.equal(a.leasedFor(e, 0), true);
+  await cache.unlink(root, e, 'y');
+  assert.equal(a.stats().unlinkBehind.inFlight, 1);
+  const again = await cache.create(root, e, 'y', S_IFREG | 0o644, O_RDWR);
+  await cache.release(root, again.entry.nodeid, again.fh);
+  assert.equal(a.stats().unlinkBehind.failed, 0);
+  // And an rmdir waits for every unlink still on its way (the directory is empty by then).
+  await cache.unlink(root, e, 'y');
+  await cache.unlink(root, e, 'z');
+  await cache.rmdir(root, ROOT_ID, 'e');
+  await assert.rejects(b.lookup(root, ROOT_ID, 'e'), enoent);
+});
+
+test('an unlink that fails on the server brings the name back', async (t) => {
+  const { a, b, cache, dir } = await setup(t, 3);
+  const locked = await cache.create(root, dir, 'locked', S_IFREG | 0o644, O_RDWR);
+  await cache.release(root, locked.entry.nodeid, locked.fh);
+  const events: ChangeEvent[] = [];
+  cache.watch((ev) => void events.push(ev));
+  await cache.unlink(root, dir, 'f0');
+  await leaseAnswered(a);
+  assert.equal(a.leasedFor(dir, 0), true);
+  await cache.unlink(root, dir, 'locked'); // answered here; the server then refuses it
+  for (let i = 0; i < 500 && a.stats().unlinkBehind.inFlight > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(a.stats().unlinkBehind.failed, 1);
+  assert.ok(events.some((ev) => ev.kind === 'entry' && ev.parent === dir && ev.name === 'locked'), 'the kernel is told to look the name up again');
+  assert.equal((await cache.lookup(root, dir, 'locked')).nodeid, locked.entry.nodeid, 'and finds the file');
+  const bd = await b.lookup(root, ROOT_ID, 'd');
+  assert.ok((await b.lookup(root, bd.nodeid, 'locked')).nodeid > 0, 'nothing was lost');
+  // Once all landed, the attributes made up meanwhile are dropped: the kernel asks again.
+  for (let i = 0; i < 100 && !events.some((ev) => ev.kind === 'inode' && ev.nodeid === dir && ev.attrsOnly); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(events.some((ev) => ev.kind === 'inode' && ev.nodeid === dir && ev.attrsOnly));
+});
