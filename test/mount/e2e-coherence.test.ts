@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fsp from 'node:fs/promises';
 import { sh, tmpdir } from '../helpers/mount.js';
-import { serve, mount, type Mounted } from '../helpers/wirefs.js';
+import { BIN, serve, mount, type Mounted } from '../helpers/wirefs.js';
 
 async function ok(cmd: string, timeoutMs = 30000): Promise<string> {
   const r = await sh(cmd, { timeoutMs });
@@ -154,4 +154,38 @@ test('local changes on the server host reach clients within a second', async (t)
     times.push(await within(1000, async () => (await sh(`timeout 10 ls ${m.mnt}/d`)).stdout, 'renamed\n', 'local rename and delete'));
   }
   t.diagnostic(`local changes seen after ${times.join(', ')} ms`);
+});
+
+/** The "unlink-behind:" line of the mount's `wirefs status`: how many unlinks went behind. */
+async function behindSent(mnt: string): Promise<number> {
+  const lines = (await ok(`timeout 10 ${process.execPath} ${BIN} status`)).split('\n');
+  const head = lines.findIndex((l) => l.startsWith(`${mnt}  `));
+  assert.ok(head >= 0, `${mnt} not in wirefs status`);
+  const line = lines.slice(head + 1).find((l) => l.includes('unlink-behind:'));
+  const m = /unlink-behind: (\d+) sent, (\d+) failed/.exec(line ?? '');
+  assert.ok(m, `no unlink-behind line for ${mnt}`);
+  assert.equal(m[2], '0', 'no unlink sent behind failed');
+  return Number(m[1]);
+}
+
+test('unlinks answered before the server ran them are never seen by another client', async (t) => {
+  const { exported, a, b, c } = await threeClients(t);
+  // mine: only A has seen it (A may hold it alone); shared: C has listed it (A may not).
+  await ok(`mkdir ${a.mnt}/mine ${a.mnt}/shared && for i in $(seq 200); do echo $i > ${a.mnt}/mine/f$i; echo $i > ${a.mnt}/shared/f$i; done`);
+  assert.equal((await ok(`timeout 10 ls ${c.mnt}/shared`)).split('\n').length, 201);
+  await ok(`rm ${a.mnt}/mine/f1 ${a.mnt}/shared/f1 && sleep 0.2`); // the first unlink in each asks for a lease
+  await ok(`timeout 60 rm -rf ${a.mnt}/mine/* ${a.mnt}/shared/*`);
+  assert.ok(await behindSent(a.mnt) > 0, 'unlinks in the directory A holds alone went behind');
+  // At once, no sleep: B and C list, look up and find nothing that A removed.
+  for (const m of [b, c]) {
+    for (const d of ['mine', 'shared']) {
+      assert.equal(await ok(`timeout 10 ls -A ${m.mnt}/${d}`), '', `${d} is empty for the others`);
+      assert.equal(await statOf(`${m.mnt}/${d}/f150`), 'missing');
+    }
+  }
+  assert.deepEqual(await fsp.readdir(`${exported}/mine`), [], 'and on the server');
+  // A sees its own directory empty too, and can fill and remove it again.
+  assert.equal(await ok(`timeout 10 ls -A ${a.mnt}/mine`), '');
+  await ok(`echo again > ${a.mnt}/mine/f1 && rm ${a.mnt}/mine/f1 && rmdir ${a.mnt}/mine`);
+  assert.equal(await statOf(`${b.mnt}/mine`), 'missing');
 });
