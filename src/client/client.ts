@@ -12,7 +12,7 @@ import { signalCancel, type Cancel } from '../lib/abort.js';
 import { Errno, FsError } from '../lib/errno.js';
 import { logger, type Logger } from '../lib/log.js';
 import {
-  O_CREAT, O_EXCL, O_TRUNC, ROOT_ID,
+  O_CREAT, O_EXCL, O_TRUNC, ROOT_ID, markEnded,
   type Attr, type ChangeEvent, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
   type OpenResult, type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
@@ -693,10 +693,17 @@ export class RemoteVfs implements Vfs {
       // A recall, forget or new link since we asked: the answer may be older than the lease's end.
       if (!rep.granted || gen !== this.leaseGen || this.leases.size >= MAX_LEASES) return;
       this.leases.set(dir, ctx.uid);
+      // Unlinks under the lease come back without the directory's attributes: these stand in.
+      this.hint(dir, rep.attr);
       this.behindCounters.leases++;
     }, (err: unknown) => {
       if (err instanceof FsError && err.errno === Errno.ENOSYS) this.leaseUnsupported = true;
     });
+  }
+
+  /** Whether the kernel holds a lookup of the node named parent/name (it has it from us). */
+  holdsName(parent: number, name: string): boolean {
+    return this.nodes.idOf(parent, name) !== undefined;
   }
 
   /** Whether unlinks in `dir` by `uid` may be answered before the server runs them. */
@@ -882,7 +889,9 @@ export class RemoteVfs implements Vfs {
     return { ...open, fh: this.nodes.handle(open.fh, true, nodeid, 0) };
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    return this.nodes.entries((await this.call('readdir', { ctx: wireCtx(ctx), nodeid, fh, offset, maxEntries, plus }, ctx)).entries, nodeid);
+    const rep = await this.call('readdir', { ctx: wireCtx(ctx), nodeid, fh, offset, maxEntries, plus }, ctx);
+    const list = this.nodes.entries(rep.entries, nodeid);
+    return rep.eof ? markEnded(list) : list;
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
     await this.call('fsyncdir', { ctx: wireCtx(ctx), nodeid, fh, datasync }, ctx);

@@ -33,6 +33,14 @@
 //    until the unlinks have their replies and the kernel is told to ask again. One that failed
 //    (a host process removed or locked the file meanwhile) is logged, and the kernel is told to
 //    look the name up again: the file is there.
+// 7. Whole listings: once the server has given a directory's entries from the first to the last
+//    (1.3 says which reply ends it), a later listing of it is answered here, and so is the
+//    kernel's closing READDIR that only learns nothing follows. The kernel keeps a listing only
+//    once it has read it to its end, so `rm -rf`, which reads a directory's first entries, closes
+//    it and reads it again, listed every directory twice from the server. READDIRPLUS is answered
+//    here only when the kernel already holds every name (its entries then carry no attributes,
+//    node id 0, which the kernel takes as "look it up if you need it"). A whole listing also gives
+//    the directory's names for absent-name lookups (1).
 //
 // The list is exact because the server pushes every change to a directory to the sessions that
 // hold it (and this session holds what it made, until its kernel forgets it): any push naming a
@@ -44,13 +52,15 @@ import { Errno, FsError, errnoName } from '../lib/errno.js';
 import type { Logger } from '../lib/log.js';
 import { ChangeListeners } from '../vfs/listeners.js';
 import {
-  O_ACCMODE, O_CREAT, O_DIRECT, O_RDONLY, O_TRUNC, S_IFDIR, S_IFMT,
+  O_ACCMODE, O_CREAT, O_DIRECT, O_RDONLY, O_TRUNC, S_IFDIR, S_IFMT, isEnded, markEnded,
   type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo, type OpenResult,
   type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
 
 /** Directories tracked at most; beyond it the oldest list is dropped. */
 const MAX_DIRS = 10_000;
+/** Entries of a whole listing kept at most (7); a larger directory is listed by the server. */
+const MAX_LISTED = 10_000;
 /** Names per directory at most; a larger directory stops being tracked. */
 const MAX_NAMES = 100_000;
 /** Directory attributes are kept at most this long (the kernel's own bound for a coherent mount). */
@@ -66,11 +76,13 @@ const MAX_XATTRS = 100_000;
 type XattrAnswer = Buffer | FsError;
 const NO_DATA = new FsError(Errno.ENODATA);
 
-/** Unlink-behind as the layers below offer it (client.ts; writeback.ts passes it through). */
+/** What the client below offers this cache (client.ts; writeback.ts passes it through). */
 export interface UnlinkBehind {
   leasedFor(dir: number, uid: number): boolean;
   /** Sent without waiting (undefined: not possible now); resolves with its failure, if any. */
   unlinkBehind(ctx: Ctx, parent: number, name: string): Promise<FsError | undefined> | undefined;
+  /** Whether the kernel holds a lookup of the node named parent/name. */
+  holdsName(parent: number, name: string): boolean;
 }
 
 /** A directory or file handle given to the kernel, opened on the server at its first real use. */
@@ -101,6 +113,10 @@ class LazyHandles {
     if (!h || h.nodeid !== nodeid) return Promise.reject(new FsError(Errno.EBADF));
     h.real ??= this.openReal(h);
     return h.real;
+  }
+  /** Whether fh is a handle of node `nodeid` given out and not released. */
+  has(fh: number, nodeid: number): boolean {
+    return this.map.get(fh)?.nodeid === nodeid;
   }
   /** The server's handle for fh if it has one (undefined: never opened there, or that failed). */
   async opened(fh: number): Promise<number | undefined> {
@@ -166,11 +182,17 @@ export class DirCacheVfs implements Vfs {
   private readonly plainOpens = new Map<number, boolean>();
   private readonly unwatch: () => void;
   private readonly unhint: () => void;
-  private readonly counters = { answered: 0, attrsAnswered: 0, opensAnswered: 0 };
+  private readonly counters = { answered: 0, attrsAnswered: 0, opensAnswered: 0, listingsAnswered: 0 };
   /** Our own notes to the kernel (unlink-behind), besides what the layers below report. */
   private readonly notes = new ChangeListeners();
   /** Directory id -> unlinks answered here and not yet answered by the server. */
   private readonly behindIn = new Map<number, number>();
+  /** Directory id -> its whole listing as the server gave it, without lookups (7). */
+  private readonly listings = new Map<number, DirEntry[]>();
+  /** Listings being read from their start, and the listEpoch they began in. */
+  private readonly reading = new Map<number, { entries: DirEntry[]; epoch: number }>();
+  /** Bumped by every change to names we hear of or make: a listing read across one is not kept. */
+  private listEpoch = 0;
   /** Directories whose made-up attributes are about to be dropped (see unlinkBehind). */
   private readonly correcting = new Map<number, NodeJS.Timeout>();
 
@@ -182,6 +204,7 @@ export class DirCacheVfs implements Vfs {
     private readonly behind?: UnlinkBehind, private readonly log?: Logger) {
     this.unwatch = inner.watch((ev) => {
       const dir = ev.kind === 'inode' ? ev.nodeid : ev.parent;
+      this.relist(dir);
       this.known.delete(dir);
       this.touched(dir);
       if (ev.kind === 'inode') this.dropXattrs(ev.nodeid);
@@ -193,11 +216,19 @@ export class DirCacheVfs implements Vfs {
     this.unhint = hints?.((nodeid, attr) => this.keepAttr(nodeid, attr)) ?? ((): void => {});
   }
 
-  stats(): { knownDirs: number; lookupsAnswered: number; dirAttrs: number; getattrsAnswered: number; opensAnswered: number } {
+  stats(): { knownDirs: number; lookupsAnswered: number; dirAttrs: number; getattrsAnswered: number; opensAnswered: number; listings: number; listingsAnswered: number } {
     return {
       knownDirs: this.known.size, lookupsAnswered: this.counters.answered, dirAttrs: this.dirAttrs.size,
       getattrsAnswered: this.counters.attrsAnswered, opensAnswered: this.counters.opensAnswered,
+      listings: this.listings.size, listingsAnswered: this.counters.listingsAnswered,
     };
+  }
+
+  /** The names in `dir` change (or may have): its whole listing, if we had one, is gone. */
+  private relist(dir: number): void {
+    this.listEpoch++;
+    this.listings.delete(dir);
+    this.reading.delete(dir);
   }
 
   private add(dir: number, name: string): void {
@@ -259,6 +290,7 @@ export class DirCacheVfs implements Vfs {
   forget(nodeid: number, nlookup: number): void {
     // The server stops telling us about a node the kernel no longer holds.
     this.known.delete(nodeid);
+    this.relist(nodeid);
     this.dropXattrs(nodeid);
     this.touched(nodeid);
     this.inner.forget(nodeid, nlookup);
@@ -333,6 +365,7 @@ export class DirCacheVfs implements Vfs {
   }
   /** Runs a change to directory `dir`; if it fails, our list of the directory is no longer sure. */
   private async changing<T>(dir: number, op: Promise<T>): Promise<T> {
+    this.relist(dir);
     try {
       return await op;
     } catch (err) {
@@ -361,6 +394,7 @@ export class DirCacheVfs implements Vfs {
     if (!this.behind.leasedFor(parent, ctx.uid)) return false;
     const sent = this.behind.unlinkBehind(ctx, parent, name);
     if (!sent) return false;
+    this.relist(parent);
     const ms = Date.now();
     const now = { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 };
     this.keepAttr(parent, { ...d, mtime: now, ctime: now });
@@ -409,6 +443,8 @@ export class DirCacheVfs implements Vfs {
     this.dirAttrs.delete(newparent);
     const moved = this.unnamed(parent, name);
     const replaced = this.unnamed(newparent, newname);
+    this.relist(parent);
+    this.relist(newparent);
     // A file we hold open without the server must stay readable once its name is gone (POSIX: an
     // open file outlives its names); which file a name is we cannot tell here, so all are opened.
     // Few such handles are open at any time, and each is opened once.
@@ -488,11 +524,53 @@ export class DirCacheVfs implements Vfs {
     return { fh: this.dirHandles.add(nodeid, ctx, 0) };
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
+    const kept = this.dirHandles.has(fh, nodeid) ? this.fromListing(nodeid, offset, maxEntries, plus) : undefined;
+    if (kept) return kept;
     const real = await this.dirHandles.real(fh, nodeid);
     const epoch = this.attrEpoch;
+    const listEpoch = this.listEpoch;
     const list = await this.inner.readdir(ctx, nodeid, real, offset, maxEntries, plus);
     if (plus) for (const d of list) if (d.entry) this.named(nodeid, d.name, d.entry, epoch);
+    this.noteListing(nodeid, offset, list, listEpoch);
     return list;
+  }
+
+  /** Entries of `dir` from `offset` on, from its whole listing (7); undefined when we cannot. */
+  private fromListing(dir: number, offset: number, maxEntries: number, plus: boolean): DirEntry[] | undefined {
+    const all = this.listings.get(dir);
+    if (!all) return undefined;
+    const from = offset === 0 ? 0 : all.findIndex((e) => e.off === offset) + 1;
+    if (from === 0 && offset !== 0) return undefined;
+    const out = all.slice(from, from + Math.max(1, maxEntries));
+    // Without attributes the kernel would look up each name it does not hold: one round trip each.
+    if (plus && !out.every((e) => e.name === '.' || e.name === '..' || this.behind?.holdsName(dir, e.name))) return undefined;
+    this.counters.listingsAnswered++;
+    return from + out.length >= all.length ? markEnded(out) : out;
+  }
+
+  /** Adds a reply from the server to the listing of `dir` being read, and keeps it once whole. */
+  private noteListing(dir: number, offset: number, list: DirEntry[], epoch: number): void {
+    const r = offset === 0 ? { entries: [] as DirEntry[], epoch } : this.reading.get(dir);
+    const last = r?.entries[r.entries.length - 1];
+    if (!r || r.epoch !== this.listEpoch || (offset !== 0 && last?.off !== offset) || r.entries.length + list.length > MAX_LISTED) {
+      this.reading.delete(dir);
+      return;
+    }
+    for (const e of list) r.entries.push({ name: e.name, ino: e.ino, type: e.type, off: e.off });
+    if (list.length > 0 && !isEnded(list)) {
+      if (offset === 0) {
+        if (this.reading.size >= MAX_DIRS) this.reading.delete(this.reading.keys().next().value!);
+        this.reading.set(dir, r);
+      }
+      return;
+    }
+    this.reading.delete(dir);
+    if (this.listings.size >= MAX_DIRS) this.listings.delete(this.listings.keys().next().value!);
+    this.listings.set(dir, r.entries);
+    if (!this.known.has(dir)) {
+      if (this.known.size >= MAX_DIRS) this.known.delete(this.known.keys().next().value!);
+      this.known.set(dir, new Set(r.entries.filter((e) => e.name !== '.' && e.name !== '..').map((e) => e.name)));
+    }
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
     return this.inner.fsyncdir(ctx, nodeid, await this.dirHandles.real(fh, nodeid), datasync);

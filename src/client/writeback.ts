@@ -398,6 +398,9 @@ export class WriteBehindVfs implements Vfs {
     return this.inner.rmdir(ctx, parent, name);
   }
   // Unlink-behind (client.ts) passes through, with unlink's own bookkeeping here.
+  holdsName(parent: number, name: string): boolean {
+    return this.behind?.holdsName(parent, name) ?? false;
+  }
   leasedFor(dir: number, uid: number): boolean {
     return this.behind?.leasedFor(dir, uid) ?? false;
   }

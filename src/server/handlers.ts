@@ -4,7 +4,7 @@
 // handler here does not compile.
 
 import { Errno, FsError } from '../lib/errno.js';
-import { O_APPEND, type Attr, type ChangeEvent, type Ctx, type DirEntry, type Entry, type Vfs } from '../vfs/types.js';
+import { O_APPEND, isEnded, type Attr, type ChangeEvent, type Ctx, type DirEntry, type Entry, type Vfs } from '../vfs/types.js';
 import { ENTRY_SIZE } from '../wire/codec.js';
 import { HEADER_SIZE, READ_OVERHEAD } from '../wire/frame.js';
 import type { Rep, Req, VfsOpName } from '../wire/ops.js';
@@ -28,10 +28,12 @@ export interface SessionApi {
   othersListening(): boolean;
   /** WRITEs of the node from this session running now (the caller's own included). */
   writesRunning(nodeid: number): number;
-  /** LEASE_DIR: whether the directory is now this session's alone (Session.leaseDir). */
-  leaseDir(ctx: Ctx, nodeid: number): Promise<boolean>;
+  /** LEASE_DIR: the directory's attributes when it is now this session's alone, else undefined (Session.leaseDir). */
+  leaseDir(ctx: Ctx, nodeid: number): Promise<Attr | undefined>;
   /** Before handing node `nodeid` out: recalls it from a session that holds it alone; true if it did. */
   claim(nodeid: number): Promise<boolean>;
+  /** Whether this session holds directory `nodeid` under LEASE_DIR. */
+  holdsLease(nodeid: number): boolean;
 
 }
 
@@ -75,7 +77,9 @@ async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op:
   } finally {
     if (child) s.vfs.forget(child, 1);
   }
-  return { parentAttr: await postAttr(s, ctx, parent) };
+  // A client holding the directory under a lease answers its attributes itself (it had them
+  // with the lease) until its unlinks have landed: one stat less per unlink.
+  return { parentAttr: s.holdsLease(parent) ? undefined : await postAttr(s, ctx, parent) };
 }
 
 /**
@@ -184,7 +188,7 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     for (const d of entries) if (d.entry) await fresh(s, ctx, d.entry);
     for (const d of entries) if (d.entry) s.gotEntry(d.entry);
     for (const d of all.slice(keep)) if (d.entry && d.entry.nodeid) s.vfs.forget(d.entry.nodeid, 1);
-    return { entries };
+    return { entries, eof: keep === all.length && isEnded(all) };
   },
   fsyncdir: async (s, ctx, a) => {
     s.handle(a.fh, true);
@@ -224,7 +228,10 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     s.handle(a.fh, false);
     return { offset: await s.vfs.lseek(ctx, a.nodeid, a.fh, a.offset, a.whence) };
   },
-  leaseDir: async (s, ctx, a) => ({ granted: await s.leaseDir(ctx, a.nodeid) }),
+  leaseDir: async (s, ctx, a) => {
+    const attr = await s.leaseDir(ctx, a.nodeid);
+    return { granted: attr !== undefined, attr };
+  },
   copyFileRange: async (s, ctx, a) => {
     s.handle(a.fhIn, false);
     s.handle(a.fhOut, false);

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { ProtocolError, Reader } from '../lib/bytes.js';
 import { Errno, FsError, errnoName, toErrno } from '../lib/errno.js';
 import type { Logger } from '../lib/log.js';
-import { ROOT_ID, S_IFDIR, S_IFMT, type ChangeEvent, type Ctx, type Entry, type Vfs } from '../vfs/types.js';
+import { ROOT_ID, S_IFDIR, S_IFMT, type Attr, type ChangeEvent, type Ctx, type Entry, type Vfs } from '../vfs/types.js';
 import { LazyAbort, RequestCtx } from '../lib/abort.js';
 import { EncodeError } from '../wire/codec.js';
 
@@ -499,20 +499,24 @@ export class Session implements SessionApi {
    * the server runs ctx's requests as ctx's own ids, so the client's kernel checked the permissions
    * the server will check. The client acknowledges pushes (it must answer a RECALL).
    */
-  async leaseDir(ctx: Ctx, nodeid: number): Promise<boolean> {
+  async leaseDir(ctx: Ctx, nodeid: number): Promise<Attr | undefined> {
     const info = this.vfs.info();
-    if (nodeid === ROOT_ID || !this.lookups.has(nodeid) || info.readOnly || !info.coherent) return false;
-    if (!(this.features & FEATURE_PUSH_ACK) || this.state !== 'open' || !this.core.identityKept(ctx.uid, ctx.gid)) return false;
+    if (nodeid === ROOT_ID || !this.lookups.has(nodeid) || info.readOnly || !info.coherent) return undefined;
+    if (!(this.features & FEATURE_PUSH_ACK) || this.state !== 'open' || !this.core.identityKept(ctx.uid, ctx.gid)) return undefined;
     const attr = await this.vfs.getattr(ctx, nodeid);
-    if ((attr.mode & S_IFMT) !== S_IFDIR) return false;
+    if ((attr.mode & S_IFMT) !== S_IFDIR) return undefined;
     const cur = this.core.dirLeases.get(nodeid);
-    if (cur) return cur.owner === this && !cur.recall;
-    for (const s of this.core.sessions) if (s !== this && s.lookups.has(nodeid)) return false;
+    if (cur) return cur.owner === this && !cur.recall ? attr : undefined;
+    for (const s of this.core.sessions) if (s !== this && s.lookups.has(nodeid)) return undefined;
     // Checked again after the await: a lookup by another session may have come in meanwhile.
-    if (!this.lookups.has(nodeid) || this.state !== 'open') return false;
+    if (!this.lookups.has(nodeid) || this.state !== 'open') return undefined;
     this.core.dirLeases.set(nodeid, { owner: this });
     this.leased.add(nodeid);
-    return true;
+    return attr;
+  }
+
+  holdsLease(nodeid: number): boolean {
+    return this.leased.has(nodeid);
   }
 
   private unlease(nodeid: number): void {

@@ -8,7 +8,7 @@ import {
   O_ACCMODE, O_APPEND, O_RDONLY, O_TRUNC, RENAME_EXCHANGE, RENAME_NOREPLACE, ROOT_ID, SEEK_DATA, SEEK_HOLE,
   S_IFBLK, S_IFCHR, S_IFDIR, S_IFIFO, S_IFLNK, S_IFMT, S_IFREG, S_IFSOCK, XATTR_CREATE, XATTR_REPLACE,
   type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
-  type OpenResult, type SetAttr, type StatFs, type Timespec, type Vfs,
+  type OpenResult, type SetAttr, type StatFs, type Timespec, type Vfs, markEnded,
 } from '../vfs/types.js';
 import {
   HandleTable, NAME_MAX, PATH_MAX, checkAccess, checkName, checkRenameFlags, checkTimespec, checkXattr, now,
@@ -664,7 +664,8 @@ export class MemoryFs implements Vfs {
     if (!Number.isSafeInteger(offset) || offset < 0) throw new FsError(Errno.EINVAL);
     const out: DirEntry[] = [];
     const max = Math.max(1, maxEntries);
-    for (let i = offset; i < h.snapshot.length && out.length < max; i++) {
+    let i = offset;
+    for (; i < h.snapshot.length && out.length < max; i++) {
       const item = h.snapshot[i]!;
       const n = this.nodes.get(item.id);
       // A snapshot entry whose node has gone entirely (unlinked and forgotten) is skipped.
@@ -674,7 +675,7 @@ export class MemoryFs implements Vfs {
       out.push(de);
     }
     if (d.nlink > 0) this.touchAtime(d);
-    return out;
+    return i >= h.snapshot.length ? markEnded(out) : out;
   }
 
   async fsyncdir(_ctx: Ctx, _nodeid: number, fh: number, _datasync: boolean): Promise<void> {

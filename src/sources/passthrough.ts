@@ -26,7 +26,7 @@ import {
   O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT, O_EXCL, O_NOFOLLOW, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID,
   RENAME_EXCHANGE, SEEK_DATA, SEEK_HOLE, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG,
   type Attr, type ChangeEvent, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
-  type OpenResult, type SetAttr, type SetTime, type StatFs, type Vfs,
+  type OpenResult, type SetAttr, type SetTime, type StatFs, type Vfs, markEnded,
 } from '../vfs/types.js';
 import { DirWatcher, type DirEventKind } from './dirwatch.js';
 import { Beneath } from './confine.js';
@@ -928,7 +928,7 @@ export class PassthroughFs implements Vfs {
         if (plus && name !== '.' && name !== '..') de.entry = this.entryFor(dir, name, st);
         out.push(de);
       });
-      return out;
+      return offset + slice.length >= names.length ? markEnded(out) : out;
     });
   }
 

@@ -91,6 +91,20 @@ export interface DirEntry {
   entry?: Entry;
 }
 
+/**
+ * Listings known to end the directory: a source marks the readdir result whose last entry is the
+ * directory's last (markEnded), so the client need not ask again to learn that nothing follows.
+ * Unmarked means unknown, never "more follows".
+ */
+const ended = new WeakSet<DirEntry[]>();
+export function markEnded(list: DirEntry[]): DirEntry[] {
+  ended.add(list);
+  return list;
+}
+export function isEnded(list: DirEntry[]): boolean {
+  return ended.has(list);
+}
+
 export interface StatFs {
   blocks: number;
   bfree: number;

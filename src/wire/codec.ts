@@ -375,6 +375,15 @@ const tailattr: Codec<Attr | undefined> = {
   dec: (r) => (r.remaining > 0 ? attr.dec(r) : undefined),
 };
 
+/** READDIR's end of listing (1.3): 1 when the last entry is the directory's last; absent: unknown. */
+const taileof: Codec<boolean | undefined> = {
+  size: undefined, doc: 'u8: 1 when this reply ends the listing, 0 when it may not; or nothing (1.3: absent from older servers)',
+  enc: (w, v) => {
+    if (v !== undefined) w.u8(v ? 1 : 0);
+  },
+  dec: (r) => (r.remaining > 0 ? r.u8() === 1 : undefined),
+};
+
 /** tailattr's twin for WRITE's reply (1.2): the same bytes, documented as what 1.2 added. */
 const writeattr: Codec<Attr | undefined> = {
   ...tailattr,
@@ -384,7 +393,7 @@ const writeattr: Codec<Attr | undefined> = {
 /** Every field type, by the name the op table uses. */
 export const FIELDS = {
   u8, u16, u32, i32, u64, i64, u64big, bool, optu64, magic, str, blob, strlist,
-  timespec, ctx, attr, tailattr, writeattr, entry, setattr, open, statfs, direntries, change,
+  timespec, ctx, attr, tailattr, writeattr, taileof, entry, setattr, open, statfs, direntries, change,
 } as const;
 
 export type FieldType = keyof typeof FIELDS;

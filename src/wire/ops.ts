@@ -87,8 +87,8 @@ export const OPS = {
   release: { code: 34, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64']], rep: [] },
   opendir: { code: 35, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64']], rep: [['open', 'open']] },
   readdir: {
-    code: 36, kind: 'call', idempotent: true, doc: 'With plus, each entry but "." and ".." counts a lookup. The server may return fewer entries than asked to fit the max frame.',
-    req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['offset', 'u64'], ['maxEntries', 'u32'], ['plus', 'bool']], rep: [['entries', 'direntries']],
+    code: 36, kind: 'call', idempotent: true, doc: 'With plus, each entry but "." and ".." counts a lookup. The server may return fewer entries than asked to fit the max frame. eof (1.3): the last entry is the directory\'s last (the client need not ask again to learn it).',
+    req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['offset', 'u64'], ['maxEntries', 'u32'], ['plus', 'bool']], rep: [['entries', 'direntries'], ['eof', 'taileof']],
   },
   fsyncdir: { code: 37, kind: 'call', idempotent: true, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64'], ['datasync', 'bool']], rep: [] },
   releasedir: { code: 38, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['fh', 'u64']], rep: [] },
@@ -116,8 +116,8 @@ export const OPS = {
   },
   leaseDir: {
     code: 48, kind: 'call', idempotent: true,
-    doc: '1.3. Asks for directory `nodeid` alone: granted when no other session holds it, it is not the root, and the server runs ctx\'s requests as ctx\'s own ids. Until a RECALL or a FORGET of it, the holder may answer an UNLINK in it by ctx\'s uid before the server has run it (see DESIGN.md, "Unlink-behind").',
-    req: [C, ['nodeid', 'u64']], rep: [['granted', 'bool']],
+    doc: '1.3. Asks for directory `nodeid` alone: granted when no other session holds it, it is not the root, and the server runs ctx\'s requests as ctx\'s own ids. Until a RECALL or a FORGET of it, the holder may answer an UNLINK in it by ctx\'s uid before the server has run it (see DESIGN.md, "Unlink-behind"). attr: the directory\'s attributes, when granted; UNLINK replies in a leased directory then carry no parentAttr.',
+    req: [C, ['nodeid', 'u64']], rep: [['granted', 'bool'], ['attr', 'tailattr']],
   },
 } as const satisfies Record<string, OpSpec>;
 

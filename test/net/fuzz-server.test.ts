@@ -137,7 +137,7 @@ test('a client fed mutated replies and pushes fails calls, never throws out of i
   const replies = [
     encodeReplyFrame('getattr', 1, { attr }),
     encodeReplyFrame('lookup', 1, { entry: { nodeid: 2, generation: 0, attr } }),
-    encodeReplyFrame('readdir', 1, { entries: [{ name: 'a', ino: 3, type: 0o100000, off: 1, entry: { nodeid: 3, generation: 0, attr } }] }),
+    encodeReplyFrame('readdir', 1, { entries: [{ name: 'a', ino: 3, type: 0o100000, off: 1, entry: { nodeid: 3, generation: 0, attr } }], eof: true }),
   ];
   const mutatedReply = fc.tuple(fc.constantFrom(...replies), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 3 }))
     .map(([f, edits]) => {

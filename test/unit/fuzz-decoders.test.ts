@@ -64,6 +64,8 @@ function fieldBytes(type: FieldType): fc.Arbitrary<Buffer> {
     // Present (84 bytes) or absent (the message ends), as a 1.0 server would send it.
     case 'tailattr':
     case 'writeattr': return fc.oneof(fc.constant(Buffer.alloc(0)), shaped(84));
+    // A byte (1.3) or nothing, likewise.
+    case 'taileof': return fc.oneof(fc.constant(Buffer.alloc(0)), shaped(1));
     default: {
       const size = FIELDS[type].size;
       assert.ok(size !== undefined, `${type} needs a generator`);

@@ -26,7 +26,7 @@ const entry = { nodeid: 7, generation: 1, attr };
 const SAMPLES: { [T in FieldType]: unknown } = {
   u8: 200, u16: 65000, u32: 0xfffffffe, i32: -22, u64: Number.MAX_SAFE_INTEGER, i64: -1, u64big: 0xfedcba9876543210n,
   bool: true, optu64: 99, magic: MAGIC, str: 'naïve file ☃.txt', blob: Buffer.from([0, 1, 2, 255]), strlist: ['user.a', 'trusted.b', ''],
-  timespec: ts, ctx: { uid: 1000, gid: 100, pid: 4242 }, attr, tailattr: attr, writeattr: attr, entry,
+  timespec: ts, ctx: { uid: 1000, gid: 100, pid: 4242 }, attr, tailattr: attr, writeattr: attr, taileof: true, entry,
   setattr: { mode: 0o600, size: 10, atime: 'now', mtime: ts },
   open: { fh: 3, directIo: true, nonSeekable: true },
   statfs: { blocks: 1e9, bfree: 5e8, bavail: 4e8, files: 1e6, ffree: 9e5, bsize: 4096, namelen: 255, frsize: 4096 },
@@ -87,6 +87,16 @@ test('every op: request and reply round-trip through the table', () => {
       assert.deepEqual(decodeRep(rr, op), rep, `${op} reply`);
       assert.equal(rr.remaining, 0);
     }
+  }
+});
+
+test('a READDIR reply without eof (an older server) decodes as unknown, and false stays false', () => {
+  const entries = SAMPLES.direntries as never;
+  for (const eof of [undefined, false, true]) {
+    const rr = new Reader(encodeReplyFrame('readdir', 3, { entries, eof }));
+    decodeHeader(rr);
+    assert.equal(rr.i32(), 0);
+    assert.equal(decodeRep(rr, 'readdir').eof, eof);
   }
 });
 
