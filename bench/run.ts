@@ -5,7 +5,9 @@
 //
 // BENCH_BIG_MB (default 1024) sizes the sequential file; BENCH_FILES (default 5000) the small files;
 // BENCH_TOUCH (default 100000) the files of the memory row, after which the wirefs client's and
-// server's RSS are printed; BENCH_ONLY=local,wirefs,... picks targets; BENCH_TREE (default
+// server's RSS are printed; BENCH_ONLY=local,wirefs,... picks targets; BENCH_ROWS=tar,find,...
+// picks the rows whose names start with one of the words (in table order: a row may need the
+// ones before it, as find needs tar's tree); BENCH_TREE (default
 // /usr/include) is the source tree.
 // The target wirefs-ext4 serves an ext4 image (ExtRwFs, libext2fs) made in the export directory
 // instead of the directory itself: its tar row against wirefs's is the image source's cost.
@@ -22,6 +24,7 @@ const BIG_MB = Number(process.env['BENCH_BIG_MB'] ?? 1024);
 const FILES = Number(process.env['BENCH_FILES'] ?? 5000);
 const TREE = process.env['BENCH_TREE'] ?? '/usr/include';
 const ONLY = process.env['BENCH_ONLY']?.split(',');
+const ROWS = process.env['BENCH_ROWS']?.split(',');
 /** Files touched by the memory row (the issue asks for RSS after 100 000). */
 const TOUCH = Number(process.env['BENCH_TOUCH'] ?? 100000);
 
@@ -70,6 +73,10 @@ for j in range(100):
     for i in range(n // 100): os.stat(f"{d}/{j}/{i}")`;
 
 function rows(tarball: string): Row[] {
+  return allRows(tarball).filter((r) => !ROWS || ROWS.some((w) => r.name.startsWith(w)));
+}
+
+function allRows(tarball: string): Row[] {
   return [
     { name: `seq write ${BIG_MB} MiB`, run: (d) => timed(`dd if=/dev/zero of=${d}/big bs=1M count=${BIG_MB} conv=fsync status=none`) },
     { name: `seq read ${BIG_MB} MiB cold`, run: async (d) => { await dropCaches(); return timed(`dd if=${d}/big of=/dev/null bs=1M status=none`); } },

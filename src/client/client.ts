@@ -102,6 +102,8 @@ interface Pending {
   seq: number;
   /** In the current session's ids already (restart bookkeeping, pings): never sent to another session. */
   raw: boolean;
+  /** No caller waits for it (an unlink sent behind): it may wait in the outbox for company. */
+  hold: boolean;
   /** Written on a link of the current session; and whether an earlier session may have run it. */
   written: boolean;
   crossed: boolean;
@@ -128,6 +130,16 @@ function alreadyDone(err: unknown): void {
 
 /** A directory refused a lease is not asked for again before this long. */
 const LEASE_RETRY_MS = 1000;
+/**
+ * A client removing names lists a directory mostly to remove what is in it (rm -rf): the lease
+ * is asked for at the listing, so that even the first unlink there need not wait.
+ */
+function offsetZeroLease(lastUnlink: number): boolean {
+  return Date.now() - lastUnlink < LEASE_RETRY_MS;
+}
+
+/** How long close() waits for unlinks sent behind to be answered. */
+const CLOSE_DRAIN_MS = 10_000;
 /** Leases held, and directories remembered as asked, at most. */
 const MAX_LEASES = 10_000;
 
@@ -226,6 +238,9 @@ export class RemoteVfs implements Vfs {
   private readonly leaseAsked = new Map<number, number>();
   private leaseGen = 0;
   private leaseUnsupported = false;
+  /** When this client last removed a name (see readdir). */
+  private lastUnlink = 0;
+  private listdirUnsupported = false;
   private readonly behindAll = new Set<Promise<void>>();
   private readonly behindBy = new Map<string, Set<Promise<void>>>();
   private readonly behindCounters = { sent: 0, failed: 0, recalled: 0, leases: 0 };
@@ -465,7 +480,11 @@ export class RemoteVfs implements Vfs {
     if (this.state === 'closed') throw new FsError(Errno.EIO, `not connected to ${this.server}`);
     if (ordered && this.behindAll.size && !raw) {
       const before = this.behindOf(op, req as Record<string, unknown>);
-      if (before) await before;
+      if (before) {
+        // Unlinks sent behind wait in the outbox for company: now someone waits for them.
+        this.out.flush();
+        await before;
+      }
     }
     const cancel = ctx && cancelOf(ctx);
     if (cancel?.aborted) throw new FsError(Errno.EINTR);
@@ -481,7 +500,7 @@ export class RemoteVfs implements Vfs {
     const id = this.allocId();
     return new Promise<Rep<N>>((resolve, reject) => {
       const p: Pending = {
-        op, req: req as Record<string, unknown>, seq, raw, written: false, crossed: false, waitingSince: this.wire ? undefined : Date.now(),
+        op, req: req as Record<string, unknown>, seq, raw, hold: !ordered, written: false, crossed: false, waitingSince: this.wire ? undefined : Date.now(),
         resolve: resolve as (rep: unknown) => void,
         reject,
         done: () => unhook?.(),
@@ -533,7 +552,7 @@ export class RemoteVfs implements Vfs {
       return;
     }
     p.written = true;
-    this.put(link, frame, p.op === 'release' || p.op === 'releasedir');
+    this.put(link, frame, p.op === 'release' || p.op === 'releasedir' || p.hold);
   }
 
   /** Queues a frame for the current link; `hold`: no one waits for it. */
@@ -665,6 +684,7 @@ export class RemoteVfs implements Vfs {
     }
   }
   async unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
+    this.lastUnlink = Date.now();
     this.askLease(ctx, parent);
     await this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx)).catch(alreadyDone);
     this.nodes.removed(parent, name);
@@ -677,8 +697,9 @@ export class RemoteVfs implements Vfs {
   // at once without waiting, many in flight. No other client can see the directory before the
   // server has run them: it recalls the lease first, and we answer the recall once every unlink
   // sent in the directory has its reply. Here, a later call that depends on one waits for it:
-  // those naming the directory or the removed node, those naming the same name, and every rmdir,
-  // rename and link (they name directories by name, and we cannot tell which).
+  // those naming the directory or the removed node, and those naming the same name. Every rmdir,
+  // rename and link (they name directories by name, and we cannot tell which) is run by the
+  // server after the unlinks sent before it (1.3), so it goes out right behind them.
 
   /** Asks for a lease on `dir` in the background, at an unlink there (at most once a second). */
   private askLease(ctx: Ctx, dir: number): void {
@@ -721,6 +742,7 @@ export class RemoteVfs implements Vfs {
     if (!this.leasedFor(parent, ctx.uid)) return undefined;
     const child = this.nodes.idOf(parent, name);
     if (child !== undefined && this.nodes.isOpen(child)) return undefined;
+    this.lastUnlink = Date.now();
     this.behindCounters.sent++;
     const result = this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx, false, false)).then(
       () => {
@@ -757,7 +779,8 @@ export class RemoteVfs implements Vfs {
 
   /** What a call must wait for among the unlinks sent behind (undefined: nothing). */
   private behindOf(op: CallOp, req: Record<string, unknown>): Promise<unknown> | undefined {
-    if (op === 'rmdir' || op === 'rename' || op === 'link') return Promise.all(this.behindAll);
+    // The server runs these after every UNLINK sent before them (1.3): they go out right behind.
+    if (op === 'rmdir' || op === 'rename' || op === 'link') return undefined;
     const waits: Promise<void>[] = [];
     for (const f of ['nodeid', 'nodeIn', 'nodeOut'] as const) {
       const set = req[f] === undefined ? undefined : this.behindBy.get(`n${req[f] as number}`);
@@ -776,6 +799,7 @@ export class RemoteVfs implements Vfs {
     this.leaseGen++;
     this.leaseAsked.set(dir, Date.now());
     const set = this.behindBy.get(`n${dir}`);
+    if (set) this.out.flush();
     const ack = (): void => {
       if (id !== 0) this.sendOneway('changeAck', { id });
     };
@@ -889,9 +913,30 @@ export class RemoteVfs implements Vfs {
     return { ...open, fh: this.nodes.handle(open.fh, true, nodeid, 0) };
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
+    if (offset === 0 && offsetZeroLease(this.lastUnlink)) this.askLease(ctx, nodeid);
     const rep = await this.call('readdir', { ctx: wireCtx(ctx), nodeid, fh, offset, maxEntries, plus }, ctx);
     const list = this.nodes.entries(rep.entries, nodeid);
     return rep.eof ? markEnded(list) : list;
+  }
+  /**
+   * OPENDIR and the first READDIR in one round trip (1.3): the entries, and the handle to go on
+   * with (undefined when they end the listing: the server released it). Undefined when the server
+   * does not know LISTDIR (the caller opens and reads as before).
+   */
+  async listdir(ctx: Ctx, nodeid: number, maxEntries: number, plus: boolean): Promise<{ fh: number | undefined; list: DirEntry[] } | undefined> {
+    if (this.listdirUnsupported) return undefined;
+    if (offsetZeroLease(this.lastUnlink)) this.askLease(ctx, nodeid);
+    let rep: Rep<'listdir'>;
+    try {
+      rep = await this.call('listdir', { ctx: wireCtx(ctx), nodeid, maxEntries, plus }, ctx);
+    } catch (err) {
+      if (!(err instanceof FsError && err.errno === Errno.ENOSYS)) throw err;
+      this.listdirUnsupported = true;
+      return undefined;
+    }
+    const list = this.nodes.entries(rep.entries, nodeid);
+    if (!rep.kept) return { fh: undefined, list: rep.eof ? markEnded(list) : list };
+    return { fh: this.nodes.handle(rep.fh, true, nodeid, 0), list: rep.eof ? markEnded(list) : list };
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
     await this.call('fsyncdir', { ctx: wireCtx(ctx), nodeid, fh, datasync }, ctx);
@@ -935,6 +980,14 @@ export class RemoteVfs implements Vfs {
 
   /** Ends the session: the server releases what this client held. Pending calls fail with EIO. */
   async close(): Promise<void> {
+    if (this.state === 'open' && this.behindAll.size) {
+      // Unlinks the kernel was told are done reach the server before we leave (a BYE ends the
+      // session at once, and with it whatever is still running there).
+      this.out.flush();
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(this.behindAll), new Promise((r) => (timer = setTimeout(r, CLOSE_DRAIN_MS)))]);
+      clearTimeout(timer);
+    }
     if (this.state !== 'closed') {
       this.state = 'closed';
       this.reconnector.stop();

@@ -83,6 +83,8 @@ export interface UnlinkBehind {
   unlinkBehind(ctx: Ctx, parent: number, name: string): Promise<FsError | undefined> | undefined;
   /** Whether the kernel holds a lookup of the node named parent/name. */
   holdsName(parent: number, name: string): boolean;
+  /** OPENDIR and the first READDIR in one round trip (client.ts); undefined: not offered. */
+  listdir(ctx: Ctx, nodeid: number, maxEntries: number, plus: boolean): Promise<{ fh: number | undefined; list: DirEntry[] } | undefined>;
 }
 
 /** A directory or file handle given to the kernel, opened on the server at its first real use. */
@@ -92,6 +94,8 @@ interface LazyHandle {
   /** Open flags, for a file. */
   flags: number;
   real: Promise<number> | undefined;
+  /** A directory's: read to its end by LISTDIR with no handle kept, whose last entry had this cookie. */
+  ended?: number | undefined;
 }
 
 /** Lazy handles of one kind (directories, or files), numbered from `next`. */
@@ -117,6 +121,11 @@ class LazyHandles {
   /** Whether fh is a handle of node `nodeid` given out and not released. */
   has(fh: number, nodeid: number): boolean {
     return this.map.get(fh)?.nodeid === nodeid;
+  }
+  /** The record of fh when it is a handle of node `nodeid`. */
+  get(fh: number, nodeid: number): LazyHandle | undefined {
+    const h = this.map.get(fh);
+    return h?.nodeid === nodeid ? h : undefined;
   }
   /** The server's handle for fh if it has one (undefined: never opened there, or that failed). */
   async opened(fh: number): Promise<number | undefined> {
@@ -419,7 +428,9 @@ export class DirCacheVfs implements Vfs {
         this.correcting.set(parent, setTimeout(() => {
           this.correcting.delete(parent);
           if (this.behindIn.has(parent)) return;
-          this.touched(parent);
+          // Not touched(): that would also void every answer in flight, as a listing's directory
+          // attributes; any GETATTR of this directory was sent after its unlinks had landed.
+          this.dirAttrs.delete(parent);
           void this.notes.emit({ kind: 'inode', nodeid: parent, off: -1, len: 0, attrsOnly: true });
         }, CORRECT_AFTER_MS).unref());
       }
@@ -526,10 +537,24 @@ export class DirCacheVfs implements Vfs {
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
     const kept = this.dirHandles.has(fh, nodeid) ? this.fromListing(nodeid, offset, maxEntries, plus) : undefined;
     if (kept) return kept;
-    const real = await this.dirHandles.real(fh, nodeid);
+    const lazy = this.dirHandles.get(fh, nodeid);
     const epoch = this.attrEpoch;
     const listEpoch = this.listEpoch;
-    const list = await this.inner.readdir(ctx, nodeid, real, offset, maxEntries, plus);
+    let list: DirEntry[] | undefined;
+    if (lazy && !lazy.real && this.behind) {
+      // Not opened on the server yet: open and read in one round trip; a listing that ends there
+      // leaves no handle to go on with, and the kernel's closing read is answered here.
+      if (offset !== 0 && offset === lazy.ended) return markEnded([]);
+      if (offset === 0) {
+        const got = await this.behind.listdir(ctx, nodeid, maxEntries, plus);
+        if (got) {
+          if (got.fh !== undefined) lazy.real = Promise.resolve(got.fh);
+          else lazy.ended = got.list.length ? got.list[got.list.length - 1]!.off : undefined;
+          list = got.list;
+        }
+      }
+    }
+    list ??= await this.inner.readdir(ctx, nodeid, await this.dirHandles.real(fh, nodeid), offset, maxEntries, plus);
     if (plus) for (const d of list) if (d.entry) this.named(nodeid, d.name, d.entry, epoch);
     this.noteListing(nodeid, offset, list, listEpoch);
     return list;

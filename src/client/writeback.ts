@@ -397,7 +397,10 @@ export class WriteBehindVfs implements Vfs {
   rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
     return this.inner.rmdir(ctx, parent, name);
   }
-  // Unlink-behind (client.ts) passes through, with unlink's own bookkeeping here.
+  // Unlink-behind and LISTDIR (client.ts) pass through, with unlink's own bookkeeping here.
+  listdir(ctx: Ctx, nodeid: number, maxEntries: number, plus: boolean): Promise<{ fh: number | undefined; list: DirEntry[] } | undefined> {
+    return this.behind ? this.behind.listdir(ctx, nodeid, maxEntries, plus) : Promise.resolve(undefined);
+  }
   holdsName(parent: number, name: string): boolean {
     return this.behind?.holdsName(parent, name) ?? false;
   }

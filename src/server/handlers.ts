@@ -64,7 +64,7 @@ async function created(s: SessionApi, ctx: Ctx, parent: number, name: string, e:
 }
 
 /** unlink and rmdir: learns the victim's id first when someone else may hold it, for a precise push. */
-async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op: (ctx: Ctx, p: number, n: string) => Promise<void>): Promise<Rep<'unlink'>> {
+async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op: (ctx: Ctx, p: number, n: string) => Promise<void>, unlink: boolean): Promise<Rep<'unlink'>> {
   let child = 0;
   if (s.othersListening()) {
     child = await s.vfs.lookup(ctx, parent, name).then((e) => e.nodeid, () => 0);
@@ -79,7 +79,7 @@ async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op:
   }
   // A client holding the directory under a lease answers its attributes itself (it had them
   // with the lease) until its unlinks have landed: one stat less per unlink.
-  return { parentAttr: s.holdsLease(parent) ? undefined : await postAttr(s, ctx, parent) };
+  return { parentAttr: unlink && s.holdsLease(parent) ? undefined : await postAttr(s, ctx, parent) };
 }
 
 /**
@@ -121,8 +121,8 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     await s.changed([whole(a.nodeid)]);
     return rep;
   },
-  unlink: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.unlink(c, p, n)),
-  rmdir: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.rmdir(c, p, n)),
+  unlink: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.unlink(c, p, n), true),
+  rmdir: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.rmdir(c, p, n), false),
   rename: async (s, ctx, a) => {
     await s.vfs.rename(ctx, a.parent, a.name, a.newparent, a.newname, a.flags);
     const ev = [named(a.parent, a.name), named(a.newparent, a.newname), whole(a.parent)];
@@ -227,6 +227,19 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
   lseek: async (s, ctx, a) => {
     s.handle(a.fh, false);
     return { offset: await s.vfs.lseek(ctx, a.nodeid, a.fh, a.offset, a.whence) };
+  },
+  listdir: async (s, ctx, a) => {
+    const { fh } = await HANDLERS.opendir(s, ctx, { ctx, nodeid: a.nodeid }).then((r) => r.open);
+    let rep: Rep<'readdir'>;
+    try {
+      rep = await HANDLERS.readdir(s, ctx, { ctx, nodeid: a.nodeid, fh, offset: 0, maxEntries: a.maxEntries, plus: a.plus });
+    } catch (err) {
+      await HANDLERS.releasedir(s, ctx, { ctx, nodeid: a.nodeid, fh }).catch(() => {});
+      throw err;
+    }
+    if (!rep.eof) return { fh, kept: true, ...rep };
+    await HANDLERS.releasedir(s, ctx, { ctx, nodeid: a.nodeid, fh });
+    return { fh: 0, kept: false, ...rep };
   },
   leaseDir: async (s, ctx, a) => {
     const attr = await s.leaseDir(ctx, a.nodeid);

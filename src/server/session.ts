@@ -82,6 +82,8 @@ export class Session implements SessionApi {
   private readonly splitter = new FrameSplitter(HELLO_MAX_FRAME);
   /** Requests running for this connection, by id; seq is nonzero for a non-idempotent one. */
   private readonly running = new Map<number, { ac: LazyAbort; seq: number }>();
+  /** UNLINKs running now (see onFrame: RMDIR, RENAME and LINK wait for them). */
+  private readonly unlinking = new Set<Promise<void>>();
   /** Node id -> its WRITEs running now (see onFrame: SETATTR of times waits for them). */
   private readonly writing = new Map<number, Set<Promise<void>>>();
   private writeBlocked = false;
@@ -238,8 +240,15 @@ export class Session implements SessionApi {
     // its writes instead of waiting for their replies.
     const a = args as { nodeid: number; set?: { size?: number; atime?: unknown; mtime?: unknown } };
     const after = op === 'setattr' && (a.set!.size !== undefined || a.set!.atime !== undefined || a.set!.mtime !== undefined)
-      ? this.writing.get(a.nodeid) : undefined;
+      ? this.writing.get(a.nodeid)
+      // 1.3: RMDIR, RENAME and LINK after every UNLINK sent before them (unlinks sent behind, then
+      // the rmdir of their directory, go out together).
+      : (op === 'rmdir' || op === 'rename' || op === 'link') && this.unlinking.size ? this.unlinking : undefined;
     const task = this.run(op, h, args, ac, seq, after && Promise.all(after));
+    if (op === 'unlink') {
+      this.unlinking.add(task);
+      void task.finally(() => this.unlinking.delete(task));
+    }
     if (op === 'write') {
       let set = this.writing.get(a.nodeid);
       if (!set) this.writing.set(a.nodeid, (set = new Set()));

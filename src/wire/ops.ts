@@ -119,6 +119,12 @@ export const OPS = {
     doc: '1.3. Asks for directory `nodeid` alone: granted when no other session holds it, it is not the root, and the server runs ctx\'s requests as ctx\'s own ids. Until a RECALL or a FORGET of it, the holder may answer an UNLINK in it by ctx\'s uid before the server has run it (see DESIGN.md, "Unlink-behind"). attr: the directory\'s attributes, when granted; UNLINK replies in a leased directory then carry no parentAttr.',
     req: [C, ['nodeid', 'u64']], rep: [['granted', 'bool'], ['attr', 'tailattr']],
   },
+  listdir: {
+    code: 49, kind: 'call', idempotent: false,
+    doc: '1.3. OPENDIR and READDIR from offset 0 in one round trip. When the entries end the listing (eof), the server has released the handle itself (kept 0, fh 0); otherwise the client continues with READDIR on fh and ends with RELEASEDIR, as after OPENDIR.',
+    req: [C, ['nodeid', 'u64'], ['maxEntries', 'u32'], ['plus', 'bool']],
+    rep: [['fh', 'u64'], ['kept', 'bool'], ['entries', 'direntries'], ['eof', 'taileof']],
+  },
 } as const satisfies Record<string, OpSpec>;
 
 export type OpName = keyof typeof OPS;

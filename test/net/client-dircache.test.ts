@@ -319,3 +319,52 @@ test('a file opened without the server stays readable after our own unlink or re
   await cache.release(ctx, gone, h1.fh);
   await cache.release(ctx, replaced, h2.fh);
 });
+
+test('a whole listing is kept: listed again, and its closing read, cost no request; any change drops it', async (t) => {
+  const { a, b } = await twoClients(t);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a);
+  const d = await cache.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  for (const n of ['x', 'y', 'z']) await cache.create(ctx, d.nodeid, n, S_IFREG | 0o644, O_RDWR).then((f) => cache.release(ctx, f.entry.nodeid, f.fh));
+  const list = async (c: DirCacheVfs, dir: number, plus = false, first = 100): Promise<string[]> => {
+    const h = await c.opendir(ctx, dir);
+    const names: string[] = [];
+    for (let off = 0, max = first; ; max = 100) {
+      const part = await c.readdir(ctx, dir, h.fh, off, max, plus);
+      if (part.length === 0) break;
+      names.push(...part.map((e) => e.name));
+      off = part[part.length - 1]!.off;
+    }
+    await c.releasedir(ctx, dir, h.fh);
+    return names.sort();
+  };
+  // The first entries only, then all of it from the start (what rm -rf does): read from the server.
+  assert.deepEqual(await list(cache, d.nodeid, false, 2), ['.', '..', 'x', 'y', 'z']);
+  const before = a.stats().requests;
+  assert.deepEqual(await list(cache, d.nodeid), ['.', '..', 'x', 'y', 'z']);
+  assert.deepEqual(await list(cache, d.nodeid, true), ['.', '..', 'x', 'y', 'z'], 'plus too: our kernel holds every name');
+  assert.equal(a.stats().requests, before, 'listed twice more, and the ends of both, with no request');
+  // The first listing's closing read was answered here already (its second reply ended it).
+  assert.equal(cache.stats().listingsAnswered, 5);
+  // Opened and first read in one round trip (LISTDIR), never a separate OPENDIR.
+  assert.deepEqual([a.stats().ops['listdir'], a.stats().ops['opendir']], [1, undefined]);
+
+  // Another client adds a name: the push drops the listing; the next one is the server's.
+  const bd = await b.lookup(ctx, ROOT_ID, 'd');
+  await b.create(ctx, bd.nodeid, 'theirs', S_IFREG | 0o644, O_RDWR);
+  assert.deepEqual(await list(cache, d.nodeid), ['.', '..', 'theirs', 'x', 'y', 'z']);
+  assert.ok(a.stats().requests > before);
+  // So does a change of ours.
+  await cache.unlink(ctx, d.nodeid, 'x');
+  assert.deepEqual(await list(cache, d.nodeid), ['.', '..', 'theirs', 'y', 'z']);
+
+  // A directory B did not make: once B has listed it whole, an absent name costs B no request.
+  const bcache = new DirCacheVfs(b, (l) => b.onDirAttr(l), b);
+  const bdir = (await bcache.lookup(ctx, ROOT_ID, 'd')).nodeid;
+  await list(bcache, bdir);
+  const bBefore = b.stats().requests;
+  await assert.rejects(bcache.lookup(ctx, bdir, 'absent'), enoent);
+  assert.equal(b.stats().requests, bBefore);
+  // READDIRPLUS is answered here only when the kernel holds every name: B never looked these up.
+  await list(bcache, bdir, true);
+  assert.ok(b.stats().requests > bBefore);
+});
