@@ -703,7 +703,7 @@ export class RemoteVfs implements Vfs {
 
   /** Asks for a lease on `dir` in the background, at an unlink there (at most once a second). */
   private askLease(ctx: Ctx, dir: number): void {
-    if (this.leaseUnsupported || process.env['WIREFS_AB'] || !this.fsInfo.coherent || this.leases.has(dir) || dir === ROOT_ID) return;
+    if (this.leaseUnsupported || !this.fsInfo.coherent || this.leases.has(dir) || dir === ROOT_ID) return;
     const now = Date.now();
     const asked = this.leaseAsked.get(dir);
     if (asked !== undefined && now - asked < LEASE_RETRY_MS) return;
