@@ -701,7 +701,10 @@ export class RemoteVfs implements Vfs {
   // rename and link (they name directories by name, and we cannot tell which) is run by the
   // server after the unlinks sent before it (1.3), so it goes out right behind them.
 
-  /** Asks for a lease on `dir` in the background, at an unlink there (at most once a second). */
+  /**
+   * Asks for a lease on `dir` in the background, at an unlink there or a listing while removing
+   * (at most once a second per directory).
+   */
   private askLease(ctx: Ctx, dir: number): void {
     if (this.leaseUnsupported || !this.fsInfo.coherent || this.leases.has(dir) || dir === ROOT_ID) return;
     const now = Date.now();
@@ -744,7 +747,8 @@ export class RemoteVfs implements Vfs {
     if (child !== undefined && this.nodes.isOpen(child)) return undefined;
     this.lastUnlink = Date.now();
     this.behindCounters.sent++;
-    const result = this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, ctx, false, false)).then(
+    // No caller to cancel it: the kernel has its answer already.
+    const result = this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, undefined, false, false)).then(
       () => {
         this.nodes.removed(parent, name);
         return undefined;

@@ -39,8 +39,8 @@
 //    once it has read it to its end, so `rm -rf`, which reads a directory's first entries, closes
 //    it and reads it again, listed every directory twice from the server. READDIRPLUS is answered
 //    here only when the kernel already holds every name (its entries then carry no attributes,
-//    node id 0, which the kernel takes as "look it up if you need it"). A whole listing also gives
-//    the directory's names for absent-name lookups (1).
+//    node id 0, which the kernel takes as "look it up if you need it"). It does not answer
+//    lookups of absent names: on a case-insensitive source (FAT) a name not listed may exist.
 //
 // The list is exact because the server pushes every change to a directory to the sessions that
 // hold it (and this session holds what it made, until its kernel forgets it): any push naming a
@@ -77,7 +77,7 @@ type XattrAnswer = Buffer | FsError;
 const NO_DATA = new FsError(Errno.ENODATA);
 
 /** What the client below offers this cache (client.ts; writeback.ts passes it through). */
-export interface UnlinkBehind {
+export interface RemoteHooks {
   leasedFor(dir: number, uid: number): boolean;
   /** Sent without waiting (undefined: not possible now); resolves with its failure, if any. */
   unlinkBehind(ctx: Ctx, parent: number, name: string): Promise<FsError | undefined> | undefined;
@@ -192,6 +192,11 @@ export class DirCacheVfs implements Vfs {
   private readonly unwatch: () => void;
   private readonly unhint: () => void;
   private readonly counters = { answered: 0, attrsAnswered: 0, opensAnswered: 0, listingsAnswered: 0 };
+  /**
+   * Whether a name is found only as it was made: not on FAT (nor ISO 9660), where a lookup ignores
+   * case, so a name we did not make in our own directory may still be found.
+   */
+  private readonly exactNames: boolean;
   /** Our own notes to the kernel (unlink-behind), besides what the layers below report. */
   private readonly notes = new ChangeListeners();
   /** Directory id -> unlinks answered here and not yet answered by the server. */
@@ -210,7 +215,8 @@ export class DirCacheVfs implements Vfs {
    * unlink-behind, when the layers below offer it.
    */
   constructor(private readonly inner: Vfs, hints?: (l: (nodeid: number, attr: Attr) => void) => () => void,
-    private readonly behind?: UnlinkBehind, private readonly log?: Logger) {
+    private readonly behind?: RemoteHooks, private readonly log?: Logger) {
+    this.exactNames = !/fat|msdos|iso9660/i.test(inner.info().type);
     this.unwatch = inner.watch((ev) => {
       const dir = ev.kind === 'inode' ? ev.nodeid : ev.parent;
       this.relist(dir);
@@ -255,7 +261,7 @@ export class DirCacheVfs implements Vfs {
     return this.inner.info();
   }
   async lookup(ctx: Ctx, parent: number, name: string): Promise<Entry> {
-    const names = this.known.get(parent);
+    const names = this.exactNames ? this.known.get(parent) : undefined;
     if (names && !names.has(name) && name !== '.' && name !== '..') {
       this.counters.answered++;
       throw new FsError(Errno.ENOENT);
@@ -411,7 +417,8 @@ export class DirCacheVfs implements Vfs {
     this.behindIn.set(parent, (this.behindIn.get(parent) ?? 0) + 1);
     void sent.then((err) => {
       if (err) {
-        this.log?.warn(`an unlink answered before the server ran it failed there (${errnoName(err.errno)}): the name is back`);
+        // ENOENT: someone else removed it first (a host process): what the caller wanted holds.
+        if (err.errno !== Errno.ENOENT) this.log?.warn(`an unlink answered before the server ran it failed there (${errnoName(err.errno)}): ${name} is back`);
         this.known.delete(parent);
         void this.notes.emit({ kind: 'entry', parent, name });
       }
@@ -592,10 +599,6 @@ export class DirCacheVfs implements Vfs {
     this.reading.delete(dir);
     if (this.listings.size >= MAX_DIRS) this.listings.delete(this.listings.keys().next().value!);
     this.listings.set(dir, r.entries);
-    if (!this.known.has(dir)) {
-      if (this.known.size >= MAX_DIRS) this.known.delete(this.known.keys().next().value!);
-      this.known.set(dir, new Set(r.entries.filter((e) => e.name !== '.' && e.name !== '..').map((e) => e.name)));
-    }
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
     return this.inner.fsyncdir(ctx, nodeid, await this.dirHandles.real(fh, nodeid), datasync);

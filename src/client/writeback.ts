@@ -36,7 +36,7 @@
 // for ctime, so it is dropped (an attributes-only inode change to the listeners) at close, or at
 // once if the server's answer differs from ours or a call failed.
 
-import type { UnlinkBehind } from './dircache.js';
+import type { RemoteHooks } from './dircache.js';
 import { Errno, FsError } from '../lib/errno.js';
 import { ChangeListeners } from '../vfs/listeners.js';
 import {
@@ -184,7 +184,7 @@ export class WriteBehindVfs implements Vfs {
 
   /** `writeAttrs`: subscribes to a file's attributes after a write (RemoteVfs.onWriteAttr); only for a coherent server. */
   constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES,
-    writeAttrs?: (l: (nodeid: number, attr: Attr) => void) => () => void, private readonly behind?: UnlinkBehind) {
+    writeAttrs?: (l: (nodeid: number, attr: Attr) => void) => () => void, private readonly behind?: RemoteHooks) {
     this.unwatch = inner.watch((ev) => {
       const id = ev.kind === 'inode' ? ev.nodeid : ev.kind === 'delete' ? ev.child : 0;
       if (!id) return;

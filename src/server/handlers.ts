@@ -34,7 +34,6 @@ export interface SessionApi {
   claim(nodeid: number): Promise<boolean>;
   /** Whether this session holds directory `nodeid` under LEASE_DIR. */
   holdsLease(nodeid: number): boolean;
-
 }
 
 type CallOp = Exclude<VfsOpName, 'forget'>;

@@ -82,6 +82,8 @@ test('serve fat:IMG, mount it, extract a tarball, change it; fsck and mtools agr
   await ok(`diff -r ${tree} ${mnt}`);
   // Case-insensitive lookups through the kernel too.
   assert.equal(await ok(`timeout 10 cat ${mnt}/HELLO.TXT`), 'hello\n');
+  // Also in a directory this client made (whose names it knows): no "no such file" from a cache.
+  assert.equal(await ok(`mkdir ${mnt}/casetest && echo x > ${mnt}/casetest/lower.txt && timeout 10 cat ${mnt}/casetest/LOWER.TXT && rm -r ${mnt}/casetest`), 'x\n');
 
   const both = async (cmd: (root: string) => string): Promise<void> => {
     await ok(cmd(mnt));
