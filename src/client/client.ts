@@ -594,7 +594,7 @@ export class RemoteVfs implements Vfs {
   }
   forget(nodeid: number, nlookup: number): void {
     if (!(Number.isSafeInteger(nodeid) && nodeid > 0 && Number.isSafeInteger(nlookup) && nlookup > 0)) return;
-    const behind = this.behindBy.get(`n${nodeid}`);
+    const behind = this.behindAll.size ? this.behindBy.get(`n${nodeid}`) : undefined;
     if (behind) {
       // An unlink in it (or of it) is on its way: the server must still know the node when it runs.
       void Promise.all(behind).then(() => this.forget(nodeid, nlookup));

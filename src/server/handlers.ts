@@ -34,6 +34,8 @@ export interface SessionApi {
   claim(nodeid: number): Promise<boolean>;
   /** Whether this session holds directory `nodeid` under LEASE_DIR. */
   holdsLease(nodeid: number): boolean;
+  /** Whether another session holds directory `nodeid` under LEASE_DIR (a claim would recall it). */
+  leasedElsewhere(nodeid: number): boolean;
 }
 
 type CallOp = Exclude<VfsOpName, 'forget'>;
@@ -82,11 +84,12 @@ async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op:
 }
 
 /**
- * An entry about to be handed out: a directory another session holds alone is recalled first
- * (that client sends the unlinks it answered early), and its attributes are read again after.
+ * An entry about to be handed out that names a directory another session holds alone (the caller
+ * checked leasedElsewhere): recalled first (that client sends the unlinks it answered early), and
+ * its attributes read again after.
  */
 async function fresh(s: SessionApi, ctx: Ctx, e: Entry): Promise<void> {
-  if (e.nodeid && (await s.claim(e.nodeid))) e.attr = await s.vfs.getattr(ctx, e.nodeid);
+  if (await s.claim(e.nodeid)) e.attr = await s.vfs.getattr(ctx, e.nodeid);
 }
 
 // Bytes of one DirEntry on the wire, to keep a readdir reply under the max frame.
@@ -97,7 +100,7 @@ function direntSize(d: DirEntry): number {
 export const HANDLERS: { [N in CallOp]: Handler<N> } = {
   lookup: async (s, ctx, a) => {
     const entry = await s.vfs.lookup(ctx, a.parent, a.name);
-    await fresh(s, ctx, entry);
+    if (entry.nodeid && s.leasedElsewhere(entry.nodeid)) await fresh(s, ctx, entry);
     s.gotEntry(entry);
     return { entry };
   },
@@ -184,7 +187,7 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     let keep = 0;
     while (keep < all.length && (room -= direntSize(all[keep]!)) >= 0) keep++;
     const entries = all.slice(0, keep);
-    for (const d of entries) if (d.entry) await fresh(s, ctx, d.entry);
+    for (const d of entries) if (d.entry?.nodeid && s.leasedElsewhere(d.entry.nodeid)) await fresh(s, ctx, d.entry);
     for (const d of entries) if (d.entry) s.gotEntry(d.entry);
     for (const d of all.slice(keep)) if (d.entry && d.entry.nodeid) s.vfs.forget(d.entry.nodeid, 1);
     return { entries, eof: keep === all.length && isEnded(all) };

@@ -295,7 +295,7 @@ export class Session implements SessionApi {
         // A node another session holds alone (possible only without export rules, which refuse ids
         // a session was never handed): recalled before this request sees it.
         const a = rest as { nodeid?: number; parent?: number; newparent?: number };
-        for (const id of [a.nodeid, a.parent, a.newparent]) if (id !== undefined) await this.claim(id);
+        for (const id of [a.nodeid, a.parent, a.newparent]) if (id !== undefined && this.leasedElsewhere(id)) await this.claim(id);
       }
       const handler = HANDLERS[op] as (s: SessionApi, ctx: Ctx, a: object) => Promise<Rep<typeof op>>;
       const rep = await handler(this, ctx, rest);
@@ -528,6 +528,11 @@ export class Session implements SessionApi {
     return this.leased.has(nodeid);
   }
 
+  leasedElsewhere(nodeid: number): boolean {
+    const lease = this.core.dirLeases.get(nodeid);
+    return lease !== undefined && lease.owner !== this;
+  }
+
   private unlease(nodeid: number): void {
     this.leased.delete(nodeid);
     if (this.core.dirLeases.get(nodeid)?.owner === this) this.core.dirLeases.delete(nodeid);
@@ -550,12 +555,17 @@ export class Session implements SessionApi {
   private recall(nodeid: number): Promise<void> {
     if (this.state !== 'open') return Promise.resolve();
     this.core.counters.recalls++;
+    return this.pushAcked((id) => encodePushFrame('recall', { nodeid }, id), `the recall of directory ${nodeid}`);
+  }
+
+  /** Sends a push that asks for CHANGE_ACK; resolves on the ack, after the lease time, or when the session ends. */
+  private pushAcked(frame: (id: number) => Buffer, what: string): Promise<void> {
     this.nextPushId = this.nextPushId >= 0xffffffff ? 1 : this.nextPushId + 1;
     const id = this.nextPushId;
     return new Promise<void>((resolve) => {
       const timer = setTimeout(() => {
         this.core.counters.leaseExpiries++;
-        this.core.log.debug(`${this.peer}: no answer to the recall of directory ${nodeid} within ${this.core.leaseMs} ms; going on without it`);
+        this.core.log.debug(`${this.peer}: no CHANGE_ACK for ${what} (${id}) within ${this.core.leaseMs} ms; going on without it`);
         done();
       }, this.core.leaseMs);
       const done = (): void => {
@@ -564,7 +574,7 @@ export class Session implements SessionApi {
         resolve();
       };
       this.acks.set(id, done);
-      this.send(encodePushFrame('recall', { nodeid }, id));
+      this.send(frame(id));
     });
   }
 
@@ -593,22 +603,7 @@ export class Session implements SessionApi {
       this.send(encodePushFrame('change', { event: ev }));
       return Promise.resolve();
     }
-    this.nextPushId = this.nextPushId >= 0xffffffff ? 1 : this.nextPushId + 1;
-    const id = this.nextPushId;
-    return new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.core.counters.leaseExpiries++;
-        this.core.log.debug(`${this.peer}: no CHANGE_ACK for push ${id} within ${this.core.leaseMs} ms; going on without it`);
-        done();
-      }, this.core.leaseMs);
-      const done = (): void => {
-        clearTimeout(timer);
-        this.acks.delete(id);
-        resolve();
-      };
-      this.acks.set(id, done);
-      this.send(encodePushFrame('change', { event: ev }, id));
-    });
+    return this.pushAcked((id) => encodePushFrame('change', { event: ev }, id), 'a push');
   }
 
   // --- output and the end ----------------------------------------------------------------------
