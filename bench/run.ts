@@ -181,7 +181,8 @@ async function main(): Promise<void> {
         }
         if (target.pids) {
           const [c, s] = [await rssMb(target.pids.client), await rssMb(target.pids.server)];
-          memory.push(`${p.name}: after the rows above (${TOUCH} files touched), client RSS ${c?.toFixed(0) ?? '?'} MB, server RSS ${s?.toFixed(0) ?? '?'} MB`);
+          const touched = res.has(`create+stat ${TOUCH} empty files`) ? ` (${TOUCH} files touched)` : '';
+          memory.push(`${p.name}: after the rows above${touched}, client RSS ${c?.toFixed(0) ?? '?'} MB, server RSS ${s?.toFixed(0) ?? '?'} MB`);
         }
       } finally {
         await target.teardown();
