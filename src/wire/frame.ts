@@ -169,14 +169,18 @@ export class FrameSplitter {
     } else {
       frame = Buffer.allocUnsafe(length);
       let at = 0;
+      let used = 0;
       while (at < length) {
-        const c = this.chunks[0]!;
+        const c = this.chunks[used]!;
         const n = Math.min(c.length, length - at);
         c.copy(frame, at, 0, n);
         at += n;
-        if (n === c.length) this.chunks.shift();
-        else this.chunks[0] = c.subarray(n);
+        if (n === c.length) used++;
+        else this.chunks[used] = c.subarray(n);
       }
+      // One splice, not a shift per chunk: a peer that drips a frame a byte at a time must not
+      // cost time quadratic in its length.
+      this.chunks.splice(0, used);
     }
     this.size -= length;
     return frame;
