@@ -12,25 +12,14 @@ import path from 'node:path';
 import { MemoryFs } from '../../src/sources/memory.js';
 import { openSource } from '../../src/sources/index.js';
 import { startServer } from '../../src/server/server.js';
-import { connect, type RemoteVfs } from '../../src/client/client.js';
+import type { RemoteVfs } from '../../src/client/client.js';
+import { quiet, twoClients as twoClientsOf } from '../helpers/clients.js';
 import { DirCacheVfs } from '../../src/client/dircache.js';
 import { O_DIRECT, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID, S_IFREG, type Attr, type Ctx, type Vfs } from '../../src/vfs/types.js';
 
 const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
-const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
 
-async function twoClients(t: TestContext, vfs: Vfs = new MemoryFs()): Promise<{ a: RemoteVfs; b: RemoteVfs }> {
-  const server = await startServer({ vfs, host: '127.0.0.1', port: 0, log: quiet });
-  t.after(() => server.close());
-  const { port } = server.address();
-  const a = await connect({ host: '127.0.0.1', port, log: quiet });
-  const b = await connect({ host: '127.0.0.1', port, log: quiet });
-  t.after(async () => {
-    await a.close();
-    await b.close();
-  });
-  return { a, b };
-}
+const twoClients = (t: TestContext, vfs: Vfs = new MemoryFs()): Promise<{ a: RemoteVfs; b: RemoteVfs }> => twoClientsOf(t, vfs);
 
 const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENOENT;
 

@@ -6,15 +6,13 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { Errno, FsError } from '../../src/lib/errno.js';
-import type { Logger } from '../../src/lib/log.js';
 import { MemoryFs } from '../../src/sources/memory.js';
-import { startServer } from '../../src/server/server.js';
-import { connect, type RemoteVfs } from '../../src/client/client.js';
+import type { RemoteVfs } from '../../src/client/client.js';
+import { quiet, twoClients } from '../helpers/clients.js';
 import { DirCacheVfs } from '../../src/client/dircache.js';
 import { O_RDWR, ROOT_ID, S_IFREG, type ChangeEvent, type Ctx } from '../../src/vfs/types.js';
 
 const root: Ctx = { uid: 0, gid: 0, pid: 1 };
-const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
 const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENOENT;
 
 /** A source whose unlink of "locked" fails (as an immutable file's would on a host). */
@@ -25,16 +23,7 @@ class LockedFs extends MemoryFs {
 }
 
 async function setup(t: TestContext, files: number): Promise<{ a: RemoteVfs; b: RemoteVfs; cache: DirCacheVfs; dir: number }> {
-  const mem = new LockedFs();
-  const server = await startServer({ vfs: mem, host: '127.0.0.1', port: 0, log: quiet });
-  t.after(() => server.close());
-  const { port } = server.address();
-  const a = await connect({ host: '127.0.0.1', port, log: quiet });
-  const b = await connect({ host: '127.0.0.1', port, log: quiet });
-  t.after(async () => {
-    await a.close();
-    await b.close();
-  });
+  const { a, b } = await twoClients(t, new LockedFs());
   const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a, quiet);
   const dir = (await cache.mkdir(root, ROOT_ID, 'd', 0o755)).nodeid;
   for (let i = 0; i < files; i++) {
