@@ -8,7 +8,11 @@
 // server's RSS are printed; BENCH_ONLY=local,wirefs,... picks targets; BENCH_ROWS=tar,find,...
 // picks the rows whose names start with one of the words (in table order: a row may need the
 // ones before it, as find needs tar's tree); BENCH_TREE (default
-// /usr/include) is the source tree.
+// /usr/include) is the source tree. BENCH_DIR is where export directories are made; by default
+// the benchmark makes its own scratch file system for them: ext4 with a journal, the Debian default,
+// in a sparse image on a loop device. This machine's root is ext4 without a journal, where creating
+// a file scans past every inode freed in the last minutes (ext4's recently_deleted()): a create
+// there took 40 us or 1 ms depending on what earlier rows had removed, which swamped the rows.
 // The target wirefs-ext4 serves an ext4 image (ExtRwFs, libext2fs) made in the export directory
 // instead of the directory itself: its tar row against wirefs's is the image source's cost.
 
@@ -27,6 +31,17 @@ const ONLY = process.env['BENCH_ONLY']?.split(',');
 const ROWS = process.env['BENCH_ROWS']?.split(',');
 /** Files touched by the memory row (the issue asks for RSS after 100 000). */
 const TOUCH = Number(process.env['BENCH_TOUCH'] ?? 100000);
+const DIR = process.env['BENCH_DIR'];
+
+/** A journaled ext4 on a loop device for the export directories; unmount() removes it. */
+async function scratchFs(work: string): Promise<{ dir: string; unmount(): Promise<void> }> {
+  const img = path.join(work, 'scratch.img');
+  const dir = path.join(work, 'scratch');
+  await fsp.mkdir(dir);
+  // Room for each target's big file, tree, git copy and touched files; sparse, so only use costs.
+  await must(`mkfs.ext4 -q -F -N 2000000 ${img} ${BIG_MB * 6 + 16384}M && mount -o loop ${img} ${dir}`);
+  return { dir, unmount: async () => { await must(`umount ${dir}`); await fsp.rm(img, { force: true }); } };
+}
 
 
 async function rssMb(pid: number | undefined): Promise<number | undefined> {
@@ -138,6 +153,8 @@ async function main(): Promise<void> {
   const work = await tmpdir('wirefs-bench-');
   const tarball = path.join(work, 'tree.tar');
   await must(`tar -C ${path.dirname(TREE)} -cf ${tarball} ${path.basename(TREE)}`);
+  const scratch = DIR ? undefined : await scratchFs(work);
+  const base = DIR ?? scratch!.dir;
   const ssh = await sshd();
   const all: Array<{ name: string; make: (exported: string) => Promise<Target> }> = [
     { name: 'local', make: async (e) => ({ name: 'local', dir: e, teardown: async () => {} }) },
@@ -158,14 +175,14 @@ async function main(): Promise<void> {
   const plan = all.filter((p) => !ONLY || ONLY.includes(p.name));
   const results = new Map<string, Map<string, number>>();
   const memory: string[] = [];
-  // Export directories are removed only at the end: on ext4 without a journal (this machine's
-  // root), creating files soon after a mass deletion is slower (the allocator skips recently freed
+  // Export directories are removed only at the end: on ext4 without a journal (BENCH_DIR on this
+  // machine's root), creating files soon after a mass deletion is slower (the allocator skips recently freed
   // inodes), so deleting one target's 100 000 files right before the next target ran slowed only
   // the targets after the first.
   const exports: string[] = [];
   try {
     for (const p of plan) {
-      const exported = await tmpdir('wirefs-bench-export-');
+      const exported = await fsp.mkdtemp(path.join(base, 'export-'));
       exports.push(exported);
       const target = await p.make(exported);
       const res = new Map<string, number>();
@@ -191,6 +208,7 @@ async function main(): Promise<void> {
   } finally {
     await ssh.stop();
     for (const e of exports) await fsp.rm(e, { recursive: true, force: true });
+    await scratch?.unmount();
   }
   const names = [...results.keys()];
   const header = ['workload', ...names, 'sshfs/wirefs', 'wirefs/local', 'sshfs/wirefs +1ms', 'wirefs+1ms/wirefs', 'ext4/wirefs'];
