@@ -1,6 +1,8 @@
 // `npm run bench`: the same workloads on the local directory (the limit), on a wirefs mount and on
 // an sshfs mount of that directory (Debian's sshfs against a throwaway openssh-server on loopback),
 // then on both mounts again through a proxy that adds 1 ms each way. Prints one table with ratios.
+// All targets are mounted together and each row runs on them one after the other; warm rows report
+// the median of several runs.
 // Not part of `npm test`: timings are measured here, never asserted in tests.
 //
 // BENCH_BIG_MB (default 1024) sizes the sequential file; BENCH_FILES (default 5000) the small files;
@@ -32,6 +34,8 @@ const ROWS = process.env['BENCH_ROWS']?.split(',');
 /** Files touched by the memory row (the issue asks for RSS after 100 000). */
 const TOUCH = Number(process.env['BENCH_TOUCH'] ?? 100000);
 const DIR = process.env['BENCH_DIR'];
+/** Timed runs of each warm row; the median is reported (a run lasts tens of milliseconds). */
+const WARM_RUNS = 5;
 
 /** A journaled ext4 on a loop device for the export directories; unmount() removes it. */
 async function scratchFs(work: string): Promise<{ dir: string; unmount(): Promise<void> }> {
@@ -61,6 +65,14 @@ async function timed(cmd: string, timeoutMs = 900000): Promise<number> {
   const t0 = process.hrtime.bigint();
   await must(cmd, timeoutMs);
   return Number(process.hrtime.bigint() - t0) / 1e6;
+}
+
+/** A warm row: one untimed run to fill the caches, then the median of WARM_RUNS timed ones. */
+async function warm(cmd: string): Promise<number> {
+  await must(cmd);
+  const times: number[] = [];
+  for (let i = 0; i < WARM_RUNS; i++) times.push(await timed(cmd));
+  return times.sort((a, b) => a - b)[Math.floor(WARM_RUNS / 2)]!;
 }
 
 const dropCaches = (): Promise<string> => must('sync; echo 3 > /proc/sys/vm/drop_caches');
@@ -99,14 +111,14 @@ function allRows(tarball: string): Row[] {
     { name: 'random 4 KiB reads (20000)', run: (d) => timed(`fio --name=r --filename=${d}/big --rw=randread --bs=4k --io_size=80m --size=${Math.min(BIG_MB, 512)}m --ioengine=psync --output=/dev/null`) },
     { name: `create+stat+unlink ${FILES} files`, run: (d) => timed(`python3 -c '${MANY}' ${d}/many ${FILES}`) },
     { name: 'tar extract source tree', run: (d) => timed(`mkdir ${d}/tree && tar -C ${d}/tree -xf ${tarball}`) },
-    { name: 'find over tree (warm)', run: async (d) => { await must(`find ${d}/tree > /dev/null`); return timed(`find ${d}/tree > /dev/null`); } },
-    { name: 'ls -l large dir (warm)', run: async (d) => { const big = `${d}/tree/${path.basename(TREE)}/linux`; await must(`ls -l ${big} > /dev/null`); return timed(`ls -l ${big} > /dev/null`); } },
+    { name: 'find over tree (warm)', run: (d) => warm(`find ${d}/tree > /dev/null`) },
+    { name: 'ls -l large dir (warm)', run: (d) => warm(`ls -l ${d}/tree/${path.basename(TREE)}/linux > /dev/null`) },
     {
       name: 'git status (warm)',
       run: async (d) => {
         try {
-          await must(`cd ${d}/tree && git init -q && git add -A && git -c user.email=b@b -c user.name=b commit -qm x && git status > /dev/null`);
-          return await timed(`cd ${d}/tree && git status > /dev/null`);
+          await must(`cd ${d}/tree && git init -q && git add -A && git -c user.email=b@b -c user.name=b commit -qm x`);
+          return await warm(`cd ${d}/tree && git status > /dev/null`);
         } finally {
           // The repository goes (untimed) whether git worked or not, so every target's rm -rf
           // below removes the same tree (sshfs fails git add half way).
@@ -175,37 +187,39 @@ async function main(): Promise<void> {
   const plan = all.filter((p) => !ONLY || ONLY.includes(p.name));
   const results = new Map<string, Map<string, number>>();
   const memory: string[] = [];
-  // Export directories are removed only at the end: on ext4 without a journal (BENCH_DIR on this
-  // machine's root), creating files soon after a mass deletion is slower (the allocator skips recently freed
-  // inodes), so deleting one target's 100 000 files right before the next target ran slowed only
-  // the targets after the first.
+  // Every target is mounted at once and each row runs on one target after the other: this VM's
+  // speed drifts by a factor of several over minutes, and measuring target by target let a slow
+  // phase land on one target's rows only. Export directories are removed only at the end: on ext4
+  // without a journal (BENCH_DIR on this machine's root), creating files soon after a mass deletion
+  // is slower (the allocator skips recently freed inodes).
   const exports: string[] = [];
+  const targets: Target[] = [];
   try {
     for (const p of plan) {
       const exported = await fsp.mkdtemp(path.join(base, 'export-'));
       exports.push(exported);
-      const target = await p.make(exported);
-      const res = new Map<string, number>();
-      results.set(p.name, res);
-      try {
-        for (const row of rows(tarball)) {
-          try {
-            res.set(row.name, await row.run(target.dir));
-          } catch (err) {
-            process.stderr.write(`bench: ${p.name}: ${row.name}: ${(err as Error).message.split('\n')[0]}\n`);
-          }
-          process.stderr.write(`bench: ${p.name}: ${row.name}: ${fmt(res.get(row.name))}\n`);
+      targets.push(await p.make(exported));
+      results.set(p.name, new Map());
+    }
+    for (const row of rows(tarball)) {
+      for (const target of targets) {
+        const res = results.get(target.name)!;
+        try {
+          res.set(row.name, await row.run(target.dir));
+        } catch (err) {
+          process.stderr.write(`bench: ${target.name}: ${row.name}: ${(err as Error).message.split('\n')[0]}\n`);
         }
-        if (target.pids) {
-          const [c, s] = [await rssMb(target.pids.client), await rssMb(target.pids.server)];
-          const touched = res.has(`create+stat ${TOUCH} empty files`) ? ` (${TOUCH} files touched)` : '';
-          memory.push(`${p.name}: after the rows above${touched}, client RSS ${c?.toFixed(0) ?? '?'} MB, server RSS ${s?.toFixed(0) ?? '?'} MB`);
-        }
-      } finally {
-        await target.teardown();
+        process.stderr.write(`bench: ${target.name}: ${row.name}: ${fmt(res.get(row.name))}\n`);
       }
     }
+    for (const target of targets) {
+      if (!target.pids) continue;
+      const [c, s] = [await rssMb(target.pids.client), await rssMb(target.pids.server)];
+      const touched = results.get(target.name)!.has(`create+stat ${TOUCH} empty files`) ? ` (${TOUCH} files touched)` : '';
+      memory.push(`${target.name}: after the rows above${touched}, client RSS ${c?.toFixed(0) ?? '?'} MB, server RSS ${s?.toFixed(0) ?? '?'} MB`);
+    }
   } finally {
+    for (const target of targets) await target.teardown();
     await ssh.stop();
     for (const e of exports) await fsp.rm(e, { recursive: true, force: true });
     await scratch?.unmount();
