@@ -80,6 +80,8 @@ const dropCaches = (): Promise<string> => must('sync; echo 3 > /proc/sys/vm/drop
 interface Row {
   name: string;
   run(dir: string): Promise<number>; // milliseconds
+  /** The targets it runs on, when not all. */
+  on?: string[];
 }
 
 const MANY = `import os, sys
@@ -107,7 +109,8 @@ function allRows(tarball: string): Row[] {
   return [
     { name: `seq write ${BIG_MB} MiB`, run: (d) => timed(`dd if=/dev/zero of=${d}/big bs=1M count=${BIG_MB} conv=fsync status=none`) },
     { name: `seq read ${BIG_MB} MiB cold`, run: async (d) => { await dropCaches(); return timed(`dd if=${d}/big of=/dev/null bs=1M status=none`); } },
-    { name: `seq read ${BIG_MB} MiB warm`, run: (d) => timed(`dd if=${d}/big of=/dev/null bs=1M status=none`) },
+    // Read once untimed first: the other targets' cold rows, run since, dropped the caches.
+    { name: `seq read ${BIG_MB} MiB warm`, run: async (d) => { await must(`dd if=${d}/big of=/dev/null bs=1M status=none`); return timed(`dd if=${d}/big of=/dev/null bs=1M status=none`); } },
     { name: 'random 4 KiB reads (20000)', run: (d) => timed(`fio --name=r --filename=${d}/big --rw=randread --bs=4k --io_size=80m --size=${Math.min(BIG_MB, 512)}m --ioengine=psync --output=/dev/null`) },
     { name: `create+stat+unlink ${FILES} files`, run: (d) => timed(`python3 -c '${MANY}' ${d}/many ${FILES}`) },
     { name: 'tar extract source tree', run: (d) => timed(`mkdir ${d}/tree && tar -C ${d}/tree -xf ${tarball}`) },
@@ -127,7 +130,9 @@ function allRows(tarball: string): Row[] {
       },
     },
     { name: 'rm -rf tree', run: (d) => timed(`rm -rf ${d}/tree ${d}/big`) },
-    { name: `create+stat ${TOUCH} empty files`, run: (d) => timed(`python3 -c '${TOUCHER}' ${d}/touched ${TOUCH}`, 3600_000) },
+    // For the memory line: run where RSS is measured (and locally, for scale), not through the proxy,
+    // where 100 000 creates take a quarter of an hour and say nothing new.
+    { name: `create+stat ${TOUCH} empty files`, on: ['local', 'wirefs', 'wirefs-ext4'], run: (d) => timed(`python3 -c '${TOUCHER}' ${d}/touched ${TOUCH}`, 3600_000) },
   ];
 }
 
@@ -203,6 +208,7 @@ async function main(): Promise<void> {
     }
     for (const row of rows(tarball)) {
       for (const target of targets) {
+        if (row.on && !row.on.includes(target.name)) continue;
         const res = results.get(target.name)!;
         try {
           res.set(row.name, await row.run(target.dir));

@@ -15,7 +15,7 @@ import { Errno, FsError } from '../lib/errno.js';
 import fs, { type BigIntStats, type Dirent, type Stats, type StatsFs } from 'node:fs';
 
 /** Reads and writes up to this size run synchronously; larger ones go to the pool. */
-const SYNC_IO_MAX = 128 * 1024;
+export const SYNC_IO_MAX = 128 * 1024;
 
 type TimeLike = number | Date;
 

@@ -16,7 +16,7 @@
 
 import type { BigIntStats } from 'node:fs';
 import * as fsp from './hostfs.js';
-import type { FileHandle } from './hostfs.js';
+import { SYNC_IO_MAX, type FileHandle } from './hostfs.js';
 import fs, { constants as C } from 'node:fs';
 import path from 'node:path';
 import { Errno, FsError } from '../lib/errno.js';
@@ -79,6 +79,8 @@ interface PNode {
   lookups: number;
   /** Open handles, made at the first open. */
   handles: Set<PHandle> | undefined;
+  /** The last of this file's writes that go to the thread pool, queued one behind the other (see write). */
+  writing?: Promise<void> | undefined;
 }
 
 /** Reads up to this size try the page cache on the event loop first (see read). */
@@ -844,7 +846,7 @@ export class PassthroughFs implements Vfs {
       if ((h.flags & O_ACCMODE) === O_RDONLY) throw new FsError(Errno.EBADF);
       if (!Number.isSafeInteger(offset) || offset < 0) throw new FsError(Errno.EINVAL);
       let done = 0;
-      await this.withFile(h, async (f) => {
+      const write = (): Promise<void> => this.withFile(h, async (f) => {
         // On an O_APPEND fd Linux's pwrite appends whatever the position: exactly the contract.
         while (done < data.length) {
           const { bytesWritten } = await f.write(data, done, data.length - done, offset + done);
@@ -852,6 +854,26 @@ export class PassthroughFs implements Vfs {
           done += bytesWritten;
         }
       });
+      if (data.length <= SYNC_IO_MAX) {
+        await write();
+      } else {
+        // Big writes run on the thread pool, and a write-behind client keeps dozens of one file's
+        // in flight. Buffered writes of one inode hold its lock (i_rwsem) one at a time: side by
+        // side in the pool they only spun on it, 3 s of CPU for 1 GiB on 2 cores, and took the disk
+        // half as fast as one writer. So they go to the host one behind the other, per file.
+        const n = h.node;
+        const before = n.writing;
+        const mine = (async () => {
+          await before?.catch(() => {});
+          await write();
+        })();
+        n.writing = mine;
+        try {
+          await mine;
+        } finally {
+          if (n.writing === mine) n.writing = undefined;
+        }
+      }
       this.noteOwn(this.pathOf(h.node));
       return done;
     });

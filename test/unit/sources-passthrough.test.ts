@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { FsError, Errno } from '../../src/lib/errno.js';
+import { HostFile } from '../../src/sources/hostfs.js';
 import { PassthroughFs } from '../../src/sources/passthrough.js';
 import { O_RDONLY, O_RDWR, ROOT_ID, S_IFLNK, S_IFMT, S_IFREG, type Ctx, type Vfs } from '../../src/vfs/types.js';
 import { rejectsWith } from '../conformance/posix-cases.js';
@@ -165,6 +166,49 @@ void describe('PassthroughFs fd bound', () => {
       }
     } finally {
       await vfs.close();
+    }
+  });
+});
+
+void describe('PassthroughFs big writes', () => {
+  void it('runs big writes of one file one behind the other, in the order they came', async () => {
+    const top = await fsp.mkdtemp(path.join(os.tmpdir(), 'wirefs-sources-bigw-'));
+    const vfs = new PassthroughFs(top);
+    // Counts the host writes under way at once (what the rule is about: one file's lock, held by
+    // one writer at a time, is not spun on by the others).
+    const original = HostFile.prototype.write;
+    let running = 0;
+    let most = 0;
+    HostFile.prototype.write = async function (this: HostFile, ...args: Parameters<HostFile['write']>) {
+      running++;
+      most = Math.max(most, running);
+      try {
+        return await original.apply(this, args);
+      } finally {
+        running--;
+      }
+    };
+    try {
+      const c = await vfs.create(ctx, ROOT_ID, 'big', S_IFREG | 0o644, O_RDWR);
+      const size = 512 * 1024;
+      // Each overwrites the whole range: only the last one's bytes may be left, and each one's
+      // byte count comes back whole. Run side by side on the pool, any could land last.
+      const fills = ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'];
+      const counts = await Promise.all(fills.map((ch) => vfs.write(ctx, c.entry.nodeid, c.fh, 0, Buffer.alloc(size, ch))));
+      assert.deepEqual(counts, fills.map(() => size));
+      const got = await fsp.readFile(path.join(top, 'big'));
+      assert.equal(got.length, size);
+      assert.ok(got.equals(Buffer.alloc(size, 'h')), `expected the last write's bytes, found ${JSON.stringify(got.subarray(0, 1).toString())}...`);
+      // Writes to other offsets queue too and all arrive.
+      await Promise.all([1, 2, 3].map((i) => vfs.write(ctx, c.entry.nodeid, c.fh, i * size, Buffer.alloc(size, String(i)))));
+      const all = await fsp.readFile(path.join(top, 'big'));
+      for (const i of [1, 2, 3]) assert.ok(all.subarray(i * size, (i + 1) * size).equals(Buffer.alloc(size, String(i))));
+      await vfs.release(ctx, c.entry.nodeid, c.fh);
+      assert.equal(most, 1, 'host writes of one file at once');
+    } finally {
+      HostFile.prototype.write = original;
+      await vfs.close();
+      await fsp.rm(top, { recursive: true, force: true });
     }
   });
 });
