@@ -43,7 +43,11 @@ async function scratchFs(work: string): Promise<{ dir: string; unmount(): Promis
   const dir = path.join(work, 'scratch');
   await fsp.mkdir(dir);
   // Room for each target's big file, tree, git copy and touched files; sparse, so only use costs.
-  await must(`mkfs.ext4 -q -F -N 2000000 ${img} ${BIG_MB * 6 + 16384}M && mount -o loop ${img} ${dir}`);
+  try {
+    await must(`mkfs.ext4 -q -F -N 2000000 ${img} ${BIG_MB * 6 + 16384}M && mount -o loop ${img} ${dir}`);
+  } catch (err) {
+    throw new Error(`cannot make the scratch file system (set BENCH_DIR to use a directory instead): ${(err as Error).message}`);
+  }
   return { dir, unmount: async () => { await must(`umount ${dir}`); await fsp.rm(img, { force: true }); } };
 }
 
