@@ -163,6 +163,9 @@ export async function teardownMount(mp: string, child?: ChildProcess): Promise<v
       await exited;
     }
   }
+  // The mount point goes too (tests and benchmarks make a fresh one each time). rmdir removes only
+  // an empty directory and fails on one still mounted: never anything but the bare mount point.
+  if (!(await isMounted(mp))) await fsp.rmdir(mp).catch(() => undefined);
 }
 
 /** Single-quotes a string for bash. */
