@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
-import { sh, tmpdir } from '../helpers/mount.js';
+import { sh, teardownMount, tmpdir } from '../helpers/mount.js';
 import { BIN, mount, serve } from '../helpers/wirefs.js';
 
 async function ok(cmd: string, timeoutMs = 30000): Promise<string> {
@@ -136,7 +136,9 @@ test('the data cache keeps to its size, and datacache_mb=0 has none', async (t) 
   assert.ok(c.mib <= 1, `at most 1 MiB kept: ${JSON.stringify(c)}`);
   assert.equal(await rereadMd5(`${none.mnt}/f`), want);
   assert.equal(await cacheOf(none.mnt), undefined);
-  const bad = await sh(`timeout 10 ${process.execPath} ${BIN} mount -f -o datacache_mb=lots 127.0.0.1:1 ${await tmpdir('wirefs-mnt-')}`);
+  const badMnt = await tmpdir('wirefs-mnt-');
+  t.after(() => teardownMount(badMnt));
+  const bad = await sh(`timeout 10 ${process.execPath} ${BIN} mount -f -o datacache_mb=lots 127.0.0.1:1 ${badMnt}`);
   assert.notEqual(bad.code, 0);
   assert.match(bad.stderr, /bad datacache_mb "lots"/);
 });
