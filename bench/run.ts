@@ -109,12 +109,14 @@ function rows(tarball: string): Row[] {
   return allRows(tarball).filter((r) => !ROWS || ROWS.some((w) => r.name.startsWith(w)));
 }
 
+const readBig = (d: string): string => `dd if=${d}/big of=/dev/null bs=1M status=none`;
+
 function allRows(tarball: string): Row[] {
   return [
     { name: `seq write ${BIG_MB} MiB`, run: (d) => timed(`dd if=/dev/zero of=${d}/big bs=1M count=${BIG_MB} conv=fsync status=none`) },
-    { name: `seq read ${BIG_MB} MiB cold`, run: async (d) => { await dropCaches(); return timed(`dd if=${d}/big of=/dev/null bs=1M status=none`); } },
+    { name: `seq read ${BIG_MB} MiB cold`, run: async (d) => { await dropCaches(); return timed(readBig(d)); } },
     // Read once untimed first: the other targets' cold rows, run since, dropped the caches.
-    { name: `seq read ${BIG_MB} MiB warm`, run: async (d) => { await must(`dd if=${d}/big of=/dev/null bs=1M status=none`); return timed(`dd if=${d}/big of=/dev/null bs=1M status=none`); } },
+    { name: `seq read ${BIG_MB} MiB warm`, run: async (d) => { await must(readBig(d)); return timed(readBig(d)); } },
     { name: 'random 4 KiB reads (20000)', run: (d) => timed(`fio --name=r --filename=${d}/big --rw=randread --bs=4k --io_size=80m --size=${Math.min(BIG_MB, 512)}m --ioengine=psync --output=/dev/null`) },
     { name: `create+stat+unlink ${FILES} files`, run: (d) => timed(`python3 -c '${MANY}' ${d}/many ${FILES}`) },
     { name: 'tar extract source tree', run: (d) => timed(`mkdir ${d}/tree && tar -C ${d}/tree -xf ${tarball}`) },
