@@ -178,21 +178,25 @@ static void execute(napi_env env, void *data) {
   if (rc < 0) r->err = errno;
 }
 
-static napi_value make_error(napi_env env, int err, op_t op) {
+static napi_value make_error_named(napi_env env, int err, const char *syscall_name) {
   const char *name = strerrorname_np(err);
   char code[32];
   if (name) snprintf(code, sizeof code, "%s", name); else snprintf(code, sizeof code, "E%d", err);
   char msg[160];
-  snprintf(msg, sizeof msg, "%s: %s, %s", code, strerror(err), op_names[op]);
+  snprintf(msg, sizeof msg, "%s: %s, %s", code, strerror(err), syscall_name);
   napi_value vcode, vmsg, error, verrno, vsys;
   napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &vcode);
   napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &vmsg);
   napi_create_error(env, vcode, vmsg, &error);
   napi_create_int32(env, err, &verrno);
   napi_set_named_property(env, error, "errno", verrno);
-  napi_create_string_utf8(env, op_names[op], NAPI_AUTO_LENGTH, &vsys);
+  napi_create_string_utf8(env, syscall_name, NAPI_AUTO_LENGTH, &vsys);
   napi_set_named_property(env, error, "syscall", vsys);
   return error;
+}
+
+static napi_value make_error(napi_env env, int err, op_t op) {
+  return make_error_named(env, err, op_names[op]);
 }
 
 static void complete(napi_env env, napi_status status, void *data) {
@@ -412,6 +416,30 @@ static napi_value futimens_sync(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * linkatSync(oldDirfd, oldPath, newDirfd, newPath, flags): linkat(2) on the calling thread. Node has
+ * no linkat; the passthrough source names a file made unnamed (O_TMPFILE) through its fd's
+ * /proc/self/fd link with AT_SYMLINK_FOLLOW, which needs no capability beyond the directory's.
+ */
+static napi_value linkat_sync(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  if (!sync_args(env, info, argv, 5)) return NULL;
+  int olddir, newdir, flags;
+  char *oldpath = NULL, *newpath = NULL;
+  if (!arg_int(env, argv[0], &olddir) || !arg_string(env, argv[1], &oldpath) || !arg_int(env, argv[2], &newdir) ||
+      !arg_string(env, argv[3], &newpath) || !arg_int(env, argv[4], &flags)) {
+    free(oldpath);
+    free(newpath);
+    return NULL;
+  }
+  int rc = linkat(olddir, oldpath, newdir, newpath, flags);
+  int err = errno;
+  free(oldpath);
+  free(newpath);
+  if (rc != 0) napi_throw(env, make_error_named(env, err, "linkat"));
+  return NULL;
+}
+
+/*
  * malloc_trim(0): hands the pages of freed heap memory back to the system (glibc keeps them, in every
  * arena a thread used, for the next malloc). Returns whether any memory was released.
  */
@@ -505,6 +533,8 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_set_named_property(env, exports, "mallocTune", sync_fn);
   napi_create_function(env, "futimensSync", NAPI_AUTO_LENGTH, futimens_sync, NULL, &sync_fn);
   napi_set_named_property(env, exports, "futimensSync", sync_fn);
+  napi_create_function(env, "linkatSync", NAPI_AUTO_LENGTH, linkat_sync, NULL, &sync_fn);
+  napi_set_named_property(env, exports, "linkatSync", sync_fn);
   napi_create_int64(env, RESOLVE_BENEATH, &v);
   napi_set_named_property(env, exports, "RESOLVE_BENEATH", v);
   napi_create_int64(env, RESOLVE_NO_MAGICLINKS, &v);

@@ -326,6 +326,7 @@ function formatStatus(s: Record<string, unknown>): string {
   const dc = c['dataCache'] as Record<string, number> | undefined;
   const here = s['dirCache'] as Record<string, number> | undefined;
   const ub = c['unlinkBehind'] as Record<string, number> | undefined;
+  const cb = c['createBehind'] as Record<string, number> | undefined;
   const m = s['memory'] as Record<string, number> | undefined;
   const mib = (n: number | undefined): string => ((n ?? 0) / 2 ** 20).toFixed(1);
   const state = String(c['state']) + (c['lastError'] ? ` (${String(c['lastError'])})` : '');
@@ -336,6 +337,7 @@ function formatStatus(s: Record<string, unknown>): string {
     ...(dc ? [`  data cache: ${String(dc['files'])} files, ${mib(dc['bytes'])} of ${mib(dc['maxBytes'])} MiB; ${String(dc['hits'])} reads from it, ${String(dc['misses'])} from the server; ${String(dc['errors'])} errors`] : []),
     ...(here ? [`  answered here: ${String(here['lookupsAnswered'])} lookups, ${String(here['getattrsAnswered'])} getattrs, ${String(here['opensAnswered'])} opens, ${String(here['listingsAnswered'])} listings`] : []),
     ...(ub ? [`  unlink-behind: ${String(ub['sent'])} sent, ${String(ub['failed'])} failed, ${String(ub['inFlight'])} in flight; ${String(ub['leases'])} directory leases granted, ${String(ub['recalled'])} recalled, ${String(ub['held'])} held`] : []),
+    ...(cb ? [`  create-behind: ${String(cb['sent'])} sent, ${String(cb['failed'])} failed; ${String(cb['reserved'])} files reserved ahead`] : []),
     `  cache: ${String(c['nodes'])} nodes and ${String(c['handles'])} open handles held for the kernel; ${String(c['remapped'])} re-resolved and ${String(c['reopened'])} reopened after restarts, ${String(c['stale'])} stale`,
     `  ${flat(fuseRest, 'fuse').join(' ')}`,
     `  kernel requests: ${counts(kernelOps)}`,

@@ -12,7 +12,7 @@ import { signalCancel, type Cancel } from '../lib/abort.js';
 import { Errno, FsError } from '../lib/errno.js';
 import { logger, type Logger } from '../lib/log.js';
 import {
-  O_CREAT, O_EXCL, O_TRUNC, ROOT_ID, markEnded,
+  O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT, O_EXCL, O_RDONLY, O_TRUNC, ROOT_ID, S_IFMT, S_IFREG, markEnded,
   type Attr, type ChangeEvent, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
   type OpenResult, type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
@@ -91,6 +91,8 @@ export interface ClientStats {
   dataCache?: DataCacheStats;
   /** Unlinks answered before the server ran them, leases granted and recalled, and how many are held now. */
   unlinkBehind: { sent: number; failed: number; recalled: number; leases: number; held: number; inFlight: number };
+  /** Creates answered with a reserved file before the server named it, their failures, and reserved files ready now. */
+  createBehind: { sent: number; failed: number; reserved: number };
 }
 
 type CallOp = { [N in OpName]: (typeof OPS)[N]['kind'] extends 'call' ? N : never }[OpName];
@@ -142,6 +144,32 @@ function offsetZeroLease(lastUnlink: number): boolean {
 const CLOSE_DRAIN_MS = 10_000;
 /** Leases held, and directories remembered as asked, at most. */
 const MAX_LEASES = 10_000;
+
+/**
+ * Create-behind: files kept reserved ahead in a leased directory where files are being created,
+ * at first and at most (doubling each time creates there outrun them), and the directories that
+ * have them at once (the least recently created in gives its back): a client holds a few dozen
+ * of the server's file descriptors this way, not one per directory it ever wrote in.
+ */
+const RESERVE_FIRST = 4;
+const RESERVE_MOST = 16;
+const RESERVE_DIRS = 4;
+const O_SYNC = 0o4010000;
+const O_DSYNC = 0o10000;
+
+/** The files reserved in one leased directory: ready, asked for, and how many to keep. */
+interface Pool {
+  ready: Reserved[];
+  asking: number;
+  want: number;
+}
+
+/** A file reserved in a leased directory: the server's entry and open handle, ids as the server gave them. */
+interface Reserved {
+  entry: Entry;
+  fh: number;
+  ctx: WireCtx;
+}
 
 /** Bytes of a write request besides its data: header, ctx, nodeid, fh, offset, blob length. */
 const WRITE_OVERHEAD = 128;
@@ -244,6 +272,10 @@ export class RemoteVfs implements Vfs {
   private readonly behindAll = new Set<Promise<void>>();
   private readonly behindBy = new Map<string, Set<Promise<void>>>();
   private readonly behindCounters = { sent: 0, failed: 0, recalled: 0, leases: 0 };
+  /** Create-behind (1.4): reserved files by leased directory, least recently created in first. */
+  private readonly pools = new Map<number, Pool>();
+  private reserveUnsupported = false;
+  private readonly createCounters = { sent: 0, failed: 0 };
 
   constructor(server: string, link: Link, open: (sessionId: bigint) => Promise<Link>, opts: ConnectOptions, private readonly log: Logger) {
     this.server = server;
@@ -281,6 +313,7 @@ export class RemoteVfs implements Vfs {
       nodes: this.nodes.nodeCount, handles: this.nodes.handleCount, ...this.nodes.counters,
       ...(this.cache ? { dataCache: this.cache.stats() } : {}),
       unlinkBehind: { ...this.behindCounters, held: this.leases.size, inFlight: this.behindAll.size },
+      createBehind: { ...this.createCounters, reserved: [...this.pools.values()].reduce((n, p) => n + p.ready.length, 0) },
     };
   }
 
@@ -315,7 +348,9 @@ export class RemoteVfs implements Vfs {
     this.counters.reconnects++;
     this.state = 'open';
     // The server dropped our leases with the old link (a resumed session starts without any).
+    // Files reserved for them stay with a resumed session until it ends (a few per directory).
     this.leases.clear();
+    this.pools.clear();
     this.leaseAsked.clear();
     this.leaseGen++;
     clearInterval(this.outageTimer);
@@ -476,7 +511,7 @@ export class RemoteVfs implements Vfs {
    * of reach longer than the outage timeout or the client is closed. `raw` requests are already in
    * the current session's ids.
    */
-  private async call<N extends CallOp>(op: N, req: Req<N>, ctx?: Ctx, raw = false, ordered = true): Promise<Rep<N>> {
+  private async call<N extends CallOp>(op: N, req: Req<N>, ctx?: Ctx, raw = false, ordered = true, hold = !ordered): Promise<Rep<N>> {
     if (this.state === 'closed') throw new FsError(Errno.EIO, `not connected to ${this.server}`);
     if (ordered && this.behindAll.size && !raw) {
       const before = this.behindOf(op, req as Record<string, unknown>);
@@ -500,7 +535,7 @@ export class RemoteVfs implements Vfs {
     const id = this.allocId();
     return new Promise<Rep<N>>((resolve, reject) => {
       const p: Pending = {
-        op, req: req as Record<string, unknown>, seq, raw, hold: !ordered, written: false, crossed: false, waitingSince: this.wire ? undefined : Date.now(),
+        op, req: req as Record<string, unknown>, seq, raw, hold, written: false, crossed: false, waitingSince: this.wire ? undefined : Date.now(),
         resolve: resolve as (rep: unknown) => void,
         reject,
         done: () => unhook?.(),
@@ -600,7 +635,10 @@ export class RemoteVfs implements Vfs {
       void Promise.all(behind).then(() => this.forget(nodeid, nlookup));
       return;
     }
-    if (this.leases.delete(nodeid)) this.leaseGen++;
+    if (this.leases.delete(nodeid)) {
+      this.leaseGen++;
+      this.giveBack(nodeid);
+    }
     // A forget is not resent: a lost one leaves the session a lookup too many until it ends.
     // The kernel forgets a node whole, when it evicts it: its id may name another file later.
     this.cache?.forget(nodeid);
@@ -705,7 +743,7 @@ export class RemoteVfs implements Vfs {
    * Asks for a lease on `dir` in the background, at an unlink there or a listing while removing
    * (at most once a second per directory).
    */
-  private askLease(ctx: Ctx, dir: number): void {
+  private askLease(ctx: Ctx, dir: number, forCreate = false): void {
     if (this.leaseUnsupported || !this.fsInfo.coherent || this.leases.has(dir) || dir === ROOT_ID) return;
     const now = Date.now();
     const asked = this.leaseAsked.get(dir);
@@ -720,6 +758,7 @@ export class RemoteVfs implements Vfs {
       // Unlinks under the lease come back without the directory's attributes: these stand in.
       this.hint(dir, rep.attr);
       this.behindCounters.leases++;
+      if (forCreate) this.refill(ctx, dir);
     }, (err: unknown) => {
       if (err instanceof FsError && err.errno === Errno.ENOSYS) this.leaseUnsupported = true;
     });
@@ -761,9 +800,14 @@ export class RemoteVfs implements Vfs {
         this.behindCounters.failed++;
         return err instanceof FsError ? err : new FsError(Errno.EIO, (err as Error).message);
       });
-    const done = result.then(() => undefined);
     const keys = [`n${parent}`, `e${parent}/${name}`];
     if (child !== undefined) keys.push(`n${child}`);
+    this.trackBehind(result.then(() => undefined), keys);
+    return result;
+  }
+
+  /** Counts a change sent behind until its reply: calls naming one of `keys` wait for it (behindOf). */
+  private trackBehind(done: Promise<void>, keys: string[]): void {
     this.behindAll.add(done);
     for (const k of keys) {
       let set = this.behindBy.get(k);
@@ -778,7 +822,6 @@ export class RemoteVfs implements Vfs {
         if (set?.size === 0) this.behindBy.delete(k);
       }
     });
-    return result;
   }
 
   /** What a call must wait for among the unlinks sent behind (undefined: nothing). */
@@ -797,9 +840,115 @@ export class RemoteVfs implements Vfs {
     return waits.length ? Promise.all(waits) : undefined;
   }
 
+  // --- create-behind (1.4) ---------------------------------------------------------------------
+  //
+  // A create pays a round trip for what only the server can say: the new file's node id, inode
+  // number and handle. In a directory leased to us, files are made there ahead of need, without a
+  // name (RESERVE: O_TMPFILE on the server), so those are known before the create comes. The
+  // kernel's CREATE is then answered here with one of them, and NAME_RESERVED goes out at once,
+  // unanswered yet: the server runs whatever this client sends after it (the file's writes, its
+  // attribute changes) once the name is made. The file's id, inode number and handle are final,
+  // so nothing the program saw changes later (an fstat's st_ino stays the file's). The writes
+  // layer (writeback.ts) waits for the naming at close, as for a write, and reports its failure
+  // there. Only where ids need no translation (no server restart seen), and only for the creates
+  // whose outcome the client knows: a regular file, no set-ID bits, opened for writing without
+  // O_APPEND, O_SYNC or O_DIRECT.
+
+  /**
+   * Keeps files reserved in a leased directory where creates happen (see RESERVE_FIRST): asks for
+   * more, in one RESERVE, once no more than half of what it wants are ready or on their way.
+   */
+  private refill(ctx: Ctx, dir: number): void {
+    if (this.reserveUnsupported || this.nodes.epoch !== 0 || !this.leasedFor(dir, ctx.uid)) return;
+    let p = this.pools.get(dir);
+    if (p) {
+      this.pools.delete(dir);
+      this.pools.set(dir, p);
+    } else {
+      this.pools.set(dir, (p = { ready: [], asking: 0, want: RESERVE_FIRST }));
+      if (this.pools.size > RESERVE_DIRS) this.giveBack(this.pools.keys().next().value!);
+    }
+    const have = p.ready.length + p.asking;
+    if (have > p.want / 2) return;
+    const count = p.want - have;
+    p.asking += count;
+    const pool = p;
+    const c = wireCtx(ctx);
+    this.call('reserve', { ctx: c, parent: dir, count }, undefined, false, false, false).then((rep) => {
+      pool.asking -= count;
+      const got: Reserved[] = rep.files.map((f) => ({ entry: f.entry, fh: f.open.fh, ctx: c }));
+      if (this.pools.get(dir) !== pool || !this.leasedFor(dir, ctx.uid) || this.nodes.epoch !== 0) {
+        for (const r of got) this.drop(r);
+        return;
+      }
+      pool.ready.push(...got);
+    }, (err: unknown) => {
+      pool.asking -= count;
+      if (err instanceof FsError && (err.errno === Errno.ENOSYS || err.errno === Errno.EOPNOTSUPP)) this.reserveUnsupported = true;
+    });
+  }
+
+  /** The directory is no longer ours alone (or others need the room): its reserved files go back. */
+  private giveBack(dir: number): void {
+    const p = this.pools.get(dir);
+    if (!p) return;
+    this.pools.delete(dir);
+    for (const r of p.ready) this.drop(r);
+  }
+
+  private drop(r: Reserved): void {
+    if (this.nodes.epoch !== 0) return; // a restarted server never had it
+    const nodeid = r.entry.nodeid;
+    this.call('release', { ctx: r.ctx, nodeid, fh: r.fh }).catch(() => undefined).then(() => this.sendOneway('forget', { nodeid, nlookup: 1 }), () => undefined);
+  }
+
+  /**
+   * Answers a create with a reserved file and names it behind (see above): the result for the
+   * kernel, and the naming's outcome (the file's attributes, or the error). Undefined when the
+   * create must go to the server as usual.
+   */
+  createBehind(ctx: Ctx, parent: number, name: string, mode: number, flags: number): { result: CreateResult; named: Promise<{ attr?: Attr; error?: FsError }> } | undefined {
+    if (!this.leasedFor(parent, ctx.uid) || this.nodes.epoch !== 0) return undefined;
+    if ((mode & S_IFMT) !== S_IFREG || mode & 0o6000 || (flags & O_ACCMODE) === O_RDONLY || flags & (O_APPEND | O_SYNC | O_DSYNC | O_DIRECT)) return undefined;
+    // The name still being removed behind, or a node of that name the kernel holds: as usual.
+    if (this.nodes.idOf(parent, name) !== undefined || this.behindBy.has(`e${parent}/${name}`)) return undefined;
+    const pool = this.pools.get(parent);
+    const r = pool?.ready.shift();
+    // Creates here outran the files kept ready: keep more.
+    if (pool && !r) pool.want = Math.min(pool.want * 2, RESERVE_MOST);
+    this.refill(ctx, parent);
+    if (!r) return undefined;
+    const ms = Date.now();
+    const now = { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 };
+    // What NAME_RESERVED makes of it (the server's answer corrects it if a set-group-ID directory
+    // gives another group).
+    const attr: Attr = { ...r.entry.attr, mode: S_IFREG | (mode & 0o7777), uid: ctx.uid, gid: ctx.gid, nlink: 1, size: 0, blocks: 0, atime: now, mtime: now, ctime: now };
+    const entry = this.nodes.entry({ ...r.entry, attr }, parent, name);
+    const fh = this.nodes.handle(r.fh, false, entry.nodeid, flags);
+    this.cache?.drop(entry.nodeid);
+    this.createCounters.sent++;
+    const named = this.call('nameReserved', { ctx: wireCtx(ctx), parent, name, nodeid: entry.nodeid, fh, mode }, undefined, false, false, false).then(
+      (rep) => {
+        this.hint(parent, rep.parentAttr);
+        return { attr: rep.attr };
+      },
+      (err: unknown) => {
+        this.createCounters.failed++;
+        this.nodes.removed(parent, name);
+        return { error: err instanceof FsError ? err : new FsError(Errno.EIO, (err as Error).message) };
+      });
+    this.trackBehind(named.then(() => undefined), [`n${parent}`, `e${parent}/${name}`]);
+    // Out now, not at the end of this turn of the loop: the kernel's next requests (the file's
+    // write, its close) keep this loop busy until the close waits, and the server can have named
+    // the file (and reserved the next) by then.
+    this.out.flush();
+    return { result: { fh, entry }, named };
+  }
+
   /** RECALL: the lease ends; once every unlink sent in the directory has its reply, we say so. */
   private recalled(dir: number, id: number): void {
     if (this.leases.delete(dir)) this.behindCounters.recalled++;
+    this.giveBack(dir);
     this.leaseGen++;
     this.leaseAsked.set(dir, Date.now());
     const set = this.behindBy.get(`n${dir}`);
@@ -827,6 +976,9 @@ export class RemoteVfs implements Vfs {
     return { ...open, fh: this.nodes.handle(open.fh, false, nodeid, flags) };
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
+    // Creates here may go behind from now on (see createBehind).
+    if (this.leasedFor(parent, ctx.uid)) this.refill(ctx, parent);
+    else this.askLease(ctx, parent, true);
     let rep: Rep<'create'>;
     try {
       rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, ctx);

@@ -161,7 +161,7 @@ export class WriteBehindVfs implements Vfs {
   private readonly handles = new Map<number, Handle>();
   private inFlightBytes = 0;
   private roomWaiters: Array<() => void> = [];
-  private readonly counters = { behind: 0, gathered: 0, waitedForRoom: 0, deferredErrors: 0, setattrsBehind: 0, setattrsSent: 0, attrsLanded: 0 };
+  private readonly counters = { behind: 0, gathered: 0, waitedForRoom: 0, deferredErrors: 0, setattrsBehind: 0, setattrsSent: 0, attrsLanded: 0, createsBehind: 0 };
   /** Files this client created and holds open, while no push said another changed them. */
   private readonly made = new Map<number, Made>();
   private readonly listeners = new ChangeListeners();
@@ -180,6 +180,8 @@ export class WriteBehindVfs implements Vfs {
    * attributes are taken only when it is its node's one change under way and no name is changing.
    */
   private readonly changes = new Map<number, number>();
+  /** Files created behind whose naming has not been answered (a change and a flight of each). */
+  private readonly naming = new Set<number>();
   private nameChanges = 0;
 
   /** `writeAttrs`: subscribes to a file's attributes after a write (RemoteVfs.onWriteAttr); only for a coherent server. */
@@ -193,7 +195,9 @@ export class WriteBehindVfs implements Vfs {
     });
     this.unhint = writeAttrs?.((nodeid, attr) => {
       this.landed.delete(nodeid);
-      if (this.changes.get(nodeid) !== 1 || this.nameChanges > 0 || this.made.get(nodeid)?.pending || (this.flights.get(nodeid)?.size ?? 0) > 1) return;
+      // A naming behind (createdBehind) still counted here ran before this write on the server.
+      const naming = this.naming.has(nodeid) ? 1 : 0;
+      if ((this.changes.get(nodeid) ?? 0) - naming !== 1 || this.nameChanges > 0 || this.made.get(nodeid)?.pending || (this.flights.get(nodeid)?.size ?? 0) - naming > 1) return;
       if (this.landed.size >= MAX_LANDED) this.landed.delete(this.landed.keys().next().value!);
       this.landed.set(nodeid, { ...attr });
     }) ?? ((): void => {});
@@ -441,6 +445,8 @@ export class WriteBehindVfs implements Vfs {
     });
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
+    const behind = this.behind?.createBehind?.(ctx, parent, name, mode, flags);
+    if (behind) return this.createdBehind(ctx, parent, name, flags, behind.result, behind.named);
     const r = await this.inner.create(ctx, parent, name, mode, flags);
     this.track(r.fh, r.entry.nodeid, flags);
     if (this.handles.get(r.fh)!.behind) {
@@ -450,6 +456,38 @@ export class WriteBehindVfs implements Vfs {
     }
     return r;
   }
+  /**
+   * A create answered with a reserved file whose naming is on its way (client.ts, create-behind):
+   * a file of ours like any other, whose naming is a flight of it (covering no bytes, so writes
+   * need not wait for it), so close and fsync wait for it and report its failure. The kernel was
+   * given our attributes: they are dropped at close, or at once if the server's differ.
+   */
+  private createdBehind(ctx: Ctx, parent: number, name: string, flags: number, r: CreateResult, named: Promise<{ attr?: Attr; error?: FsError }>): CreateResult {
+    const nodeid = r.entry.nodeid;
+    this.track(r.fh, nodeid, flags);
+    const mine = { ...r.entry.attr };
+    this.made.set(nodeid, { attr: { ...mine }, rootActs: ctx.uid === 0, open: 1, told: true, pending: undefined });
+    this.begin(nodeid);
+    this.naming.add(nodeid);
+    this.counters.createsBehind++;
+    this.fly(nodeid, 0, 0, 0, named.then(({ attr, error }) => {
+      this.naming.delete(nodeid);
+      this.end(nodeid);
+      if (error) {
+        this.counters.deferredErrors++;
+        for (const h of this.handles.values()) if (h.nodeid === nodeid) h.error ??= error;
+        this.unsure(nodeid);
+        // The name was never made: the kernel and the listings above drop it.
+        void this.listeners.emit({ kind: 'entry', parent, name });
+      } else if (attr && (attr.mode !== mine.mode || attr.uid !== mine.uid || attr.gid !== mine.gid || attr.ino !== mine.ino)) {
+        // (A set-group-ID directory gave its group.) The kernel keeps mode and owner across writes.
+        this.unmade(nodeid);
+        void this.listeners.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
+      }
+    }));
+    return r;
+  }
+
   async read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
     await this.drain(nodeid);
     return this.inner.read(ctx, nodeid, fh, offset, size);
@@ -505,6 +543,9 @@ export class WriteBehindVfs implements Vfs {
     const now = nowTs();
     const size = Math.max(m.attr.size, end);
     m.attr = { ...m.attr, size, blocks: Math.max(m.attr.blocks, Math.ceil(size / 4096) * 8), mtime: now, ctime: now };
+    // The kernel drops a file's times and size at each write it sends (fuse_write_update_attr):
+    // what it was told before is no longer held.
+    m.told = false;
   }
 
   /** A WRITE's outcome as its flight's work (never rejects): failures go to the handle, then to flush. */

@@ -51,6 +51,11 @@ export interface Sys {
    * call: for writes no one waits for, which should take only CPU time nothing else wants.
    */
   pwriteIdle(fd: number, buffer: Buffer, length: number, position: number): Promise<number>;
+  /**
+   * linkat(2) on the calling thread (absent from addons built before it): names an unnamed
+   * (O_TMPFILE) file through its /proc/self/fd link with AT_SYMLINK_FOLLOW.
+   */
+  linkatSync?(oldDirfd: number, oldPath: string, newDirfd: number, newPath: string, flags: number): void;
   /** chmod that never follows a symlink (EOPNOTSUPP on one), by an O_PATH fd. */
   lchmod(path: string, mode: number): Promise<void>;
   readonly RESOLVE_BENEATH: number;

@@ -399,6 +399,26 @@ class GuardedVfs implements Vfs {
     return r;
   }
 
+  async reserveFile(ctx: Ctx, parent: number): Promise<CreateResult> {
+    if (!this.inner.reserveFile) throw new FsError(Errno.EOPNOTSUPP);
+    this.writable();
+    const c = this.as(ctx);
+    await this.mayCreate(c, parent);
+    const r = await this.inner.reserveFile(c, parent);
+    this.handles.set(r.fh, { readable: true });
+    return r;
+  }
+
+  async nameReserved(ctx: Ctx, parent: number, name: string, nodeid: number, fh: number, mode: number): Promise<Attr> {
+    if (!this.inner.nameReserved) throw new FsError(Errno.EOPNOTSUPP);
+    this.writable();
+    const c = this.as(ctx);
+    await this.mayCreate(c, parent);
+    const attr = await this.inner.nameReserved(c, parent, name, nodeid, fh, mode);
+    this.handles.set(fh, { readable: c.uid === 0 || (mode & 0o400) !== 0 });
+    return attr;
+  }
+
   read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer> {
     if (this.handles.get(fh)?.readable === false) return Promise.reject(new FsError(Errno.EBADF));
     return this.inner.read(this.as(ctx), nodeid, fh, offset, size);

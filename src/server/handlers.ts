@@ -4,7 +4,7 @@
 // handler here does not compile.
 
 import { Errno, FsError } from '../lib/errno.js';
-import { O_APPEND, isEnded, type Attr, type ChangeEvent, type Ctx, type DirEntry, type Entry, type Vfs } from '../vfs/types.js';
+import { O_APPEND, isEnded, type Attr, type ChangeEvent, type CreateResult, type Ctx, type DirEntry, type Entry, type Vfs } from '../vfs/types.js';
 import { ENTRY_SIZE } from '../wire/codec.js';
 import { HEADER_SIZE, READ_OVERHEAD } from '../wire/frame.js';
 import type { Rep, Req, VfsOpName } from '../wire/ops.js';
@@ -34,9 +34,15 @@ export interface SessionApi {
   claim(nodeid: number): Promise<boolean>;
   /** Whether this session holds directory `nodeid` under LEASE_DIR. */
   holdsLease(nodeid: number): boolean;
+  /** Handles of files reserved (RESERVE) and not yet named: the server's fds a client holds ahead. */
+  readonly unnamed: Set<number>;
   /** Whether another session holds directory `nodeid` under LEASE_DIR (a claim would recall it). */
   leasedElsewhere(nodeid: number): boolean;
 }
+
+/** Files one RESERVE makes at most, and unnamed ones a session may hold at once. */
+export const RESERVE_MAX = 64;
+export const RESERVE_HELD_MAX = 128;
 
 type CallOp = Exclude<VfsOpName, 'forget'>;
 type Handler<N extends CallOp> = (s: SessionApi, ctx: Ctx, a: Req<N>) => Promise<Rep<N>>;
@@ -142,6 +148,37 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     s.gotHandle(open.fh, { nodeid: entry.nodeid, dir: false, append: (a.flags & O_APPEND) !== 0 });
     const { parentAttr } = await created(s, ctx, a.parent, a.name, entry);
     return { entry, open, parentAttr };
+  },
+  reserve: async (s, ctx, a) => {
+    const vfs = s.vfs;
+    if (!vfs.reserveFile) throw new FsError(Errno.EOPNOTSUPP);
+    const files: Rep<'reserve'>['files'] = [];
+    // A client may hold RESERVE_HELD_MAX at once: beyond, it gets none and creates as usual.
+    const n = Math.min(a.count, RESERVE_MAX, RESERVE_HELD_MAX - s.unnamed.size);
+    for (let i = 0; i < n; i++) {
+      let r: CreateResult;
+      try {
+        r = await vfs.reserveFile(ctx, a.parent);
+      } catch (err) {
+        if (files.length === 0) throw err;
+        break;
+      }
+      const { entry, ...open } = r;
+      s.gotEntry(entry);
+      s.gotHandle(open.fh, { nodeid: entry.nodeid, dir: false, append: false });
+      s.unnamed.add(open.fh);
+      files.push({ entry, open });
+    }
+    return { files };
+  },
+  nameReserved: async (s, ctx, a) => {
+    if (!s.vfs.nameReserved) throw new FsError(Errno.EOPNOTSUPP);
+    if (s.handle(a.fh, false).nodeid !== a.nodeid) throw new FsError(Errno.EBADF);
+    const attr = await s.vfs.nameReserved(ctx, a.parent, a.name, a.nodeid, a.fh, a.mode);
+    s.unnamed.delete(a.fh);
+    await s.changed([named(a.parent, a.name), whole(a.parent)]);
+    // Like an unlink there: a client holding the directory under a lease answers its attributes itself.
+    return { attr, parentAttr: s.holdsLease(a.parent) ? undefined : await postAttr(s, ctx, a.parent) };
   },
   read: async (s, ctx, a) => {
     s.handle(a.fh, false);

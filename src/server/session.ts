@@ -84,6 +84,10 @@ export class Session implements SessionApi {
   private readonly running = new Map<number, { ac: LazyAbort; seq: number }>();
   /** UNLINKs running now (see onFrame: RMDIR, RENAME and LINK wait for them). */
   private readonly unlinking = new Set<Promise<void>>();
+  /** Handles of files RESERVE made and NAME_RESERVED has not named yet (RESERVE_HELD_MAX at most). */
+  readonly unnamed = new Set<number>();
+  /** NAME_RESERVEDs running now (see onFrame: every later request waits for them). */
+  private readonly naming = new Set<Promise<void>>();
   /** Node id -> its WRITEs running now (see onFrame: SETATTR of times waits for them). */
   private readonly writing = new Map<number, Set<Promise<void>>>();
   private writeBlocked = false;
@@ -244,7 +248,14 @@ export class Session implements SessionApi {
       // 1.3: RMDIR, RENAME and LINK after every UNLINK sent before them (unlinks sent behind, then
       // the rmdir of their directory, go out together).
       : (op === 'rmdir' || op === 'rename' || op === 'link') && this.unlinking.size ? this.unlinking : undefined;
-    const task = this.run(op, h, args, ac, seq, after && Promise.all(after));
+    // 1.4: every request after a NAME_RESERVED (the writes and attribute changes of the file it
+    // names, sent right behind it) runs once that is done.
+    const waits = this.naming.size ? (after ? [...after, ...this.naming] : [...this.naming]) : after;
+    const task = this.run(op, h, args, ac, seq, waits && Promise.all(waits));
+    if (op === 'nameReserved') {
+      this.naming.add(task);
+      void task.finally(() => this.naming.delete(task));
+    }
     if (op === 'unlink') {
       this.unlinking.add(task);
       void task.finally(() => this.unlinking.delete(task));
@@ -469,6 +480,7 @@ export class Session implements SessionApi {
 
   dropHandle(fh: number, dir: boolean): void {
     (dir ? this.dirs : this.files).delete(fh);
+    if (!dir) this.unnamed.delete(fh);
   }
 
   private releaseHandle(fh: number, h: OpenHandle): Promise<void> {

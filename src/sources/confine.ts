@@ -28,6 +28,10 @@ import { O_NOFOLLOW } from '../vfs/types.js';
 
 const log = logger('sources');
 const O_DIRECTORY = 0o200000;
+/** O_TMPFILE as Linux defines it on every architecture Node runs on (it includes O_DIRECTORY). */
+const O_TMPFILE = 0o20000000 | O_DIRECTORY;
+const AT_FDCWD = -100;
+const AT_SYMLINK_FOLLOW = 0x400;
 
 function closeQuietly(fd: number): void {
   try {
@@ -138,6 +142,21 @@ export class Beneath {
   open(p: string, flags: number, mode?: number): Promise<FileHandle> {
     if (flags & (O_NOFOLLOW | fs.constants.O_CREAT)) return this.child(p, (s) => fsp.open(s, flags | O_NOFOLLOW, mode));
     return this.whole(p, (s) => fsp.open(s, flags, mode));
+  }
+  /**
+   * A new file without a name (O_TMPFILE) in directory p, open for reading and writing: named later
+   * by linkIn, or gone when closed. EOPNOTSUPP without the addon (linkIn needs it) or where the
+   * file system cannot (the caller then creates files by name as before).
+   */
+  tmpfile(p: string, mode: number): Promise<FileHandle> {
+    if (this.plain || !this.sys?.linkatSync) return Promise.reject(new FsError(Errno.EOPNOTSUPP, 'no linkat: native addon missing or old'));
+    return this.whole(p, (s) => fsp.open(s, O_TMPFILE | fs.constants.O_RDWR, mode), true);
+  }
+  /** Names the unnamed file open as fd at p (EEXIST if the name is taken): linkat, no name followed. */
+  linkIn(fd: number, p: string): Promise<void> {
+    const sys = this.sys;
+    if (this.plain || !sys?.linkatSync) return Promise.reject(new FsError(Errno.EOPNOTSUPP));
+    return this.child(p, async (s) => sys.linkatSync!(AT_FDCWD, `/proc/self/fd/${fd}`, AT_FDCWD, s, AT_SYMLINK_FOLLOW));
   }
   readlink(p: string): Promise<string> {
     return this.child(p, (s) => fsp.readlink(s));

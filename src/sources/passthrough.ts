@@ -501,8 +501,9 @@ export class PassthroughFs implements Vfs {
     return t;
   }
 
-  private async openNode(n: PNode, flags: number, file?: FileHandle): Promise<OpenResult> {
-    const p = this.pathOrStale(n);
+  /** `dir`: for a file without a name (reserve), a path on its file system. */
+  private async openNode(n: PNode, flags: number, file?: FileHandle, dir?: string): Promise<OpenResult> {
+    const p = dir ?? this.pathOrStale(n);
     if ((flags & O_ACCMODE) !== O_RDONLY || (flags & O_TRUNC)) this.writable();
     if (n.type === S_IFDIR) throw new FsError(Errno.EISDIR);
     if (n.type === S_IFLNK) throw new FsError(Errno.ELOOP);
@@ -798,6 +799,68 @@ export class PassthroughFs implements Vfs {
       const r = await this.openNode(this.node(entry.nodeid), flags, f);
       this.noteOwn(p);
       return { ...r, entry };
+    });
+  }
+
+  async reserveFile(_ctx: Ctx, parent: number): Promise<CreateResult> {
+    return this.run(async () => {
+      this.writable();
+      const d = this.node(parent);
+      if (d.type !== S_IFDIR) throw new FsError(Errno.ENOTDIR);
+      const dir = this.pathOrStale(d);
+      await this.reserveFd();
+      let f: FileHandle;
+      try {
+        f = await this.fs.tmpfile(dir, 0o600);
+      } catch (err) {
+        this.openFds--;
+        throw err;
+      }
+      let st: BigIntStats;
+      try {
+        st = await f.stat({ bigint: true });
+      } catch (err) {
+        await this.closeFd(f);
+        throw err;
+      }
+      // A node with no name yet (like a file unlinked while open): its handle keeps it, and the
+      // fd LRU never closes it (it could not be reopened by a path).
+      const key = this.mapIno(st.dev, st.ino);
+      let dev = this.devs.get(st.dev);
+      if (dev === undefined) this.devs.set(st.dev, (dev = st.dev));
+      const n: PNode = { id: this.nextId++, key, ino: Number(st.ino), type: S_IFREG, dev, links: [], children: undefined, lookups: 1, handles: undefined };
+      this.nodes.set(n.id, n);
+      this.byKey.set(key, n);
+      const r = await this.openNode(n, O_RDWR, f, dir);
+      return { ...r, entry: { nodeid: n.id, generation: 0, attr: this.toAttr(st) } };
+    });
+  }
+
+  async nameReserved(ctx: Ctx, parent: number, name: string, nodeid: number, fh: number, mode: number): Promise<Attr> {
+    return this.run(async () => {
+      this.writable();
+      checkName(name);
+      const d = this.node(parent);
+      const h = this.handle(nodeid, fh);
+      if (h.node.links.length) throw new FsError(Errno.EINVAL, 'the file has a name already');
+      const p = this.childPath(d, name);
+      const st = await this.withFile(h, async (f) => {
+        await this.fs.linkIn(f.fd, p);
+        try {
+          await this.ownAs(ctx, d, p, f);
+          // After the chown, which clears set-ID bits; the file was made 0600.
+          await f.chmod(mode & 0o7777);
+          const now = Date.now() / 1000;
+          await f.utimes(now, now);
+          return await f.stat({ bigint: true });
+        } catch (err) {
+          await this.fs.unlink(p).catch(() => undefined);
+          throw err;
+        }
+      });
+      this.addLink(h.node, d, name);
+      this.noteOwn(p);
+      return this.toAttr(st);
     });
   }
 

@@ -182,6 +182,18 @@ export interface Vfs {
   /** flags: Linux open(2) flags (O_ACCMODE, O_APPEND, O_TRUNC, ...). O_CREAT/O_EXCL never reach open. */
   open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult>;
   create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult>;
+  /**
+   * Optional (create-behind, protocol 1.4): a new regular file without a name in directory
+   * `parent`, open for reading and writing, counting one lookup; the entry's attributes are the
+   * file's final inode number, device and block size. Named later by nameReserved, or gone at its
+   * release. EOPNOTSUPP where the source cannot.
+   */
+  reserveFile?(ctx: Ctx, parent: number): Promise<CreateResult>;
+  /**
+   * Names file `nodeid` (reserved, open as fh) `name` in `parent` as a create by ctx with `mode`
+   * would have made it: owner, mode, times now. EEXIST if the name is taken. Returns its attributes.
+   */
+  nameReserved?(ctx: Ctx, parent: number, name: string, nodeid: number, fh: number, mode: number): Promise<Attr>;
   /** Returns at most `size` bytes; fewer only at end of file. */
   read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer>;
   /** Returns the count written. For O_APPEND opens, offset is ignored and data goes at the end. */

@@ -390,10 +390,20 @@ const writeattr: Codec<Attr | undefined> = {
   doc: 'Attr, or nothing when the message ends here (1.2: absent from older servers, and when another WRITE of the node from this session was running)',
 };
 
+/** RESERVE's files (1.4): each one's entry and open handle. */
+const reserved = list<{ entry: Entry; open: OpenResult }>({
+  size: ENTRY_SIZE + 12, doc: 'Entry, OpenResult',
+  enc: (w, v) => {
+    entry.enc(w, v.entry);
+    open.enc(w, v.open);
+  },
+  dec: (r) => ({ entry: entry.dec(r), open: open.dec(r) }),
+}, ENTRY_SIZE + 12, 'u32 count, then count × (Entry, OpenResult)');
+
 /** Every field type, by the name the op table uses. */
 export const FIELDS = {
   u8, u16, u32, i32, u64, i64, u64big, bool, optu64, magic, str, blob, strlist,
-  timespec, ctx, attr, tailattr, writeattr, taileof, entry, setattr, open, statfs, direntries, change,
+  timespec, ctx, attr, tailattr, writeattr, taileof, entry, setattr, open, statfs, direntries, change, reserved,
 } as const;
 
 export type FieldType = keyof typeof FIELDS;

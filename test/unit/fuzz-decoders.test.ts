@@ -58,6 +58,8 @@ function fieldBytes(type: FieldType): fc.Arbitrary<Buffer> {
     case 'blob': return blobBytes;
     case 'strlist': return listOf(strBytes);
     case 'direntries': return listOf(direntBytes);
+    // Entry (100) and OpenResult (12) per reserved file.
+    case 'reserved': return listOf(shaped(112));
     case 'change': return changeBytes;
     case 'optu64': return fc.tuple(fc.integer({ min: 0, max: 2 }), shaped(8)).map(([b, v]) => Buffer.concat([Buffer.from([b]), v]));
     case 'magic': return fc.constant(Buffer.from('WIREFS\0\0', 'latin1'));

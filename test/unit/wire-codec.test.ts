@@ -35,6 +35,7 @@ const SAMPLES: { [T in FieldType]: unknown } = {
     { name: 'f', ino: 42, type: 0o100000, off: 2, entry },
   ],
   change: { kind: 'delete', parent: 1, child: 7, name: 'gone' },
+  reserved: [{ entry, open: { fh: 3 } }, { entry: { ...entry, nodeid: 8 }, open: { fh: 4, keepCache: true } }],
 };
 
 function sampleOf(schema: readonly (readonly [string, FieldType])[]): Record<string, unknown> {
