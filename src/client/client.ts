@@ -168,7 +168,6 @@ interface Pool {
 interface Reserved {
   entry: Entry;
   fh: number;
-  ctx: WireCtx;
 }
 
 /** Bytes of a write request besides its data: header, ctx, nodeid, fh, offset, blob length. */
@@ -876,16 +875,21 @@ export class RemoteVfs implements Vfs {
     const c = wireCtx(ctx);
     this.call('reserve', { ctx: c, parent: dir, count }, undefined, false, false, false).then((rep) => {
       pool.asking -= count;
-      const got: Reserved[] = rep.files.map((f) => ({ entry: f.entry, fh: f.open.fh, ctx: c }));
-      if (this.pools.get(dir) !== pool || !this.leasedFor(dir, ctx.uid) || this.nodes.epoch !== 0) {
-        for (const r of got) this.drop(r);
-        return;
-      }
-      pool.ready.push(...got);
+      this.adopt(dir, ctx.uid, pool, rep.files);
     }, (err: unknown) => {
       pool.asking -= count;
       if (err instanceof FsError && (err.errno === Errno.ENOSYS || err.errno === Errno.EOPNOTSUPP)) this.reserveUnsupported = true;
     });
+  }
+
+  /** Files reserved in `dir` join its pool, or go back if the pool or the lease is gone meanwhile. */
+  private adopt(dir: number, uid: number, pool: Pool, files: Rep<'reserve'>['files']): void {
+    const keep = this.pools.get(dir) === pool && this.leasedFor(dir, uid) && this.nodes.epoch === 0;
+    for (const f of files) {
+      const r: Reserved = { entry: f.entry, fh: f.open.fh };
+      if (keep) pool.ready.push(r);
+      else this.drop(r);
+    }
   }
 
   /** The directory is no longer ours alone (or others need the room): its reserved files go back. */
@@ -896,10 +900,10 @@ export class RemoteVfs implements Vfs {
     for (const r of p.ready) this.drop(r);
   }
 
+  /** Gives a reserved file back: its FORGET closes it on the server (1.4), no reply needed. */
   private drop(r: Reserved): void {
     if (this.nodes.epoch !== 0) return; // a restarted server never had it
-    const nodeid = r.entry.nodeid;
-    this.call('release', { ctx: r.ctx, nodeid, fh: r.fh }).catch(() => undefined).then(() => this.sendOneway('forget', { nodeid, nlookup: 1 }), () => undefined);
+    this.sendOneway('forget', { nodeid: r.entry.nodeid, nlookup: 1 });
   }
 
   /**
@@ -914,10 +918,17 @@ export class RemoteVfs implements Vfs {
     if (this.nodes.idOf(parent, name) !== undefined || this.behindBy.has(`e${parent}/${name}`)) return undefined;
     const pool = this.pools.get(parent);
     const r = pool?.ready.shift();
-    // Creates here outran the files kept ready: keep more.
-    if (pool && !r) pool.want = Math.min(pool.want * 2, RESERVE_MOST);
-    this.refill(ctx, parent);
-    if (!r) return undefined;
+    if (!pool || !r) {
+      // Creates here outran the files kept ready: keep more.
+      if (pool) pool.want = Math.min(pool.want * 2, RESERVE_MOST);
+      this.refill(ctx, parent);
+      return undefined;
+    }
+    this.pools.delete(parent);
+    this.pools.set(parent, pool);
+    // The naming brings back as many new ones as keep the pool full: no RESERVE of its own.
+    const more = Math.max(0, pool.want - pool.ready.length - pool.asking);
+    pool.asking += more;
     const ms = Date.now();
     const now = { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 };
     // What NAME_RESERVED makes of it (the server's answer corrects it if a set-group-ID directory
@@ -927,12 +938,15 @@ export class RemoteVfs implements Vfs {
     const fh = this.nodes.handle(r.fh, false, entry.nodeid, flags);
     this.cache?.drop(entry.nodeid);
     this.createCounters.sent++;
-    const named = this.call('nameReserved', { ctx: wireCtx(ctx), parent, name, nodeid: entry.nodeid, fh, mode }, undefined, false, false, false).then(
+    const named = this.call('nameReserved', { ctx: wireCtx(ctx), parent, name, nodeid: entry.nodeid, fh, mode, more }, undefined, false, false, false).then(
       (rep) => {
+        pool.asking -= more;
+        this.adopt(parent, ctx.uid, pool, rep.files);
         this.hint(parent, rep.parentAttr);
         return { attr: rep.attr };
       },
       (err: unknown) => {
+        pool.asking -= more;
         this.createCounters.failed++;
         this.nodes.removed(parent, name);
         return { error: err instanceof FsError ? err : new FsError(Errno.EIO, (err as Error).message) };

@@ -34,10 +34,36 @@ export interface SessionApi {
   claim(nodeid: number): Promise<boolean>;
   /** Whether this session holds directory `nodeid` under LEASE_DIR. */
   holdsLease(nodeid: number): boolean;
-  /** Handles of files reserved (RESERVE) and not yet named: the server's fds a client holds ahead. */
-  readonly unnamed: Set<number>;
+  /** Files reserved (RESERVE) and not yet named, fh -> node id: the server's fds a client holds ahead. */
+  readonly unnamed: Map<number, number>;
   /** Whether another session holds directory `nodeid` under LEASE_DIR (a claim would recall it). */
   leasedElsewhere(nodeid: number): boolean;
+}
+
+/**
+ * Up to `count` unnamed files in `parent` (RESERVE, and NAME_RESERVED's `more`), each counted as a
+ * lookup and an open handle of the session. A failure after the first ends the list; the first's
+ * is thrown when `strict` (RESERVE), else it gives an empty list.
+ */
+async function reserveFiles(s: SessionApi, ctx: Ctx, parent: number, count: number, strict: boolean): Promise<Rep<'reserve'>['files']> {
+  const files: Rep<'reserve'>['files'] = [];
+  // A client may hold RESERVE_HELD_MAX at once: beyond, it gets none and creates as usual.
+  const n = Math.min(count, RESERVE_MAX, RESERVE_HELD_MAX - s.unnamed.size);
+  for (let i = 0; i < n; i++) {
+    let r: CreateResult;
+    try {
+      r = await s.vfs.reserveFile!(ctx, parent);
+    } catch (err) {
+      if (files.length === 0 && strict) throw err;
+      break;
+    }
+    const { entry, ...open } = r;
+    s.gotEntry(entry);
+    s.gotHandle(open.fh, { nodeid: entry.nodeid, dir: false, append: false });
+    s.unnamed.set(open.fh, entry.nodeid);
+    files.push({ entry, open });
+  }
+  return files;
 }
 
 /** Files one RESERVE makes at most, and unnamed ones a session may hold at once. */
@@ -150,26 +176,8 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     return { entry, open, parentAttr };
   },
   reserve: async (s, ctx, a) => {
-    const vfs = s.vfs;
-    if (!vfs.reserveFile) throw new FsError(Errno.EOPNOTSUPP);
-    const files: Rep<'reserve'>['files'] = [];
-    // A client may hold RESERVE_HELD_MAX at once: beyond, it gets none and creates as usual.
-    const n = Math.min(a.count, RESERVE_MAX, RESERVE_HELD_MAX - s.unnamed.size);
-    for (let i = 0; i < n; i++) {
-      let r: CreateResult;
-      try {
-        r = await vfs.reserveFile(ctx, a.parent);
-      } catch (err) {
-        if (files.length === 0) throw err;
-        break;
-      }
-      const { entry, ...open } = r;
-      s.gotEntry(entry);
-      s.gotHandle(open.fh, { nodeid: entry.nodeid, dir: false, append: false });
-      s.unnamed.add(open.fh);
-      files.push({ entry, open });
-    }
-    return { files };
+    if (!s.vfs.reserveFile) throw new FsError(Errno.EOPNOTSUPP);
+    return { files: await reserveFiles(s, ctx, a.parent, a.count, true) };
   },
   nameReserved: async (s, ctx, a) => {
     if (!s.vfs.nameReserved) throw new FsError(Errno.EOPNOTSUPP);
@@ -177,8 +185,9 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     const attr = await s.vfs.nameReserved(ctx, a.parent, a.name, a.nodeid, a.fh, a.mode);
     s.unnamed.delete(a.fh);
     await s.changed([named(a.parent, a.name), whole(a.parent)]);
+    const files = a.more > 0 ? await reserveFiles(s, ctx, a.parent, a.more, false) : [];
     // Like an unlink there: a client holding the directory under a lease answers its attributes itself.
-    return { attr, parentAttr: s.holdsLease(a.parent) ? undefined : await postAttr(s, ctx, a.parent) };
+    return { attr, files, parentAttr: s.holdsLease(a.parent) ? undefined : await postAttr(s, ctx, a.parent) };
   },
   read: async (s, ctx, a) => {
     s.handle(a.fh, false);

@@ -84,8 +84,8 @@ export class Session implements SessionApi {
   private readonly running = new Map<number, { ac: LazyAbort; seq: number }>();
   /** UNLINKs running now (see onFrame: RMDIR, RENAME and LINK wait for them). */
   private readonly unlinking = new Set<Promise<void>>();
-  /** Handles of files RESERVE made and NAME_RESERVED has not named yet (RESERVE_HELD_MAX at most). */
-  readonly unnamed = new Set<number>();
+  /** Files RESERVE made and NAME_RESERVED has not named yet, fh -> node id (RESERVE_HELD_MAX at most). */
+  readonly unnamed = new Map<number, number>();
   /** NAME_RESERVEDs running now (see onFrame: every later request waits for them). */
   private readonly naming = new Set<Promise<void>>();
   /** Node id -> its WRITEs running now (see onFrame: SETATTR of times waits for them). */
@@ -449,10 +449,20 @@ export class Session implements SessionApi {
       this.lookups.delete(nodeid);
       this.dropped.delete(nodeid);
       if (this.leased.has(nodeid)) this.unlease(nodeid);
+      // A reserved file the client gives back unnamed: its handle goes with it (1.4).
+      if (this.unnamed.size) for (const [fh, id] of this.unnamed) if (id === nodeid) this.dropUnnamed(fh);
     } else {
       this.lookups.set(nodeid, held - drop);
     }
     this.safeForget(nodeid, drop);
+  }
+
+  private dropUnnamed(fh: number): void {
+    const h = this.files.get(fh);
+    this.unnamed.delete(fh);
+    if (!h) return;
+    this.files.delete(fh);
+    void this.releaseHandle(fh, h);
   }
 
   private safeForget(nodeid: number, n: number): void {

@@ -127,14 +127,14 @@ export const OPS = {
   },
   reserve: {
     code: 50, kind: 'call', idempotent: false,
-    doc: '1.4. Up to `count` (at most 64) new regular files without a name in directory `parent` (as O_TMPFILE makes them), each open for reading and writing as its `fh` and counting one lookup of its entry; entry.attr gives the final ino, blksize and rdev. NAME_RESERVED names one; a RELEASE and FORGET before that drop it. Fewer than asked (none at all) when the session holds 128 unnamed files already, or when making one more failed after the first. For create-behind in a leased directory (see DESIGN.md, "Create-behind"). EOPNOTSUPP: the source cannot.',
+    doc: '1.4. Up to `count` (at most 64) new regular files without a name in directory `parent` (as O_TMPFILE makes them), each open for reading and writing as its `fh` and counting one lookup of its entry; entry.attr gives the final ino, blksize and rdev. NAME_RESERVED names one; a FORGET before that drops it (and closes its handle). Fewer than asked (none at all) when the session holds 128 unnamed files already, or when making one more failed after the first. For create-behind in a leased directory (see DESIGN.md, "Create-behind"). EOPNOTSUPP: the source cannot.',
     req: [C, ['parent', 'u64'], ['count', 'u32']], rep: [['files', 'reserved']],
   },
   nameReserved: {
     code: 51, kind: 'call', idempotent: false,
-    doc: '1.4. Names the reserved file `nodeid` (open as `fh`) `name` in `parent`, as CREATE with `mode` by ctx would have made it: ctx\'s owner (the directory\'s group when it is set-group-ID), mode & 07777, all times now. EEXIST when the name is taken. The server runs every request of the session that arrives after it once it is done. attr: the file\'s attributes; parentAttr as for UNLINK.',
-    req: [C, ['parent', 'u64'], ['name', 'str'], ['nodeid', 'u64'], ['fh', 'u64'], ['mode', 'u32']],
-    rep: [['attr', 'attr'], ['parentAttr', 'tailattr']],
+    doc: '1.4. Names the reserved file `nodeid` (open as `fh`) `name` in `parent`, as CREATE with `mode` by ctx would have made it: ctx\'s owner (the directory\'s group when it is set-group-ID), mode & 07777, all times now. EEXIST when the name is taken. The server runs every request of the session that arrives after it once it is done. attr: the file\'s attributes; files: up to `more` files reserved anew in `parent`, as RESERVE makes them (fewer or none when that fails: the naming stands); parentAttr as for UNLINK.',
+    req: [C, ['parent', 'u64'], ['name', 'str'], ['nodeid', 'u64'], ['fh', 'u64'], ['mode', 'u32'], ['more', 'u32']],
+    rep: [['attr', 'attr'], ['files', 'reserved'], ['parentAttr', 'tailattr']],
   },
 } as const satisfies Record<string, OpSpec>;
 

@@ -157,14 +157,14 @@ test('local changes on the server host reach clients within a second', async (t)
 });
 
 /** The "unlink-behind:" line of the mount's `wirefs status`: how many unlinks went behind. */
-async function behindSent(mnt: string): Promise<number> {
+async function behindSent(mnt: string, what: 'unlink-behind' | 'create-behind' = 'unlink-behind'): Promise<number> {
   const lines = (await ok(`timeout 10 ${process.execPath} ${BIN} status`)).split('\n');
   const head = lines.findIndex((l) => l.startsWith(`${mnt}  `));
   assert.ok(head >= 0, `${mnt} not in wirefs status`);
-  const line = lines.slice(head + 1).find((l) => l.includes('unlink-behind:'));
-  const m = /unlink-behind: (\d+) sent, (\d+) failed/.exec(line ?? '');
-  assert.ok(m, `no unlink-behind line for ${mnt}`);
-  assert.equal(m[2], '0', 'no unlink sent behind failed');
+  const line = lines.slice(head + 1).find((l) => l.includes(`${what}:`));
+  const m = new RegExp(`${what}: (\\d+) sent, (\\d+) failed`).exec(line ?? '');
+  assert.ok(m, `no ${what} line for ${mnt}`);
+  assert.equal(m[2], '0', `nothing sent ${what} failed`);
   return Number(m[1]);
 }
 
@@ -188,4 +188,32 @@ test('unlinks answered before the server ran them are never seen by another clie
   assert.equal(await ok(`timeout 10 ls -A ${a.mnt}/mine`), '');
   await ok(`echo again > ${a.mnt}/mine/f1 && rm ${a.mnt}/mine/f1 && rmdir ${a.mnt}/mine`);
   assert.equal(await statOf(`${b.mnt}/mine`), 'missing');
+});
+
+// Each file opened with O_EXCL, fstat-ed at once (the inode number its kernel was given by the
+// create), written and closed; prints {name: st_ino}.
+const CREATOR = `import os, sys, json
+d, n = sys.argv[1], int(sys.argv[2]); out = {}
+for i in range(n):
+    fd = os.open(f"{d}/f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    out[f"f{i}"] = os.fstat(fd).st_ino
+    os.write(fd, f"{i}\\n".encode())
+    os.close(fd)
+print(json.dumps(out))`;
+
+test('files created before the server named them are never missed by another client, and keep their inode numbers', async (t) => {
+  const { exported, a, b, c } = await threeClients(t);
+  await ok(`mkdir ${a.mnt}/made && echo 0 > ${a.mnt}/made/first && sleep 0.2`); // the first create asks for a lease
+  const inos = JSON.parse(await ok(`timeout 120 python3 -c '${CREATOR}' ${a.mnt}/made 300`)) as Record<string, number>;
+  assert.ok(await behindSent(a.mnt, 'create-behind') > 0, 'creates in the directory A holds alone went behind');
+  // At once, no sleep: B and C list every name and read the bytes.
+  for (const m of [b, c]) {
+    assert.equal((await ok(`timeout 10 ls ${m.mnt}/made`)).trim().split('\n').length, 301);
+    assert.equal(await ok(`timeout 10 cat ${m.mnt}/made/f150`), '150\n');
+  }
+  for (const name of ['f0', 'f150', 'f299']) {
+    const ino = String((await fsp.stat(`${exported}/made/${name}`)).ino);
+    assert.equal(String(inos[name]), ino, `${name}: the inode number fstat gave right after the create is the file's`);
+    for (const m of [a, b]) assert.equal(await statOf(`${m.mnt}/made/${name}`, '%i'), ino);
+  }
 });

@@ -34,7 +34,7 @@ const SAMPLE: Record<string, unknown> = {
   ctx, parent: ROOT_ID, nodeid: ROOT_ID, name: 'f', newparent: ROOT_ID, newname: 'g', mode: 0o100644, rdev: 0, target: 't',
   flags: O_RDWR, fh: 1, offset: 0, size: 64, data: Buffer.from('hello'), datasync: false, maxEntries: 10, plus: true,
   value: Buffer.from('v'), mask: 0, length: 10, whence: 3, id: 1, nlookup: 1, set: { size: 3 }, nodeIn: 1, fhIn: 1, offIn: 0,
-  nodeOut: 1, fhOut: 1, offOut: 0, len: 5, event: { kind: 'entry', parent: 1, name: 'x' },
+  nodeOut: 1, fhOut: 1, offOut: 0, len: 5, event: { kind: 'entry', parent: 1, name: 'x' }, count: 2, more: 1,
 };
 
 /** A valid request frame of every client op, with small, meaningful values. */
