@@ -273,6 +273,8 @@ export class RemoteVfs implements Vfs {
   private readonly behindCounters = { sent: 0, failed: 0, recalled: 0, leases: 0 };
   /** Create-behind (1.4): reserved files by leased directory, least recently created in first. */
   private readonly pools = new Map<number, Pool>();
+  /** Whether anyone answers creates with reserved files (WriteBehindVfs does: see offerCreateBehind). */
+  private createBehindOn = false;
   private reserveUnsupported = false;
   private readonly createCounters = { sent: 0, failed: 0 };
 
@@ -292,6 +294,10 @@ export class RemoteVfs implements Vfs {
       lookup: async (parent, name) => (await this.call('lookup', { ctx: SERVER_CTX, parent, name }, undefined, true)).entry,
       open: async (nodeid, flags) => (await this.call('open', { ctx: SERVER_CTX, nodeid, flags }, undefined, true)).open.fh,
       opendir: async (nodeid) => (await this.call('opendir', { ctx: SERVER_CTX, nodeid }, undefined, true)).open.fh,
+      create: async (parent, name, u) => {
+        const rep = await this.call('create', { ctx: u.ctx, parent, name, mode: u.mode, flags: (u.flags & ~(O_EXCL | O_TRUNC)) | O_CREAT }, undefined, true);
+        return { entry: rep.entry, fh: rep.open.fh };
+      },
     });
     if (opts.dataCache && coherent) {
       try {
@@ -558,6 +564,7 @@ export class RemoteVfs implements Vfs {
     const link = this.wire;
     if (!link) return;
     let req = p.req;
+    if (p.op === 'nameReserved' && this.nodes.epoch !== 0) return this.renamed(id, p, link);
     if (!p.raw && this.nodes.epoch !== 0) {
       try {
         req = await this.nodes.outbound(p.op, req);
@@ -587,6 +594,25 @@ export class RemoteVfs implements Vfs {
     }
     p.written = true;
     this.put(link, frame, p.op === 'release' || p.op === 'releasedir' || p.hold);
+  }
+
+  /**
+   * A NAME_RESERVED to send after the server restarted: the file it names died unnamed with the old
+   * server, or was named just before. Finding its node again (NodeTable.resolve) makes it by name
+   * if need be, and that is the naming's answer.
+   */
+  private async renamed(id: number, p: Pending, link: Link): Promise<void> {
+    try {
+      await this.nodes.serverNode((p.req as Req<'nameReserved'>).nodeid);
+    } catch (err) {
+      if (this.wire !== link || this.pending.get(id) !== p) return; // a newer link resends it
+      this.settle(id, p);
+      p.reject(err instanceof FsError ? err : new FsError(Errno.EIO, (err as Error).message));
+      return;
+    }
+    if (this.pending.get(id) !== p) return;
+    this.settle(id, p);
+    p.resolve({ attr: undefined, files: [], parentAttr: undefined });
   }
 
   /** Queues a frame for the current link; `hold`: no one waits for it. */
@@ -857,8 +883,13 @@ export class RemoteVfs implements Vfs {
    * Keeps files reserved in a leased directory where creates happen (see RESERVE_FIRST): asks for
    * more, in one RESERVE, once no more than half of what it wants are ready or on their way.
    */
+  /** The writes layer answers creates behind (writeback.ts): keep files reserved for it from now on. */
+  offerCreateBehind(): void {
+    this.createBehindOn = true;
+  }
+
   private refill(ctx: Ctx, dir: number): void {
-    if (this.reserveUnsupported || this.nodes.epoch !== 0 || !this.leasedFor(dir, ctx.uid)) return;
+    if (!this.createBehindOn || this.reserveUnsupported || this.nodes.epoch !== 0 || !this.leasedFor(dir, ctx.uid)) return;
     let p = this.pools.get(dir);
     if (p) {
       this.pools.delete(dir);
@@ -936,17 +967,21 @@ export class RemoteVfs implements Vfs {
     const attr: Attr = { ...r.entry.attr, mode: S_IFREG | (mode & 0o7777), uid: ctx.uid, gid: ctx.gid, nlink: 1, size: 0, blocks: 0, atime: now, mtime: now, ctime: now };
     const entry = this.nodes.entry({ ...r.entry, attr }, parent, name);
     const fh = this.nodes.handle(r.fh, false, entry.nodeid, flags);
+    this.nodes.createdBehind(entry.nodeid, { fh, ctx: wireCtx(ctx), mode, flags });
     this.cache?.drop(entry.nodeid);
     this.createCounters.sent++;
     const named = this.call('nameReserved', { ctx: wireCtx(ctx), parent, name, nodeid: entry.nodeid, fh, mode, more }, undefined, false, false, false).then(
       (rep) => {
         pool.asking -= more;
+        this.nodes.named(entry.nodeid);
         this.adopt(parent, ctx.uid, pool, rep.files);
         this.hint(parent, rep.parentAttr);
-        return { attr: rep.attr };
+        // (No attributes when the naming was redone by name after a server restart: see renamed.)
+        return (rep.attr as Attr | undefined) ? { attr: rep.attr } : {};
       },
       (err: unknown) => {
         pool.asking -= more;
+        this.nodes.named(entry.nodeid);
         this.createCounters.failed++;
         this.nodes.removed(parent, name);
         return { error: err instanceof FsError ? err : new FsError(Errno.EIO, (err as Error).message) };
@@ -991,8 +1026,10 @@ export class RemoteVfs implements Vfs {
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
     // Creates here may go behind from now on (see createBehind).
-    if (this.leasedFor(parent, ctx.uid)) this.refill(ctx, parent);
-    else this.askLease(ctx, parent, true);
+    if (this.createBehindOn && !this.reserveUnsupported) {
+      if (this.leasedFor(parent, ctx.uid)) this.refill(ctx, parent);
+      else this.askLease(ctx, parent, true);
+    }
     let rep: Rep<'create'>;
     try {
       rep = await this.call('create', { ctx: wireCtx(ctx), parent, name, mode, flags }, ctx);

@@ -83,6 +83,8 @@ export interface RemoteHooks {
   unlinkBehind(ctx: Ctx, parent: number, name: string): Promise<FsError | undefined> | undefined;
   /** Whether the kernel holds a lookup of the node named parent/name. */
   holdsName(parent: number, name: string): boolean;
+  /** Says that creates will be offered to createBehind (client.ts keeps files reserved from then on). */
+  offerCreateBehind?(): void;
   /** A create answered at once with a reserved file, named behind (client.ts); undefined: as usual. */
   createBehind?(ctx: Ctx, parent: number, name: string, mode: number, flags: number): { result: CreateResult; named: Promise<{ attr?: Attr; error?: FsError }> } | undefined;
   /** OPENDIR and the first READDIR in one round trip (client.ts); undefined: not offered. */

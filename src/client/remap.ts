@@ -13,9 +13,19 @@
 import { Errno, FsError } from '../lib/errno.js';
 import { O_CREAT, O_EXCL, O_TRUNC, RENAME_EXCHANGE, ROOT_ID, type ChangeEvent, type DirEntry, type Entry } from '../vfs/types.js';
 
+/** A file created behind (client.ts createBehind) whose naming has not been answered yet. */
+export interface Unnamed {
+  fh: number;
+  ctx: { uid: number; gid: number; pid: number };
+  mode: number;
+  flags: number;
+}
+
 /** Calls on the new session, in its own ids, that re-establish a node or a handle. */
 export interface Rebinder {
   lookup(parent: number, name: string): Promise<Entry>;
+  /** Makes a file created behind again by name (the server that held it unnamed restarted). */
+  create(parent: number, name: string, u: Unnamed): Promise<{ entry: Entry; fh: number }>;
   open(nodeid: number, flags: number): Promise<number>;
   opendir(nodeid: number): Promise<number>;
 }
@@ -53,6 +63,8 @@ export class NodeTable {
   private toClient = new Map<number, number>();
   private fhToServer = new Map<string, number>();
   private readonly resolving = new Map<number, Promise<number>>();
+  /** Files created behind whose naming is on its way, by client id: kept across epochs. */
+  private readonly unnamed = new Map<number, Unnamed>();
   private readonly reopening = new Map<string, Promise<number>>();
   private nextLocal = LOCAL_BASE;
   /** Nodes found again by name, handles reopened, and ones that could not be (for `wirefs status`). */
@@ -115,8 +127,21 @@ export class NodeTable {
     }
     const epoch = this.epoch;
     const parent = await this.serverNode(rec.parent);
-    const e = await this.rebind.lookup(parent, rec.name);
-    if (!e.nodeid) throw new FsError(Errno.ESTALE);
+    const u = this.unnamed.get(id);
+    let e = await this.rebind.lookup(parent, rec.name).catch((err: unknown) => {
+      if (u && err instanceof FsError && err.errno === Errno.ENOENT) return undefined;
+      throw err;
+    });
+    if (u && !e?.nodeid && epoch === this.epoch) {
+      // Created behind, and the server restarted before it named the file: the file (and every
+      // write of it, all still waiting to be resent: the server ran none before the naming) is
+      // made again here, by name, as it was asked for.
+      const made = await this.rebind.create(parent, rec.name, u);
+      if (epoch === this.epoch) this.fhToServer.set(fhKey(u.fh, false), made.fh);
+      this.unnamed.delete(id);
+      e = made.entry;
+    }
+    if (!e?.nodeid) throw new FsError(Errno.ESTALE);
     if (epoch !== this.epoch) throw new FsError(Errno.EIO, 'the server restarted again');
     this.bind(id, e.nodeid);
     this.counters.remapped++;
@@ -170,6 +195,14 @@ export class NodeTable {
       if (this.toClient.get(server) === id) this.toClient.delete(server);
     }
     return server;
+  }
+
+  /** A file was created behind (see Unnamed); `named` once its naming has its answer. */
+  createdBehind(id: number, u: Unnamed): void {
+    this.unnamed.set(id, u);
+  }
+  named(id: number): void {
+    this.unnamed.delete(id);
   }
 
   /** A handle that was never reopened in this session: releasing it needs no round trip. */

@@ -187,6 +187,7 @@ export class WriteBehindVfs implements Vfs {
   /** `writeAttrs`: subscribes to a file's attributes after a write (RemoteVfs.onWriteAttr); only for a coherent server. */
   constructor(private readonly inner: Vfs, private readonly limit = WRITE_BEHIND_BYTES,
     writeAttrs?: (l: (nodeid: number, attr: Attr) => void) => () => void, private readonly behind?: RemoteHooks) {
+    behind?.offerCreateBehind?.();
     this.unwatch = inner.watch((ev) => {
       const id = ev.kind === 'inode' ? ev.nodeid : ev.kind === 'delete' ? ev.child : 0;
       if (!id) return;

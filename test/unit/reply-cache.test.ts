@@ -10,6 +10,7 @@ import { SEQ_WINDOW, nextSeq, seqDistance } from '../../src/wire/seq.js';
 import { backoffMs } from '../../src/client/reconnect.js';
 import { NodeTable } from '../../src/client/remap.js';
 import { ROOT_ID, type Entry } from '../../src/vfs/types.js';
+import { Errno, FsError } from '../../src/lib/errno.js';
 
 const frame = (n: number): Buffer => Buffer.alloc(20, n);
 
@@ -76,6 +77,7 @@ test('node table: names follow rename and unlink; after a restart nodes are foun
     },
     open: async () => 900,
     opendir: async () => 901,
+    create: () => Promise.reject(new Error('nothing here was created behind')),
   });
   t.entry(e(2), ROOT_ID, 'a');
   t.entry(e(3), 2, 'b');
@@ -111,4 +113,46 @@ test('session registry: detached sessions expire after the grace, and beyond the
   await new Promise((res) => setTimeout(res, 100));
   assert.deepEqual(ended, [1n, 3n], 'the one not taken back expired after the grace');
   assert.equal(r.take(3n), undefined);
+});
+
+test('NodeTable: a file created behind whose naming crossed a server restart is made again by name', async () => {
+  const attr = { ino: 1, size: 0, blocks: 0, atime: { sec: 0, nsec: 0 }, mtime: { sec: 0, nsec: 0 }, ctime: { sec: 0, nsec: 0 }, mode: 0o100640, nlink: 1, uid: 0, gid: 0, rdev: 0, blksize: 4096 };
+  const e = (nodeid: number): Entry => ({ nodeid, generation: 0, attr });
+  const fresh = new Map([['1/d', 20], ['20/named', 21]]);
+  const created: string[] = [];
+  const opened: string[] = [];
+  const t = new NodeTable({
+    lookup: async (parent, name) => e(fresh.get(`${parent}/${name}`) ?? 0),
+    open: async (nodeid, flags) => {
+      opened.push(`${nodeid}:${flags}`);
+      return 900;
+    },
+    opendir: async () => 901,
+    create: async (parent, name, u) => {
+      created.push(`${parent}/${name}:${u.mode.toString(8)}:${u.ctx.uid}`);
+      return { entry: e(77), fh: 555 };
+    },
+  });
+  const ctx = { uid: 1000, gid: 100, pid: 9 };
+  t.entry(e(10), ROOT_ID, 'd');
+  t.entry(e(11), 10, 'lost');
+  t.entry(e(12), 10, 'named');
+  const lostFh = t.handle(5, false, 11, 1);
+  const namedFh = t.handle(6, false, 12, 1);
+  t.createdBehind(11, { fh: lostFh, ctx, mode: 0o100640, flags: 1 });
+  t.createdBehind(12, { fh: namedFh, ctx, mode: 0o100600, flags: 1 });
+  t.newEpoch();
+  // Never named before the old server died: made by name as asked, its handle the create's.
+  assert.deepEqual(await t.outbound('write', { nodeid: 11, fh: lostFh }), { nodeid: 77, fh: 555 });
+  assert.deepEqual(created, ['20/lost:100640:1000']);
+  // Named just before: found by its name, and its handle reopened like any other.
+  assert.deepEqual(await t.outbound('write', { nodeid: 12, fh: namedFh }), { nodeid: 21, fh: 900 });
+  assert.deepEqual(created, ['20/lost:100640:1000']);
+  assert.deepEqual(opened, ['21:1']);
+  // A file whose naming was answered is an ordinary one: gone after a restart means stale.
+  t.entry(e(13), 10, 'done');
+  t.createdBehind(13, { fh: t.handle(7, false, 13, 1), ctx, mode: 0o100644, flags: 1 });
+  t.named(13);
+  t.newEpoch();
+  await assert.rejects(t.outbound('getattr', { nodeid: 13 }), (err: unknown) => err instanceof FsError && err.errno === Errno.ESTALE);
 });
