@@ -18,7 +18,7 @@ import {
 } from '../vfs/types.js';
 import { EncodeError, type WireCtx } from '../wire/codec.js';
 import {
-  FEATURE_CANCEL, FEATURE_COHERENT, FEATURE_PUSH, FLAG_PUSH, FLAG_REPLY, READ_OVERHEAD, decodeHeader, encodeRequestFrame,
+  FEATURE_CANCEL, FEATURE_COHERENT, FEATURE_PUSH, FLAG_PUSH, FLAG_REPLY, READ_OVERHEAD, decodeHeader, encodeRequestFrame, encodeWriteRequestParts,
 } from '../wire/frame.js';
 import { OPS, decodeRep, decodeReq, opLabel, type OpName, type Rep, type Req } from '../wire/ops.js';
 import type { Security } from '../wire/transport.js';
@@ -170,6 +170,8 @@ interface Reserved {
   fh: number;
 }
 
+/** WRITEs with at least this much data are sent as header and data apart (encodeWriteRequestParts). */
+const WRITE_PARTS_MIN = 64 * 1024;
 /** Bytes of a write request besides its data: header, ctx, nodeid, fh, offset, blob length. */
 const WRITE_OVERHEAD = 128;
 /**
@@ -578,18 +580,22 @@ export class RemoteVfs implements Vfs {
       }
       if (this.wire !== link || this.pending.get(id) !== p) return;
     }
-    let frame: Buffer;
+    let frame: Buffer | [Buffer, Buffer];
     try {
-      frame = encodeRequestFrame(p.op, id, p.seq, req as Req<typeof p.op>);
+      // A big WRITE's data goes out as it is, beside its header, not copied into one frame.
+      frame = p.op === 'write' && (req as Req<'write'>).data.length >= WRITE_PARTS_MIN
+        ? encodeWriteRequestParts(id, p.seq, req as Req<'write'>)
+        : encodeRequestFrame(p.op, id, p.seq, req as Req<typeof p.op>);
     } catch (err) {
       if (!(err instanceof EncodeError)) throw err;
       this.settle(id, p);
       p.reject(new FsError(Errno.EINVAL, `${opLabel(p.op)}: ${err.message}`));
       return;
     }
-    if (frame.length > link.maxFrame) {
+    const length = Buffer.isBuffer(frame) ? frame.length : frame[0].length + frame[1].length;
+    if (length > link.maxFrame) {
       this.settle(id, p);
-      p.reject(new FsError(Errno.E2BIG, `${opLabel(p.op)} request of ${frame.length} bytes is over the frame limit`));
+      p.reject(new FsError(Errno.E2BIG, `${opLabel(p.op)} request of ${length} bytes is over the frame limit`));
       return;
     }
     p.written = true;
@@ -616,7 +622,7 @@ export class RemoteVfs implements Vfs {
   }
 
   /** Queues a frame for the current link; `hold`: no one waits for it. */
-  private put(link: Link, frame: Buffer, hold = false): void {
+  private put(link: Link, frame: Buffer | readonly Buffer[], hold = false): void {
     if (link === this.wire) this.out.push(frame, hold);
   }
 
@@ -879,15 +885,15 @@ export class RemoteVfs implements Vfs {
   // whose outcome the client knows: a regular file, no set-ID bits, opened for writing without
   // O_APPEND, O_SYNC or O_DIRECT.
 
-  /**
-   * Keeps files reserved in a leased directory where creates happen (see RESERVE_FIRST): asks for
-   * more, in one RESERVE, once no more than half of what it wants are ready or on their way.
-   */
   /** The writes layer answers creates behind (writeback.ts): keep files reserved for it from now on. */
   offerCreateBehind(): void {
     this.createBehindOn = true;
   }
 
+  /**
+   * Keeps files reserved in a leased directory where creates happen (see RESERVE_FIRST): asks for
+   * more, in one RESERVE, once no more than half of what it wants are ready or on their way.
+   */
   private refill(ctx: Ctx, dir: number): void {
     if (!this.createBehindOn || this.reserveUnsupported || this.nodes.epoch !== 0 || !this.leasedFor(dir, ctx.uid)) return;
     let p = this.pools.get(dir);

@@ -333,6 +333,16 @@ export class PassthroughFs implements Vfs {
     for (const l of [...n.links]) this.removeLink(n, l.parent, l.name);
   }
 
+  /** A node for the inode `st` describes (mapIno key `key`), with no name and no lookup yet. */
+  private newNode(st: BigIntStats, key: number): PNode {
+    let dev = this.devs.get(st.dev);
+    if (dev === undefined) this.devs.set(st.dev, (dev = st.dev));
+    const n: PNode = { id: this.nextId++, key, ino: Number(st.ino), type: modeOfType(st), dev, links: [], children: undefined, lookups: 0, handles: undefined };
+    this.nodes.set(n.id, n);
+    this.byKey.set(key, n);
+    return n;
+  }
+
   /** The node for a stat seen under parent/name (reusing the one for this dev:ino), with one lookup counted. */
   private entryFor(parent: PNode, name: string, st: BigIntStats): Entry {
     const key = this.mapIno(st.dev, st.ino);
@@ -342,13 +352,7 @@ export class PassthroughFs implements Vfs {
       this.byKey.delete(key);
       n = undefined;
     }
-    if (!n) {
-      let dev = this.devs.get(st.dev);
-      if (dev === undefined) this.devs.set(st.dev, (dev = st.dev));
-      n = { id: this.nextId++, key, ino: Number(st.ino), type: modeOfType(st), dev, links: [], children: undefined, lookups: 0, handles: undefined };
-      this.nodes.set(n.id, n);
-      this.byKey.set(key, n);
-    }
+    n ??= this.newNode(st, key);
     // Directories have one name: a directory seen elsewhere was moved there.
     if (n.type === S_IFDIR) for (const l of [...n.links]) if (l.parent !== parent || l.name !== name) this.removeLink(n, l.parent, l.name);
     this.addLink(n, parent, name);
@@ -825,12 +829,8 @@ export class PassthroughFs implements Vfs {
       }
       // A node with no name yet (like a file unlinked while open): its handle keeps it, and the
       // fd LRU never closes it (it could not be reopened by a path).
-      const key = this.mapIno(st.dev, st.ino);
-      let dev = this.devs.get(st.dev);
-      if (dev === undefined) this.devs.set(st.dev, (dev = st.dev));
-      const n: PNode = { id: this.nextId++, key, ino: Number(st.ino), type: S_IFREG, dev, links: [], children: undefined, lookups: 1, handles: undefined };
-      this.nodes.set(n.id, n);
-      this.byKey.set(key, n);
+      const n = this.newNode(st, this.mapIno(st.dev, st.ino));
+      n.lookups++;
       const r = await this.openNode(n, O_RDWR, f, dir);
       return { ...r, entry: { nodeid: n.id, generation: 0, attr: this.toAttr(st) } };
     });

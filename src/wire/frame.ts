@@ -10,7 +10,7 @@
 
 import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
 import { EncodeError } from './codec.js';
-import { OPS, encodeRep, encodeReq, type OpName, type Rep, type Req } from './ops.js';
+import { OPS, encodeFields, encodeRep, encodeReq, type OpName, type Rep, type Req } from './ops.js';
 
 export const HEADER_SIZE = 16;
 export const FLAG_REPLY = 1;
@@ -110,6 +110,19 @@ export function encodeReadReplyParts(id: number, data: Buffer): [Buffer, Buffer]
   // Status 0, then the blob's length; the blob's bytes are `data`.
   const w = frameWriter(8).i32(0).u32(data.length);
   return [finish(w, OPS.read.code, FLAG_REPLY, id, 0, data.length), data];
+}
+
+/**
+ * A WRITE request as two buffers, the frame up to the data's length and the data itself, for one
+ * writev: the same bytes as encodeRequestFrame('write', ...) without copying a megabyte of data
+ * into a new buffer (the data is the last field).
+ */
+export function encodeWriteRequestParts(id: number, seq: number, req: Req<'write'>): [Buffer, Buffer] {
+  const { data, ...rest } = req;
+  const w = frameWriter(64);
+  encodeFields(w, OPS.write.req.slice(0, -1), rest);
+  w.u32(data.length);
+  return [finish(w, OPS.write.code, 0, id, seq, data.length), data];
 }
 
 /** A failed request's reply: the status alone. `op` is echoed as received, known or not. */

@@ -11,7 +11,7 @@ import { ProtocolError, Reader, Writer } from '../../src/lib/bytes.js';
 import { FIELDS, EncodeError, type FieldType } from '../../src/wire/codec.js';
 import {
   FLAG_NOREPLY, FLAG_PUSH, FLAG_REPLY, FrameSplitter, HEADER_SIZE, MAGIC, decodeHeader, encodeErrorFrame,
-  encodePushFrame, encodeReadReplyParts, encodeReplyFrame, encodeRequestFrame,
+  encodePushFrame, encodeReadReplyParts, encodeReplyFrame, encodeRequestFrame, encodeWriteRequestParts,
 } from '../../src/wire/frame.js';
 import { OPS, OP_BY_CODE, decodeRep, decodeReq, describeOps, opLabel, type OpName } from '../../src/wire/ops.js';
 import { SEQ_WINDOW } from '../../src/wire/seq.js';
@@ -109,6 +109,19 @@ test('a READ reply in two parts is the same bytes as the whole frame', () => {
     assert.equal(parts[1], data, 'the data itself, not a copy');
     assert.deepEqual(Buffer.concat(parts), encodeReplyFrame('read', 0xfffffffe, { data }), `${len} bytes`);
   }
+});
+
+test('a WRITE request in two parts is the same bytes as the whole frame', () => {
+  const ctx = { uid: 1000, gid: 100, pid: 7 };
+  for (const len of [0, 1, 65536, 1 << 20]) {
+    const data = Buffer.alloc(len);
+    for (let i = 0; i < len; i++) data[i] = (i * 17) & 0xff;
+    const req = { ctx, nodeid: 42, fh: 9, offset: 2 ** 40 + 3, data };
+    const parts = encodeWriteRequestParts(0xfffffffe, 77, req);
+    assert.equal(parts[1], data, 'the data itself, not a copy');
+    assert.deepEqual(Buffer.concat(parts), encodeRequestFrame('write', 0xfffffffe, 77, req), `${len} bytes`);
+  }
+  assert.throws(() => encodeWriteRequestParts(1, 1, { ctx, nodeid: 1, fh: 1, offset: -1, data: Buffer.alloc(1) }), EncodeError);
 });
 
 test('values the wire cannot carry refuse to encode', () => {
