@@ -156,7 +156,14 @@ async function sshd(): Promise<{ port: number; key: string; stop(): Promise<void
     if ((await sh(`bash -c 'echo > /dev/tcp/127.0.0.1/${port}' 2>/dev/null`)).code === 0) break;
     await new Promise((r) => setTimeout(r, 100));
   }
-  return { port, key: `${dir}/client`, stop: async () => { child.kill('SIGTERM'); } };
+  return {
+    port, key: `${dir}/client`,
+    // The throwaway keys go with the daemon.
+    stop: async () => {
+      child.kill('SIGTERM');
+      await fsp.rm(dir, { recursive: true, force: true });
+    },
+  };
 }
 
 async function sshfsTarget(name: string, exported: string, ssh: { port: number; key: string }, delayMs: number): Promise<Target> {
