@@ -12,7 +12,7 @@ import { signalCancel, type Cancel } from '../lib/abort.js';
 import { Errno, FsError } from '../lib/errno.js';
 import { logger, type Logger } from '../lib/log.js';
 import {
-  O_ACCMODE, O_APPEND, O_CREAT, O_DIRECT, O_EXCL, O_RDONLY, O_TRUNC, ROOT_ID, S_IFMT, S_IFREG, markEnded,
+  O_CREAT, O_EXCL, O_TRUNC, ROOT_ID, S_IFMT, S_IFREG, markEnded,
   type Attr, type ChangeEvent, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
   type OpenResult, type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
@@ -154,8 +154,6 @@ const MAX_LEASES = 10_000;
 const RESERVE_FIRST = 4;
 const RESERVE_MOST = 16;
 const RESERVE_DIRS = 4;
-const O_SYNC = 0o4010000;
-const O_DSYNC = 0o10000;
 
 /** The files reserved in one leased directory: ready, asked for, and how many to keep. */
 interface Pool {
@@ -950,7 +948,8 @@ export class RemoteVfs implements Vfs {
    */
   createBehind(ctx: Ctx, parent: number, name: string, mode: number, flags: number): { result: CreateResult; named: Promise<{ attr?: Attr; error?: FsError }> } | undefined {
     if (!this.leasedFor(parent, ctx.uid) || this.nodes.epoch !== 0) return undefined;
-    if ((mode & S_IFMT) !== S_IFREG || mode & 0o6000 || (flags & O_ACCMODE) === O_RDONLY || flags & (O_APPEND | O_SYNC | O_DSYNC | O_DIRECT)) return undefined;
+    // (The caller checked the open flags: writeback.ts writesBehind.)
+    if ((mode & S_IFMT) !== S_IFREG || mode & 0o6000) return undefined;
     // The name still being removed behind, or a node of that name the kernel holds: as usual.
     if (this.nodes.idOf(parent, name) !== undefined || this.behindBy.has(`e${parent}/${name}`)) return undefined;
     const pool = this.pools.get(parent);

@@ -151,6 +151,15 @@ function differs(real: Attr, mine: Attr, set: SetAttr): boolean {
     (typeof set.atime === 'object' && t(real.atime, mine.atime)) || (typeof set.mtime === 'object' && t(real.mtime, mine.mtime));
 }
 
+/**
+ * Whether a handle opened with `flags` writes behind. Writes that promise durability (O_SYNC) or
+ * bypass caches (O_DIRECT), and appends (the server picks the offset, so overlap cannot be judged
+ * here), go through one at a time as before.
+ */
+function writesBehind(flags: number): boolean {
+  return (flags & O_ACCMODE) !== O_RDONLY && !(flags & (O_SYNC | O_DSYNC | O_DIRECT | O_APPEND));
+}
+
 function plain(ctx: Ctx): Ctx {
   // The kernel has its answer already: an interrupt can no longer come for this request.
   return { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid };
@@ -180,7 +189,7 @@ export class WriteBehindVfs implements Vfs {
    * attributes are taken only when it is its node's one change under way and no name is changing.
    */
   private readonly changes = new Map<number, number>();
-  /** Files created behind whose naming has not been answered (a change and a flight of each). */
+  /** Files created behind whose naming has not been answered (a flight of each). */
   private readonly naming = new Set<number>();
   private nameChanges = 0;
 
@@ -196,9 +205,9 @@ export class WriteBehindVfs implements Vfs {
     });
     this.unhint = writeAttrs?.((nodeid, attr) => {
       this.landed.delete(nodeid);
-      // A naming behind (createdBehind) still counted here ran before this write on the server.
+      // A naming behind (createdBehind) still in flight here ran before this write on the server.
       const naming = this.naming.has(nodeid) ? 1 : 0;
-      if ((this.changes.get(nodeid) ?? 0) - naming !== 1 || this.nameChanges > 0 || this.made.get(nodeid)?.pending || (this.flights.get(nodeid)?.size ?? 0) - naming > 1) return;
+      if (this.changes.get(nodeid) !== 1 || this.nameChanges > 0 || this.made.get(nodeid)?.pending || (this.flights.get(nodeid)?.size ?? 0) - naming > 1) return;
       if (this.landed.size >= MAX_LANDED) this.landed.delete(this.landed.keys().next().value!);
       this.landed.set(nodeid, { ...attr });
     }) ?? ((): void => {});
@@ -428,10 +437,7 @@ export class WriteBehindVfs implements Vfs {
   }
 
   private track(fh: number, nodeid: number, flags: number): void {
-    // Writes that promise durability (O_SYNC) or bypass caches (O_DIRECT), and appends (the server
-    // picks the offset, so overlap cannot be judged here), go through one at a time as before.
-    const behind = (flags & O_ACCMODE) !== O_RDONLY && !(flags & (O_SYNC | O_DSYNC | O_DIRECT | O_APPEND));
-    this.handles.set(fh, { nodeid, behind, error: undefined, gather: undefined });
+    this.handles.set(fh, { nodeid, behind: writesBehind(flags), error: undefined, gather: undefined });
   }
 
   async open(ctx: Ctx, nodeid: number, flags: number): Promise<OpenResult> {
@@ -446,7 +452,8 @@ export class WriteBehindVfs implements Vfs {
     });
   }
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
-    const behind = this.behind?.createBehind?.(ctx, parent, name, mode, flags);
+    // Only a file this layer writes behind can be created behind: its close waits for the naming.
+    const behind = writesBehind(flags) ? this.behind?.createBehind?.(ctx, parent, name, mode, flags) : undefined;
     if (behind) return this.createdBehind(ctx, parent, name, flags, behind.result, behind.named);
     const r = await this.inner.create(ctx, parent, name, mode, flags);
     this.track(r.fh, r.entry.nodeid, flags);
@@ -468,12 +475,10 @@ export class WriteBehindVfs implements Vfs {
     this.track(r.fh, nodeid, flags);
     const mine = { ...r.entry.attr };
     this.made.set(nodeid, { attr: { ...mine }, rootActs: ctx.uid === 0, open: 1, told: true, pending: undefined });
-    this.begin(nodeid);
     this.naming.add(nodeid);
     this.counters.createsBehind++;
     this.fly(nodeid, 0, 0, 0, named.then(({ attr, error }) => {
       this.naming.delete(nodeid);
-      this.end(nodeid);
       if (error) {
         this.counters.deferredErrors++;
         for (const h of this.handles.values()) if (h.nodeid === nodeid) h.error ??= error;

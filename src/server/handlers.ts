@@ -34,7 +34,7 @@ export interface SessionApi {
   claim(nodeid: number): Promise<boolean>;
   /** Whether this session holds directory `nodeid` under LEASE_DIR. */
   holdsLease(nodeid: number): boolean;
-  /** Files reserved (RESERVE) and not yet named, fh -> node id: the server's fds a client holds ahead. */
+  /** Files reserved (RESERVE) and not yet named, node id -> fh: the server's fds a client holds ahead. */
   readonly unnamed: Map<number, number>;
   /** Whether another session holds directory `nodeid` under LEASE_DIR (a claim would recall it). */
   leasedElsewhere(nodeid: number): boolean;
@@ -60,7 +60,7 @@ async function reserveFiles(s: SessionApi, ctx: Ctx, parent: number, count: numb
     const { entry, ...open } = r;
     s.gotEntry(entry);
     s.gotHandle(open.fh, { nodeid: entry.nodeid, dir: false, append: false });
-    s.unnamed.set(open.fh, entry.nodeid);
+    s.unnamed.set(entry.nodeid, open.fh);
     files.push({ entry, open });
   }
   return files;
@@ -183,7 +183,7 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     if (!s.vfs.nameReserved) throw new FsError(Errno.EOPNOTSUPP);
     if (s.handle(a.fh, false).nodeid !== a.nodeid) throw new FsError(Errno.EBADF);
     const attr = await s.vfs.nameReserved(ctx, a.parent, a.name, a.nodeid, a.fh, a.mode);
-    s.unnamed.delete(a.fh);
+    s.unnamed.delete(a.nodeid);
     await s.changed([named(a.parent, a.name), whole(a.parent)]);
     const files = a.more > 0 ? await reserveFiles(s, ctx, a.parent, a.more, false) : [];
     // Like an unlink there: a client holding the directory under a lease answers its attributes itself.

@@ -84,7 +84,7 @@ export class Session implements SessionApi {
   private readonly running = new Map<number, { ac: LazyAbort; seq: number }>();
   /** UNLINKs running now (see onFrame: RMDIR, RENAME and LINK wait for them). */
   private readonly unlinking = new Set<Promise<void>>();
-  /** Files RESERVE made and NAME_RESERVED has not named yet, fh -> node id (RESERVE_HELD_MAX at most). */
+  /** Files RESERVE made and NAME_RESERVED has not named yet, node id -> fh (RESERVE_HELD_MAX at most). */
   readonly unnamed = new Map<number, number>();
   /** NAME_RESERVEDs running now (see onFrame: every later request waits for them). */
   private readonly naming = new Set<Promise<void>>();
@@ -450,16 +450,17 @@ export class Session implements SessionApi {
       this.dropped.delete(nodeid);
       if (this.leased.has(nodeid)) this.unlease(nodeid);
       // A reserved file the client gives back unnamed: its handle goes with it (1.4).
-      if (this.unnamed.size) for (const [fh, id] of this.unnamed) if (id === nodeid) this.dropUnnamed(fh);
+      const fh = this.unnamed.get(nodeid);
+      if (fh !== undefined) this.dropUnnamed(nodeid, fh);
     } else {
       this.lookups.set(nodeid, held - drop);
     }
     this.safeForget(nodeid, drop);
   }
 
-  private dropUnnamed(fh: number): void {
+  private dropUnnamed(nodeid: number, fh: number): void {
     const h = this.files.get(fh);
-    this.unnamed.delete(fh);
+    this.unnamed.delete(nodeid);
     if (!h) return;
     this.files.delete(fh);
     void this.releaseHandle(fh, h);
@@ -489,8 +490,10 @@ export class Session implements SessionApi {
   }
 
   dropHandle(fh: number, dir: boolean): void {
-    (dir ? this.dirs : this.files).delete(fh);
-    if (!dir) this.unnamed.delete(fh);
+    const map = dir ? this.dirs : this.files;
+    const h = map.get(fh);
+    map.delete(fh);
+    if (h && !dir && this.unnamed.get(h.nodeid) === fh) this.unnamed.delete(h.nodeid);
   }
 
   private releaseHandle(fh: number, h: OpenHandle): Promise<void> {
