@@ -108,11 +108,29 @@ test('creates in a leased directory are answered at once, with the files\' final
   assert.deepEqual(names, ['f0', 'f1', 'f2', 'f3', 'f4', 'f5', 'f6', 'f7', 'f8', 'f9', 'first', 'open']);
   assert.equal((await s.b.lookup(root, bd.nodeid, 'open')).attr.ino, open.entry.attr.ino);
   await s.cache.release(root, open.entry.nodeid, open.fh);
-  // The files reserved ahead went back with the lease: only the named ones are left.
-  for (let i = 0; i < 200 && (s.a.stats().inFlight > 0); i++) await new Promise((r) => setTimeout(r, 10));
+  // The files reserved ahead went back with the lease: their FORGETs closed them on the server
+  // (this process), and only the named ones are left.
   assert.equal(s.a.stats().createBehind.reserved, 0);
+  for (let i = 0; i < 200 && unnamedFds(s.dir) > 0; i++) await new Promise((r) => setTimeout(r, 10));
+  assert.equal(unnamedFds(s.dir), 0, 'no unnamed file is held open');
   assert.deepEqual(fs.readdirSync(path.join(s.dir, 'd')).sort(), names);
 });
+
+/** Open fds of this process on unnamed (O_TMPFILE) files under dir: Linux shows them as "dir/#ino (deleted)". */
+function unnamedFds(dir: string): number {
+  let n = 0;
+  for (const fd of fs.readdirSync('/proc/self/fd')) {
+    const target = (() => {
+      try {
+        return fs.readlinkSync(`/proc/self/fd/${fd}`);
+      } catch {
+        return '';
+      }
+    })();
+    if (target.startsWith(`${dir}/`) && target.endsWith(' (deleted)') && target.includes('/#')) n++;
+  }
+  return n;
+}
 
 test('a name the server refuses fails the close, and the name is taken back', async (t) => {
   const s = await setup(t);
