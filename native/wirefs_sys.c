@@ -47,12 +47,13 @@ typedef enum {
   OP_OPENAT2,
   OP_LCHMOD,
   OP_PWRITE_IDLE,
+  OP_SYNC_FILE_RANGE,
 } op_t;
 
 static const char *const op_names[] = {
   "renameat2", "mknod", "fallocate", "lseek", "lgetxattr", "lsetxattr", "llistxattr",
   "lremovexattr", "fgetxattr", "fsetxattr", "flistxattr", "fremovexattr", "utimensat", "futimens",
-  "openat2", "lchmod", "pwriteIdle",
+  "openat2", "lchmod", "pwriteIdle", "syncFileRange",
 };
 
 /* One request: the inputs of any op, its result, and the errno it failed with (0 = success). */
@@ -174,6 +175,7 @@ static void execute(napi_env env, void *data) {
       if (n < 0) rc = -1; else r->result = n;
       break;
     }
+    case OP_SYNC_FILE_RANGE: rc = sync_file_range(r->fd, (off_t)r->a, (off_t)r->b, (unsigned)r->flags); break;
   }
   if (rc < 0) r->err = errno;
 }
@@ -278,7 +280,7 @@ static int arg_times(napi_env env, napi_value *argv, struct timespec ts[2]) {
 
 /* Parses the op's arguments into r; returns 0 with a pending exception on bad input. */
 static int parse(napi_env env, req_t *r, size_t argc, napi_value *argv) {
-  static const size_t need[] = { 3, 3, 4, 3, 2, 4, 1, 2, 2, 4, 1, 2, 6, 5, 5, 2, 4 };
+  static const size_t need[] = { 3, 3, 4, 3, 2, 4, 1, 2, 2, 4, 1, 2, 6, 5, 5, 2, 4, 4 };
   if (argc < need[r->op]) { napi_throw_type_error(env, NULL, "too few arguments"); return 0; }
   switch (r->op) {
     case OP_RENAMEAT2:
@@ -331,6 +333,9 @@ static int parse(napi_env env, req_t *r, size_t argc, napi_value *argv) {
       r->data = data;
       return napi_create_reference(env, argv[1], 1, &r->keep) == napi_ok;
     }
+    case OP_SYNC_FILE_RANGE:
+      return arg_int(env, argv[0], &r->fd) && arg_int64(env, argv[1], &r->a) && arg_int64(env, argv[2], &r->b) &&
+             arg_int(env, argv[3], &r->flags);
   }
   return 0;
 }

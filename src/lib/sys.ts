@@ -56,6 +56,12 @@ export interface Sys {
    * (O_TMPFILE) file through its /proc/self/fd link with AT_SYMLINK_FOLLOW.
    */
   linkatSync?(oldDirfd: number, oldPath: string, newDirfd: number, newPath: string, flags: number): void;
+  /**
+   * sync_file_range(2) on the pool: with SYNC_FILE_RANGE_WRITE (2), starts writeback of the dirty
+   * pages in [offset, offset+nbytes) (nbytes 0: to the end) without waiting for it (absent from
+   * addons built before it).
+   */
+  syncFileRange?(fd: number, offset: number, nbytes: number, flags: number): Promise<void>;
   /** chmod that never follows a symlink (EOPNOTSUPP on one), by an O_PATH fd. */
   lchmod(path: string, mode: number): Promise<void>;
   readonly RESOLVE_BENEATH: number;

@@ -81,10 +81,25 @@ interface PNode {
   handles: Set<PHandle> | undefined;
   /** The last of this file's writes that go to the thread pool, queued one behind the other (see write). */
   writing?: Promise<void> | undefined;
+  /** A stream of big writes: where the last ended, and the bytes written since writeback was started. */
+  streamEnd?: number;
+  streamed?: number;
+  /** A writeback start (sync_file_range) is under way. */
+  kicking?: boolean;
 }
 
 /** Reads up to this size try the page cache on the event loop first (see read). */
 const NOWAIT_MAX = 256 * 1024;
+/**
+ * A file written in big writes one after the other is sent to the disk every this many bytes
+ * (sync_file_range, SYNC_FILE_RANGE_WRITE: writeback starts, nothing waits), as PostgreSQL does
+ * with its *_flush_after settings. Otherwise the host kernel starts writing only at its dirty
+ * threshold (a tenth of memory) or at the fsync or close-to-disk the client ends with, and that
+ * last call then writes the whole file while the client waits: measured on 1 GiB with
+ * `dd conv=fsync`, 3.0 to 4.9 s without, 2.7 s with.
+ */
+const WRITEBACK_AFTER = 8 << 20;
+const SYNC_FILE_RANGE_WRITE = 2;
 
 interface PHandle {
   fh: number;
@@ -486,6 +501,22 @@ export class PassthroughFs implements Vfs {
       h.busy--;
       if (h.busy === 0 && this.fdWaiters.length > 0) this.wakeFdWaiters();
     }
+  }
+
+  /** A big write of n bytes at offset landed: past WRITEBACK_AFTER of a sequential stream, start writeback. */
+  private streaming(h: PHandle, offset: number, n: number): void {
+    const node = h.node;
+    node.streamed = (offset === node.streamEnd ? node.streamed ?? 0 : 0) + n;
+    node.streamEnd = offset + n;
+    const sys = nativeSys();
+    if (node.streamed < WRITEBACK_AFTER || node.kicking || !sys?.syncFileRange) return;
+    node.streamed = 0;
+    node.kicking = true;
+    // Whole file (0, 0): what is already being written is skipped. A failure changes nothing the
+    // client sees (its fsync or close reports what the disk said), so it is not reported.
+    void this.withFile(h, (f) => sys.syncFileRange!(f.fd, 0, 0, SYNC_FILE_RANGE_WRITE))
+      .catch(() => undefined)
+      .finally(() => (node.kicking = false));
   }
 
   /** Open flags as passed to open(2): no create bits, no O_DIRECT (our buffers are not aligned),
@@ -937,6 +968,7 @@ export class PassthroughFs implements Vfs {
         } finally {
           if (n.writing === mine) n.writing = undefined;
         }
+        this.streaming(h, offset, done);
       }
       this.noteOwn(this.pathOf(h.node));
       return done;

@@ -213,6 +213,62 @@ void describe('PassthroughFs big writes', () => {
   });
 });
 
+/**
+ * The page cache state of a host file from cachestat(2) (Linux 6.5), through python's ctypes:
+ * pages cached and dirty; undefined where the kernel has no cachestat.
+ */
+async function cacheState(file: string): Promise<{ cached: number; dirty: number } | undefined> {
+  const script = [
+    'import ctypes, os, struct, sys',
+    'libc = ctypes.CDLL(None, use_errno=True)',
+    'fd = os.open(sys.argv[1], os.O_RDONLY)',
+    'out = ctypes.create_string_buffer(48)',
+    'r = libc.syscall(451, fd, ctypes.c_char_p(struct.pack("QQ", 0, 0)), out, 0)',
+    'print("none" if r != 0 else " ".join(map(str, struct.unpack("6Q", out.raw)[:2])))',
+  ].join('\n');
+  const { stdout } = await run('python3', ['-c', script, file]);
+  if (stdout.trim() === 'none') return undefined;
+  const [cached, dirty] = stdout.trim().split(' ').map(Number);
+  return { cached: cached!, dirty: dirty! };
+}
+
+void describe('PassthroughFs streaming writes', () => {
+  void it('starts writeback of a file written in big writes one after the other, not of one written out of order', async (t) => {
+    const top = await fsp.mkdtemp(path.join(os.tmpdir(), 'wirefs-sources-stream-'));
+    const vfs = new PassthroughFs(top);
+    try {
+      const mib = 1 << 20;
+      const pages = (24 * mib) / 4096;
+      const write = async (name: string, order: number[]): Promise<void> => {
+        const c = await vfs.create(ctx, ROOT_ID, name, S_IFREG | 0o644, O_RDWR);
+        for (const i of order) assert.equal(await vfs.write(ctx, c.entry.nodeid, c.fh, i * mib, Buffer.alloc(mib, i)), mib);
+        await vfs.release(ctx, c.entry.nodeid, c.fh);
+      };
+      const inOrder = [...Array(24).keys()];
+      await write('shuffled', inOrder.map((i) => (i * 7) % 24));
+      const before = await cacheState(path.join(top, 'shuffled'));
+      if (!before) {
+        t.skip('no cachestat(2) in this kernel');
+        return;
+      }
+      // Out of order: nothing started it (the host's own flusher waits far longer than this test).
+      assert.ok(before.dirty > pages * 0.9, `shuffled file: ${JSON.stringify(before)} of ${pages} pages`);
+      await write('stream', inOrder);
+      // Writeback is started behind the writes (on the pool): give the last start a moment.
+      let after = await cacheState(path.join(top, 'stream'));
+      for (let i = 0; i < 50 && after!.dirty > pages / 4; i++) {
+        await new Promise((r) => setTimeout(r, 100));
+        after = await cacheState(path.join(top, 'stream'));
+      }
+      assert.ok(after!.dirty <= pages / 4, `streamed file: ${JSON.stringify(after)} of ${pages} pages still dirty`);
+      assert.ok((await fsp.readFile(path.join(top, 'stream'))).subarray(23 * mib).equals(Buffer.alloc(mib, 23)));
+    } finally {
+      await vfs.close();
+      await fsp.rm(top, { recursive: true, force: true });
+    }
+  });
+});
+
 void describe('PassthroughFs.open and read-only exports', () => {
   void it('refuses a missing path or a file with one line', async () => {
     await assert.rejects(PassthroughFs.open('/nonexistent/wirefs'), (err: unknown) => {
