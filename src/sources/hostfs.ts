@@ -63,6 +63,12 @@ export class HostFile {
       fs.write(this.fd, buf, off, len, pos, (err, bytesWritten) => (err ? reject(err) : resolve({ bytesWritten })));
     });
   }
+  /** pwritev(2) on the pool: the buffers one after the other at pos; resolves with the bytes written. */
+  writev(bufs: Buffer[], pos: number): Promise<number> {
+    return new Promise((resolve, reject) => {
+      fs.writev(this.fd, bufs, pos, (err, bytesWritten) => (err ? reject(err) : resolve(bytesWritten)));
+    });
+  }
   sync(): Promise<void> {
     return new Promise((resolve, reject) => fs.fsync(this.fd, (err) => (err ? reject(err) : resolve())));
   }
