@@ -18,7 +18,7 @@ import {
 } from '../vfs/types.js';
 import { EncodeError, type WireCtx } from '../wire/codec.js';
 import {
-  FEATURE_CANCEL, FEATURE_COHERENT, FEATURE_PUSH, FLAG_PUSH, FLAG_REPLY, READ_OVERHEAD, decodeHeader, encodeRequestFrame, encodeWriteRequestParts,
+  FEATURE_CANCEL, FEATURE_COHERENT, FEATURE_PUSH, FLAG_PUSH, FLAG_REPLY, READ_OVERHEAD, WRITE_PARTS_MIN, decodeHeader, encodeRequestFrame, encodeWriteRequestParts,
 } from '../wire/frame.js';
 import { OPS, decodeRep, decodeReq, opLabel, type OpName, type Rep, type Req } from '../wire/ops.js';
 import type { Security } from '../wire/transport.js';
@@ -168,8 +168,6 @@ interface Reserved {
   fh: number;
 }
 
-/** WRITEs with at least this much data are sent as header and data apart (encodeWriteRequestParts). */
-const WRITE_PARTS_MIN = 64 * 1024;
 /** Bytes of a write request besides its data: header, ctx, nodeid, fh, offset, blob length. */
 const WRITE_OVERHEAD = 128;
 /**

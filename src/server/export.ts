@@ -429,6 +429,12 @@ class GuardedVfs implements Vfs {
     return this.inner.write(this.as(ctx), nodeid, fh, offset, data);
   }
 
+  writev(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer[]): Promise<number> {
+    if (this.rules.readOnly) return Promise.reject(new FsError(Errno.EROFS));
+    if (!this.inner.writev) return this.inner.write(this.as(ctx), nodeid, fh, offset, Buffer.concat(data));
+    return this.inner.writev(this.as(ctx), nodeid, fh, offset, data);
+  }
+
   flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
     return this.inner.flush(this.as(ctx), nodeid, fh);
   }

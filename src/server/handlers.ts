@@ -196,7 +196,12 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
   },
   write: async (s, ctx, a) => {
     s.handle(a.fh, false);
-    const count = await s.vfs.write(ctx, a.nodeid, a.fh, a.offset, a.data);
+    // A big WRITE comes as the pieces it arrived in (session.ts): written as they are where the
+    // source can (writev), joined where it cannot.
+    const data = a.data as Buffer | Buffer[];
+    const count = !Array.isArray(data) ? await s.vfs.write(ctx, a.nodeid, a.fh, a.offset, data)
+      : s.vfs.writev ? await s.vfs.writev(ctx, a.nodeid, a.fh, a.offset, data)
+      : await s.vfs.write(ctx, a.nodeid, a.fh, a.offset, Buffer.concat(data));
     // The whole file, not the range: one push then makes the other clients' kernels drop the file,
     // and later writes need none until they read it again (see Session.dropped).
     await s.changed([whole(a.nodeid)]);

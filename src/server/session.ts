@@ -17,7 +17,7 @@ import { EncodeError } from '../wire/codec.js';
 
 import {
   FEATURE_COHERENT, FEATURE_PUSH, FEATURE_PUSH_ACK, FEATURES_V1, FLAG_NOREPLY, FLAG_PUSH, FLAG_REPLY, FrameSplitter, HELLO_MAX_FRAME, MAGIC,
-  MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR, decodeHeader, encodeErrorFrame, encodePushFrame, encodeReadReplyParts, encodeReplyFrame,
+  MIN_MAX_FRAME, VERSION_MAJOR, VERSION_MINOR, WRITE_HEAD, WRITE_PARTS_MIN, decodeHeader, decodeWriteRequestParts, encodeErrorFrame, encodePushFrame, encodeReadReplyParts, encodeReplyFrame,
   quoteForeign, versionMismatch, type Header,
 } from '../wire/frame.js';
 import { OPS, OP_BY_CODE, decodeReq, opLabel, type OpName, type Rep } from '../wire/ops.js';
@@ -159,9 +159,14 @@ export class Session implements SessionApi {
   private pump(): void {
     try {
       while (this.state === 'hello' || (this.state === 'open' && this.running.size < this.core.maxInFlight && !this.writeBlocked)) {
-        const frame = this.splitter.next();
-        if (!frame) break;
-        this.onFrame(frame);
+        // A big WRITE over several socket chunks is taken as its head and the chunks' own views,
+        // written where they lie (pwritev): joining them was a copy of every byte written, a third
+        // of this thread's time in a sequential write.
+        const got = this.state === 'open' ? this.splitter.nextParts(WRITE_HEAD, WRITE_PARTS_MIN) : this.splitter.next();
+        if (!got) break;
+        if (Buffer.isBuffer(got)) this.onFrame(got);
+        else if (got.head.readUInt16LE(4) === OPS.write.code) this.onFrame(got.head, got.tail);
+        else this.onFrame(Buffer.concat([got.head, ...got.tail]));
       }
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
@@ -181,7 +186,8 @@ export class Session implements SessionApi {
     this.socket.destroy();
   }
 
-  private onFrame(frame: Buffer): void {
+  /** One request; `tail`: a WRITE's data in pieces, `frame` then being its first WRITE_HEAD bytes. */
+  private onFrame(frame: Buffer, tail?: Buffer[]): void {
     const r = new Reader(frame);
     const h = decodeHeader(r);
     if (h.flags & (FLAG_REPLY | FLAG_PUSH)) throw new ProtocolError(`a client sent a frame with flags 0x${h.flags.toString(16)}`);
@@ -223,7 +229,7 @@ export class Session implements SessionApi {
       this.send(encodeReplyFrame('ping', h.id, {}));
       return;
     }
-    const args = decodeReq(r, op);
+    const args = tail && op === 'write' ? decodeWriteRequestParts(r, tail) : decodeReq(r, op);
     // The client asks about these nodes again: from now on its kernel may cache them anew.
     if (this.dropped.size) {
       const a = args as { nodeid?: number; nodeIn?: number; nodeOut?: number };

@@ -110,10 +110,26 @@ const GATHER_BUFFERS = 1024;
 interface QueuedWrite {
   h: PHandle;
   offset: number;
-  data: Buffer;
-  /** Bytes written of data, once its pwritev returned. */
+  /** The data, in the pieces it came in. */
+  parts: Buffer[];
+  length: number;
+  /** Bytes written of it, once its pwritev returned. */
   done: number;
   settle(err?: unknown): void;
+}
+
+/** parts without their first n bytes. */
+function skipBytes(parts: Buffer[], n: number): Buffer[] {
+  if (n === 0) return parts;
+  const out: Buffer[] = [];
+  for (const p of parts) {
+    if (n >= p.length) n -= p.length;
+    else {
+      out.push(n > 0 ? p.subarray(n) : p);
+      n = 0;
+    }
+  }
+  return out;
 }
 
 interface PHandle {
@@ -519,10 +535,10 @@ export class PassthroughFs implements Vfs {
   }
 
   /** Queues a big write of h's file (see write); resolves with the bytes written. */
-  private queueWrite(h: PHandle, offset: number, data: Buffer): Promise<number> {
+  private queueWrite(h: PHandle, offset: number, parts: Buffer[], length: number): Promise<number> {
     const n = h.node;
     return new Promise<number>((resolve, reject) => {
-      const w: QueuedWrite = { h, offset, data, done: 0, settle: (err) => (err === undefined ? resolve(w.done) : reject(err)) };
+      const w: QueuedWrite = { h, offset, parts, length, done: 0, settle: (err) => (err === undefined ? resolve(w.done) : reject(err)) };
       (n.queued ??= []).push(w);
       if (!n.writing) void this.drainWrites(n);
     });
@@ -535,14 +551,17 @@ export class PassthroughFs implements Vfs {
       for (let q = n.queued; q && q.length > 0; q = n.queued) {
         const batch = [q.shift()!];
         const h = batch[0]!.h;
-        let end = batch[0]!.offset + batch[0]!.data.length;
-        let bytes = batch[0]!.data.length;
+        let end = batch[0]!.offset + batch[0]!.length;
+        let bytes = batch[0]!.length;
+        let pieces = batch[0]!.parts.length;
         // On an O_APPEND fd the position is ignored: each write goes alone, as it came.
-        while (!(h.flags & O_APPEND) && q.length > 0 && q[0]!.h === h && q[0]!.offset === end && bytes < GATHER_MAX && batch.length < GATHER_BUFFERS) {
+        while (!(h.flags & O_APPEND) && q.length > 0 && q[0]!.h === h && q[0]!.offset === end && bytes < GATHER_MAX &&
+          pieces + q[0]!.parts.length <= GATHER_BUFFERS) {
           const next = q.shift()!;
           batch.push(next);
-          end += next.data.length;
-          bytes += next.data.length;
+          end += next.length;
+          bytes += next.length;
+          pieces += next.parts.length;
         }
         let failure: unknown;
         try {
@@ -564,16 +583,16 @@ export class PassthroughFs implements Vfs {
     let i = 0;
     while (i < batch.length) {
       const first = batch[i]!;
-      const bufs = batch.slice(i).map((w, k) => (k === 0 ? w.data.subarray(w.done) : w.data));
+      const bufs = batch.slice(i).flatMap((w, k) => (k === 0 ? skipBytes(w.parts, w.done) : w.parts));
       const n = await f.writev(bufs, first.offset + first.done);
       if (n === 0) return;
       let left = n;
       while (left > 0 && i < batch.length) {
         const w = batch[i]!;
-        const take = Math.min(left, w.data.length - w.done);
+        const take = Math.min(left, w.length - w.done);
         w.done += take;
         left -= take;
-        if (w.done === w.data.length) i++;
+        if (w.done === w.length) i++;
       }
     }
   }
@@ -1017,13 +1036,22 @@ export class PassthroughFs implements Vfs {
     });
   }
 
-  async write(_ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
+  /** write() of data that came in pieces (a big WRITE off the socket): written as they are. */
+  async writev(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer[]): Promise<number> {
+    return this.writeParts(ctx, nodeid, fh, offset, data, data.reduce((n, b) => n + b.length, 0));
+  }
+
+  async write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number> {
+    return this.writeParts(ctx, nodeid, fh, offset, [data], data.length);
+  }
+
+  private async writeParts(_ctx: Ctx, nodeid: number, fh: number, offset: number, parts: Buffer[], length: number): Promise<number> {
     return this.run(async () => {
       this.writable();
       const h = this.handle(nodeid, fh);
       if ((h.flags & O_ACCMODE) === O_RDONLY) throw new FsError(Errno.EBADF);
       if (!Number.isSafeInteger(offset) || offset < 0) throw new FsError(Errno.EINVAL);
-      if (data.length > SYNC_IO_MAX) {
+      if (length > SYNC_IO_MAX) {
         // Big writes run on the thread pool, and a write-behind client keeps dozens of one file's
         // in flight. Buffered writes of one inode take its lock (i_rwsem) one at a time: side by
         // side in the pool the others only spun on it (writing 1 GiB on this 2-core VM cost the
@@ -1032,11 +1060,12 @@ export class PassthroughFs implements Vfs {
         // thread and its own start to reach the pool: two wake-ups per megabyte, during which the
         // file was not written. So they queue per file, and what queued while one pwrite ran goes
         // next as one pwritev (those of the same handle that follow each other, up to GATHER_MAX).
-        const written = await this.queueWrite(h, offset, data);
+        const written = await this.queueWrite(h, offset, parts, length);
         this.streaming(h, offset, written);
         this.noteOwn(this.pathOf(h.node));
         return written;
       }
+      const data = parts.length === 1 ? parts[0]! : Buffer.concat(parts, length);
       let done = 0;
       await this.withFile(h, async (f) => {
         // On an O_APPEND fd Linux's pwrite appends whatever the position: exactly the contract.

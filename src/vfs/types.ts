@@ -198,6 +198,8 @@ export interface Vfs {
   read(ctx: Ctx, nodeid: number, fh: number, offset: number, size: number): Promise<Buffer>;
   /** Returns the count written. For O_APPEND opens, offset is ignored and data goes at the end. */
   write(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer): Promise<number>;
+  /** write() of the pieces one after the other, without joining them (optional: else they are joined). */
+  writev?(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer[]): Promise<number>;
   /** At each close(2); on 7.35+ kernels not for read-only handles (the FUSE layer asks for FOPEN_NOFLUSH). */
   flush(ctx: Ctx, nodeid: number, fh: number): Promise<void>;
   fsync(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void>;

@@ -9,8 +9,8 @@
 //  12 u32 seq      session sequence number of a non-idempotent request (reply cache), else 0
 
 import { ProtocolError, Reader, Writer } from '../lib/bytes.js';
-import { EncodeError } from './codec.js';
-import { OPS, encodeFields, encodeRep, encodeReq, type OpName, type Rep, type Req } from './ops.js';
+import { EncodeError, FIELDS } from './codec.js';
+import { OPS, decodeFields, encodeFields, encodeRep, encodeReq, type OpName, type Rep, type Req } from './ops.js';
 
 export const HEADER_SIZE = 16;
 export const FLAG_REPLY = 1;
@@ -125,6 +125,40 @@ export function encodeWriteRequestParts(id: number, seq: number, req: Req<'write
   return [finish(w, OPS.write.code, 0, id, seq, data.length), data];
 }
 
+/**
+ * WRITEs with at least this much data are sent as header and data apart (encodeWriteRequestParts)
+ * and taken in by the server in the pieces they arrived in (FrameSplitter.nextParts).
+ */
+export const WRITE_PARTS_MIN = 64 * 1024;
+
+/** At most this many pieces for one frame from FrameSplitter.nextParts (a 1 MiB WRITE in 64 KiB socket reads is 17). */
+const PARTS_MAX = 64;
+
+/** The bytes of a WRITE request before its data: header, the fixed fields, the data's u32 length. */
+export const WRITE_HEAD = HEADER_SIZE + OPS.write.req.slice(0, -1).reduce((n, [, type]) => n + FIELDS[type].size!, 0) + 4;
+
+/** A WRITE request whose data came in pieces (FrameSplitter.nextParts). */
+export type WriteRequestParts = Omit<Req<'write'>, 'data'> & { data: Buffer[] };
+
+/**
+ * The fields of a WRITE request from its head (r, past the header; WRITE_HEAD bytes in all) and
+ * its data from the pieces that follow, as views of them. Like decodeReq: bytes past the data are
+ * ignored, too few is a ProtocolError.
+ */
+export function decodeWriteRequestParts(r: Reader, tail: readonly Buffer[]): WriteRequestParts {
+  const fields = decodeFields(r, OPS.write.req.slice(0, -1)) as Omit<Req<'write'>, 'data'>;
+  let left = r.u32();
+  const data: Buffer[] = [];
+  for (const piece of tail) {
+    if (left === 0) break;
+    const take = piece.length <= left ? piece : piece.subarray(0, left);
+    data.push(take);
+    left -= take.length;
+  }
+  if (left > 0) throw new ProtocolError(`short frame: WRITE data ${left} bytes short`);
+  return { ...fields, data };
+}
+
 /** A failed request's reply: the status alone. `op` is echoed as received, known or not. */
 export function encodeErrorFrame(opCode: number, id: number, errno: number): Buffer {
   if (!(errno > 0)) throw new EncodeError(`bad errno ${errno}`);
@@ -162,8 +196,8 @@ export class FrameSplitter {
     return Buffer.concat(this.chunks).subarray(0, n);
   }
 
-  /** The next whole frame, or undefined until more bytes come. Throws ProtocolError on a bad length. */
-  next(): Buffer | undefined {
+  /** The length of the next frame once its length field is in, checked. Throws ProtocolError on a bad one. */
+  private nextLength(): number | undefined {
     if (this.size < 4) return undefined;
     let first = this.chunks[0]!;
     if (first.length < 4) {
@@ -173,7 +207,14 @@ export class FrameSplitter {
     const length = first.readUInt32LE(0);
     if (length < HEADER_SIZE) throw new ProtocolError(`frame length ${length} is shorter than the header`);
     if (length > this.maxFrame) throw new ProtocolError(`frame length ${length} is over the limit of ${this.maxFrame}`);
-    if (this.size < length) return undefined;
+    return length;
+  }
+
+  /** The next whole frame, or undefined until more bytes come. Throws ProtocolError on a bad length. */
+  next(): Buffer | undefined {
+    const length = this.nextLength();
+    if (length === undefined || this.size < length) return undefined;
+    const first = this.chunks[0]!;
     let frame: Buffer;
     if (first.length >= length) {
       frame = first.subarray(0, length);
@@ -197,6 +238,39 @@ export class FrameSplitter {
     }
     this.size -= length;
     return frame;
+  }
+
+  /**
+   * Like next(), except for a frame of at least `min` bytes (min >= head) over chunks that do not
+   * lie one after the other: that one comes as its first `head` bytes, copied together, and views
+   * of the rest where they lie, so a receiver that can use the bytes in pieces (the server's WRITE,
+   * by pwritev) copies none of them.
+   */
+  nextParts(head: number, min: number): Buffer | { head: Buffer; tail: Buffer[] } | undefined {
+    const length = this.nextLength();
+    if (length === undefined || this.size < length) return undefined;
+    if (length < min || this.chunks[0]!.length >= length) return this.next();
+    // A frame that trickled in as many small chunks is joined after all: its pieces would cost
+    // more than the copy (and a pwritev takes at most IOV_MAX).
+    let spanned = 0;
+    for (let at = 0; at < length && spanned <= PARTS_MAX; spanned++) at += this.chunks[spanned]!.length;
+    if (spanned > PARTS_MAX) return this.next();
+    const start = Buffer.allocUnsafe(head);
+    const tail: Buffer[] = [];
+    let at = 0;
+    let used = 0;
+    while (at < length) {
+      const c = this.chunks[used]!;
+      const n = Math.min(c.length, length - at);
+      if (at < head) c.copy(start, at, 0, Math.min(n, head - at));
+      if (at + n > head) tail.push(c.subarray(Math.max(0, head - at), n));
+      at += n;
+      if (n === c.length) used++;
+      else this.chunks[used] = c.subarray(n);
+    }
+    this.chunks.splice(0, used);
+    this.size -= length;
+    return { head: start, tail };
   }
 }
 

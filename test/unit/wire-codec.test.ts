@@ -11,7 +11,8 @@ import { ProtocolError, Reader, Writer } from '../../src/lib/bytes.js';
 import { FIELDS, EncodeError, type FieldType } from '../../src/wire/codec.js';
 import {
   FLAG_NOREPLY, FLAG_PUSH, FLAG_REPLY, FrameSplitter, HEADER_SIZE, MAGIC, decodeHeader, encodeErrorFrame,
-  encodePushFrame, encodeReadReplyParts, encodeReplyFrame, encodeRequestFrame, encodeWriteRequestParts,
+  encodePushFrame, encodeReadReplyParts, encodeReplyFrame, encodeRequestFrame, encodeWriteRequestParts, WRITE_HEAD, WRITE_PARTS_MIN,
+  decodeWriteRequestParts,
 } from '../../src/wire/frame.js';
 import { OPS, OP_BY_CODE, decodeRep, decodeReq, describeOps, opLabel, type OpName } from '../../src/wire/ops.js';
 import { SEQ_WINDOW } from '../../src/wire/seq.js';
@@ -122,6 +123,57 @@ test('a WRITE request in two parts is the same bytes as the whole frame', () => 
     assert.deepEqual(Buffer.concat(parts), encodeRequestFrame('write', 0xfffffffe, 77, req), `${len} bytes`);
   }
   assert.throws(() => encodeWriteRequestParts(1, 1, { ctx, nodeid: 1, fh: 1, offset: -1, data: Buffer.alloc(1) }), EncodeError);
+});
+
+test('a big WRITE over separate chunks comes out as its head and views of the rest, decoded as the whole frame is', () => {
+  fc.assert(fc.property(fc.array(fc.integer({ min: 1, max: 200_000 }), { minLength: 1, maxLength: 20 }), (cuts) => {
+    const ctx = { uid: 1000, gid: 100, pid: 7 };
+    const data = Buffer.alloc(300_000);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 31) & 0xff;
+    const write = encodeRequestFrame('write', 5, 9, { ctx, nodeid: 42, fh: 3, offset: 2 ** 33, data });
+    const small = encodeRequestFrame('write', 6, 10, { ctx, nodeid: 42, fh: 3, offset: 0, data: Buffer.alloc(100, 1) });
+    const other = encodeRequestFrame('setxattr', 7, 11, { ctx, nodeid: 1, name: 'user.big', value: Buffer.alloc(WRITE_PARTS_MIN, 2), flags: 0 });
+    const frames = [small, write, other, write];
+    const stream = Buffer.concat(frames);
+    const s = new FrameSplitter(1 << 20);
+    const got: (Buffer | { head: Buffer; tail: Buffer[] })[] = [];
+    for (let at = 0, i = 0; at < stream.length; i++) {
+      const n = cuts[i % cuts.length]!;
+      // Each chunk its own allocation, as Node's socket reads are: never one after the other.
+      s.push(Buffer.from(stream.subarray(at, at + n)));
+      at += n;
+      for (let f = s.nextParts(WRITE_HEAD, WRITE_PARTS_MIN); f; f = s.nextParts(WRITE_HEAD, WRITE_PARTS_MIN)) got.push(f);
+    }
+    assert.equal(s.buffered, 0);
+    assert.equal(got.length, frames.length);
+    got.forEach((f, i) => {
+      const whole = Buffer.isBuffer(f) ? f : Buffer.concat([f.head, ...f.tail]);
+      assert.deepEqual(whole, frames[i], `frame ${i}`);
+      if (Buffer.isBuffer(f)) return;
+      assert.equal(f.head.length, WRITE_HEAD);
+      const r = new Reader(f.head);
+      decodeHeader(r);
+      if (i === 2) return; // not a WRITE: the session joins it
+      const parts = decodeWriteRequestParts(r, f.tail);
+      assert.deepEqual({ ...parts, data: Buffer.concat(parts.data) }, decodeReq(new Reader(frames[i]!, HEADER_SIZE), 'write'));
+      // The data are views of the chunks, not copies.
+      const chunks = new Set(f.tail.map((t) => t.buffer));
+      for (const piece of parts.data) assert.ok(chunks.has(piece.buffer));
+      assert.ok(f.tail.length <= 65, `${f.tail.length} pieces`);
+    });
+  }), { numRuns: 50 });
+});
+
+test('a WRITE whose pieces hold less than its length says is refused', () => {
+  const ctx = { uid: 1, gid: 1, pid: 1 };
+  const [head, data] = encodeWriteRequestParts(1, 1, { ctx, nodeid: 1, fh: 1, offset: 0, data: Buffer.alloc(WRITE_PARTS_MIN, 3) });
+  const r = new Reader(head);
+  decodeHeader(r);
+  assert.throws(() => decodeWriteRequestParts(r, [data.subarray(0, WRITE_PARTS_MIN - 1)]), ProtocolError);
+  const again = new Reader(head);
+  decodeHeader(again);
+  // Bytes after the data are ignored, as decodeReq ignores them.
+  assert.equal(Buffer.concat(decodeWriteRequestParts(again, [data, Buffer.alloc(5)]).data).length, WRITE_PARTS_MIN);
 });
 
 test('values the wire cannot carry refuse to encode', () => {
