@@ -43,9 +43,9 @@ export function openLink(opts: LinkOptions): Promise<Link> {
   const ourMax = opts.maxFrame ?? DEFAULT_MAX_FRAME;
   return new Promise<Link>((resolve, reject) => {
     const security = opts.security ?? { mode: 'plain' };
-    const { socket, ready } = dial({ host: opts.host, port: opts.port, security });
-    socket.setNoDelay(true);
     const splitter = new FrameSplitter(HELLO_MAX_FRAME);
+    const { socket, ready } = dial({ host: opts.host, port: opts.port, security, frames: splitter });
+    socket.setNoDelay(true);
     let connected = false;
     let secured = false;
     let settled = false;

@@ -180,6 +180,18 @@ export class FrameSplitter {
     return this.size;
   }
 
+  /**
+   * Bytes still to come of the frame begun: 0 when nothing is buffered (the next byte starts a
+   * frame), -1 when that is not known (its length not in yet, or whole frames still waiting).
+   */
+  need(): number {
+    if (this.size === 0) return 0;
+    const first = this.chunks[0]!;
+    if (first.length < 4) return -1;
+    const length = first.readUInt32LE(0);
+    return length > this.size ? length - this.size : -1;
+  }
+
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
     this.size += chunk.length;

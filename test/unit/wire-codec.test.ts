@@ -259,6 +259,38 @@ test('frames read into slabs one after the other come out as views, not copies',
   }), { numRuns: 30, endOnFailure: true });
 });
 
+test('with the splitter telling what a frame still needs, no 1 MiB read reply crosses a slab', () => {
+  // Sequential reads: 1 MiB replies with small frames between; each read takes what the socket
+  // has (any cut), so frames start anywhere in a read unless the slab cuts reads at frame ends.
+  const frames = Array.from({ length: 14 }, (_, i) =>
+    encodeReplyFrame('read', i + 1, { data: Buffer.alloc(i % 3 === 2 ? 40 : (1 << 20) - (i % 2) * 5000, i + 1) }));
+  const stream = Buffer.concat(frames);
+  const run = (hinted: boolean, cuts: number[]): number => {
+    const s = new FrameSplitter(4 << 20);
+    const slabs = new Slabs(hinted ? s : undefined);
+    const got: Buffer[] = [];
+    let copies = 0;
+    for (let at = 0, i = 0; at < stream.length; i++) {
+      const room = slabs.next();
+      const n = Math.min(cuts[i % cuts.length]!, room.length, stream.length - at);
+      stream.copy(room, 0, at, at + n);
+      at += n;
+      s.push(slabs.take(room, n));
+      for (let f = s.next(); f; f = s.next()) {
+        if (f.buffer.byteLength !== 4 << 20) copies++;
+        got.push(Buffer.from(f));
+      }
+    }
+    assert.deepEqual(got, frames);
+    return copies;
+  };
+  fc.assert(fc.property(fc.array(fc.integer({ min: 1024, max: 600_000 }), { minLength: 1, maxLength: 10 }), (cuts) => {
+    assert.equal(run(true, cuts), 0);
+  }), { numRuns: 30, endOnFailure: true });
+  // Without the hint, reads run on across frame ends and some frames straddle two slabs.
+  assert.ok(run(false, [64 << 10]) > 0);
+});
+
 test('a slab never hands out again bytes a read filled', () => {
   const slabs = new Slabs();
   const room = slabs.next();
