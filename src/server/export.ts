@@ -17,7 +17,7 @@ import { ACL_ACCESS, aclPermits } from './acl.js';
 import {
   O_ACCMODE, O_RDONLY, O_TRUNC, O_WRONLY, RENAME_EXCHANGE, S_IFBLK, S_IFCHR, S_IFDIR, S_IFMT, S_IFREG,
   type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo,
-  type OpenResult, type SetAttr, type StatFs, type Vfs,
+  type OpenResult, type SetAttr, type StatFs, type Vfs, writeData,
 } from '../vfs/types.js';
 
 export interface IdMap {
@@ -431,8 +431,7 @@ class GuardedVfs implements Vfs {
 
   writev(ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer[]): Promise<number> {
     if (this.rules.readOnly) return Promise.reject(new FsError(Errno.EROFS));
-    if (!this.inner.writev) return this.inner.write(this.as(ctx), nodeid, fh, offset, Buffer.concat(data));
-    return this.inner.writev(this.as(ctx), nodeid, fh, offset, data);
+    return writeData(this.inner, this.as(ctx), nodeid, fh, offset, data);
   }
 
   flush(ctx: Ctx, nodeid: number, fh: number): Promise<void> {

@@ -4,7 +4,7 @@
 // handler here does not compile.
 
 import { Errno, FsError } from '../lib/errno.js';
-import { O_APPEND, isEnded, type Attr, type ChangeEvent, type CreateResult, type Ctx, type DirEntry, type Entry, type Vfs } from '../vfs/types.js';
+import { O_APPEND, isEnded, type Attr, type ChangeEvent, type CreateResult, type Ctx, type DirEntry, type Entry, type Vfs, writeData } from '../vfs/types.js';
 import { ENTRY_SIZE } from '../wire/codec.js';
 import { HEADER_SIZE, READ_OVERHEAD } from '../wire/frame.js';
 import type { Rep, Req, VfsOpName } from '../wire/ops.js';
@@ -198,10 +198,7 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     s.handle(a.fh, false);
     // A big WRITE comes as the pieces it arrived in (session.ts): written as they are where the
     // source can (writev), joined where it cannot.
-    const data = a.data as Buffer | Buffer[];
-    const count = !Array.isArray(data) ? await s.vfs.write(ctx, a.nodeid, a.fh, a.offset, data)
-      : s.vfs.writev ? await s.vfs.writev(ctx, a.nodeid, a.fh, a.offset, data)
-      : await s.vfs.write(ctx, a.nodeid, a.fh, a.offset, Buffer.concat(data));
+    const count = await writeData(s.vfs, ctx, a.nodeid, a.fh, a.offset, a.data as Buffer | Buffer[]);
     // The whole file, not the range: one push then makes the other clients' kernels drop the file,
     // and later writes need none until they read it again (see Session.dropped).
     await s.changed([whole(a.nodeid)]);

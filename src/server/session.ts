@@ -162,11 +162,10 @@ export class Session implements SessionApi {
         // A big WRITE over several socket chunks is taken as its head and the chunks' own views,
         // written where they lie (pwritev): joining them was a copy of every byte written, a third
         // of this thread's time in a sequential write.
-        const got = this.state === 'open' ? this.splitter.nextParts(WRITE_HEAD, WRITE_PARTS_MIN) : this.splitter.next();
+        const got = this.state === 'open' ? this.splitter.nextParts(OPS.write.code, WRITE_HEAD, WRITE_PARTS_MIN) : this.splitter.next();
         if (!got) break;
         if (Buffer.isBuffer(got)) this.onFrame(got);
-        else if (got.head.readUInt16LE(4) === OPS.write.code) this.onFrame(got.head, got.tail);
-        else this.onFrame(Buffer.concat([got.head, ...got.tail]));
+        else this.onFrame(got.head, got.tail);
       }
     } catch (err) {
       if (!(err instanceof ProtocolError)) throw err;
@@ -229,7 +228,7 @@ export class Session implements SessionApi {
       this.send(encodeReplyFrame('ping', h.id, {}));
       return;
     }
-    const args = tail && op === 'write' ? decodeWriteRequestParts(r, tail) : decodeReq(r, op);
+    const args = tail ? decodeWriteRequestParts(r, tail) : decodeReq(r, op);
     // The client asks about these nodes again: from now on its kernel may cache them anew.
     if (this.dropped.size) {
       const a = args as { nodeid?: number; nodeIn?: number; nodeOut?: number };

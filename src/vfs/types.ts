@@ -236,6 +236,12 @@ export interface Vfs {
   close(): Promise<void>;
 }
 
+/** Writes data that may have come in pieces (a big WRITE off the socket): by writev where vfs has it, else joined. */
+export function writeData(vfs: Vfs, ctx: Ctx, nodeid: number, fh: number, offset: number, data: Buffer | Buffer[]): Promise<number> {
+  if (!Array.isArray(data)) return vfs.write(ctx, nodeid, fh, offset, data);
+  return vfs.writev ? vfs.writev(ctx, nodeid, fh, offset, data) : vfs.write(ctx, nodeid, fh, offset, Buffer.concat(data));
+}
+
 // Linux mode and flag constants used across layers (values are the wire's values too).
 export const S_IFMT = 0o170000;
 export const S_IFSOCK = 0o140000;

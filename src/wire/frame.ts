@@ -226,47 +226,48 @@ export class FrameSplitter {
   next(): Buffer | undefined {
     const length = this.nextLength();
     if (length === undefined || this.size < length) return undefined;
-    const first = this.chunks[0]!;
-    let frame: Buffer;
-    if (first.length >= length) {
-      frame = first.subarray(0, length);
-      if (first.length === length) this.chunks.shift();
-      else this.chunks[0] = first.subarray(length);
-    } else {
-      frame = Buffer.allocUnsafe(length);
-      let at = 0;
-      let used = 0;
-      while (at < length) {
-        const c = this.chunks[used]!;
-        const n = Math.min(c.length, length - at);
-        c.copy(frame, at, 0, n);
-        at += n;
-        if (n === c.length) used++;
-        else this.chunks[used] = c.subarray(n);
-      }
-      // One splice, not a shift per chunk: a peer that drips a frame a byte at a time must not
-      // cost time quadratic in its length.
-      this.chunks.splice(0, used);
-    }
-    this.size -= length;
-    return frame;
+    return this.take(length);
   }
 
   /**
-   * Like next(), except for a frame of at least `min` bytes (min >= head) over chunks that do not
-   * lie one after the other: that one comes as its first `head` bytes, copied together, and views
-   * of the rest where they lie, so a receiver that can use the bytes in pieces (the server's WRITE,
-   * by pwritev) copies none of them.
+   * Like next(), except for a frame of op `op` and at least `min` bytes (min >= head) over chunks
+   * that do not lie one after the other: that one comes as its first `head` bytes, copied
+   * together, and views of the rest where they lie, so a receiver that can use the bytes in pieces
+   * (the server's WRITE, by pwritev) copies none of them.
    */
-  nextParts(head: number, min: number): Buffer | { head: Buffer; tail: Buffer[] } | undefined {
+  nextParts(op: number, head: number, min: number): Buffer | { head: Buffer; tail: Buffer[] } | undefined {
     const length = this.nextLength();
     if (length === undefined || this.size < length) return undefined;
-    if (length < min || this.chunks[0]!.length >= length) return this.next();
+    if (length < min || this.chunks[0]!.length >= length || (this.byteAt(4) | (this.byteAt(5) << 8)) !== op) return this.take(length);
     // A frame that trickled in as many small chunks is joined after all: its pieces would cost
     // more than the copy (and a pwritev takes at most IOV_MAX).
     let spanned = 0;
     for (let at = 0; at < length && spanned <= PARTS_MAX; spanned++) at += this.chunks[spanned]!.length;
-    if (spanned > PARTS_MAX) return this.next();
+    if (spanned > PARTS_MAX) return this.take(length);
+    return this.cut(length, head);
+  }
+
+  /** Byte i of what is buffered (i < size). */
+  private byteAt(i: number): number {
+    for (const c of this.chunks) {
+      if (i < c.length) return c[i]!;
+      i -= c.length;
+    }
+    return 0;
+  }
+
+  /** The first `length` bytes buffered, as one Buffer: a view where they lie in one chunk, else a copy. */
+  private take(length: number): Buffer {
+    const first = this.chunks[0]!;
+    if (first.length < length) return this.cut(length, length).head;
+    if (first.length === length) this.chunks.shift();
+    else this.chunks[0] = first.subarray(length);
+    this.size -= length;
+    return first.subarray(0, length);
+  }
+
+  /** Takes the first `length` bytes buffered: the first `head` of them copied together, the rest as views. */
+  private cut(length: number, head: number): { head: Buffer; tail: Buffer[] } {
     const start = Buffer.allocUnsafe(head);
     const tail: Buffer[] = [];
     let at = 0;
@@ -280,6 +281,8 @@ export class FrameSplitter {
       if (n === c.length) used++;
       else this.chunks[used] = c.subarray(n);
     }
+    // One splice, not a shift per chunk: a peer that drips a frame a byte at a time must not cost
+    // time quadratic in its length.
     this.chunks.splice(0, used);
     this.size -= length;
     return { head: start, tail };

@@ -160,7 +160,7 @@ const SLAB_BYTES = 4 << 20;
 const SLAB_MIN_ROOM = 256 << 10;
 /** Room any frame starting in a slab is to find after it (a 1 MiB read reply and its header). */
 const SLAB_FRAME_ROOM = (1 << 20) + 4096;
-/** A read offered less room than this, even where a frame could then start short of that room. */
+/** Room every read is offered at least, even where a frame starting in it then finds a little less than SLAB_FRAME_ROOM. */
 const READ_MIN = 2048;
 /** A frame at least this long is read to its end, not past it. */
 const READ_TO_END_MIN = 64 << 10;
@@ -176,8 +176,8 @@ export interface FrameProgress {
 /**
  * Buffers for socket reads, carved one after the other out of a slab: what a read filled is kept
  * (callers hold views of it) and the next read goes right after it. A frame across two slabs is
- * copied together by the splitter: without `frames` about one 1 MiB read reply in four was (170 ms
- * of client CPU per GiB read). With it (FrameSplitter.need: how much of the frame begun is still
+ * copied together by the splitter: without `frames` about one 1 MiB read reply in seven was (139 of
+ * 1024 in a cold 1 GiB read, 130-170 ms of client CPU). With it (FrameSplitter.need: how much of the frame begun is still
  * to come), no frame starts where a 1 MiB one would not fit: a read may end only that far into the
  * slab, the rest of a big frame is read alone to its end, and a frame that would start a read too
  * near the end starts a new slab.
