@@ -128,6 +128,34 @@ export class Beneath {
   lstat(p: string): Promise<BigIntStats> {
     return this.child(p, (s) => fsp.lstat(s, { bigint: true }));
   }
+  /**
+   * lstat of each name in directory p, the directory pinned once for all (a listing's attributes):
+   * undefined for a name that is gone or cannot be read.
+   */
+  async lstatIn(p: string, names: string[]): Promise<(BigIntStats | undefined)[]> {
+    if (names.length === 0) return [];
+    const one = (full: string): BigIntStats | undefined => {
+      try {
+        return fs.lstatSync(full, { bigint: true, throwIfNoEntry: false });
+      } catch {
+        return undefined;
+      }
+    };
+    const valid = (name: string): boolean => name !== '' && name !== '.' && name !== '..' && !name.includes('/');
+    if (this.plain) return names.map((name) => (valid(name) ? one(p === '/' ? `/${name}` : `${p}/${name}`) : undefined));
+    if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
+    let fd: number;
+    try {
+      fd = await this.pin(this.rel(p), true);
+    } catch {
+      return names.map(() => undefined); // the directory itself is gone: so are its names
+    }
+    try {
+      return names.map((name) => (valid(name) ? one(`/proc/self/fd/${fd}/${name}`) : undefined));
+    } finally {
+      if (fd !== this.rootFd) closeQuietly(fd);
+    }
+  }
   stat(p: string): Promise<BigIntStats> {
     return this.whole(p, (s) => fsp.stat(s, { bigint: true }));
   }

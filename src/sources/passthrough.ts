@@ -149,6 +149,8 @@ interface DirHandle {
   node: PNode;
   /** Names listed at opendir (and again at each readdir from offset 0): cookie = index + 1. */
   snapshot: string[];
+  /** The snapshot was just taken by opendir and not read yet: a first readdir from 0 uses it. */
+  fresh: boolean;
 }
 
 export interface PassthroughOptions {
@@ -1119,7 +1121,7 @@ export class PassthroughFs implements Vfs {
       const snapshot = await this.fs.readdir(this.pathOrStale(n));
       // A directory handle keeps its node alive, like an open file.
       n.lookups++;
-      return { fh: this.dirs.add({ node: n, snapshot }) };
+      return { fh: this.dirs.add({ node: n, snapshot, fresh: true }) };
     });
   }
 
@@ -1130,17 +1132,22 @@ export class PassthroughFs implements Vfs {
       if (!Number.isSafeInteger(offset) || offset < 0) throw new FsError(Errno.EINVAL);
       const dir = h.node;
       const p = this.pathOrStale(dir);
-      // A rewind sees the directory as it is now (rewinddir(3) must show later changes).
-      if (offset === 0) h.snapshot = await this.fs.readdir(p);
+      // A rewind sees the directory as it is now (rewinddir(3) must show later changes); the first
+      // read of a handle opendir has just listed takes that listing.
+      if (offset === 0 && !h.fresh) h.snapshot = await this.fs.readdir(p);
+      h.fresh = false;
       const names = ['.', '..', ...h.snapshot];
       const slice = names.slice(offset, offset + Math.max(1, maxEntries));
+      // The names' own attributes in one go, the directory pinned once; a name that vanished since
+      // the snapshot comes back undefined and is skipped.
+      const own = await this.fs.lstatIn(p, slice.filter((name) => name !== '.' && name !== '..'));
+      let next = 0;
       const stats = await Promise.all(slice.map(async (name) => {
+        if (name !== '.' && name !== '..') return own[next++];
         try {
-          if (name === '.') return await this.statNode(dir);
-          if (name === '..') return await this.statNode(dir.links[0]?.parent ?? dir);
-          return await this.fs.lstat(p === '/' ? `/${name}` : `${p}/${name}`);
+          return await this.statNode(name === '.' ? dir : dir.links[0]?.parent ?? dir);
         } catch {
-          return undefined; // vanished since the snapshot: skipped
+          return undefined;
         }
       }));
       const out: DirEntry[] = [];

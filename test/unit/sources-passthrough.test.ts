@@ -338,3 +338,46 @@ void describe('PassthroughFs.open and read-only exports', () => {
     }
   });
 });
+
+void describe('PassthroughFs listings', () => {
+  const names = (list: { name: string }[]): string[] => list.map((e) => e.name).sort();
+
+  void it('lists each name with its own attributes, skips names gone since opendir, and a rewind sees the directory anew', async () => {
+    const top = await fsp.mkdtemp(path.join(os.tmpdir(), 'wirefs-sources-list-'));
+    const vfs = await PassthroughFs.open(top);
+    try {
+      await fsp.mkdir(path.join(top, 'd'));
+      for (let i = 0; i < 50; i++) await fsp.writeFile(path.join(top, 'd', `f${i}`), 'x'.repeat(i));
+      await fsp.symlink('/etc/hostname', path.join(top, 'd', 'link'));
+      const d = await vfs.lookup(ctx, ROOT_ID, 'd');
+      const o = await vfs.opendir(ctx, d.nodeid);
+      await fsp.unlink(path.join(top, 'd', 'f7'));
+      const first = await vfs.readdir(ctx, d.nodeid, o.fh, 0, 1000, true);
+      const want = ['.', '..', 'link', ...Array.from({ length: 50 }, (_, i) => `f${i}`).filter((n) => n !== 'f7')].sort();
+      assert.deepEqual(names(first), want, 'a name removed after opendir is skipped, not an error');
+      for (const e of first) {
+        if (!e.name.startsWith('f')) continue;
+        assert.equal(e.entry?.attr.size, Number(e.name.slice(1)), `${e.name}: its own size`);
+        assert.equal((e.entry!.attr.mode & S_IFMT), S_IFREG);
+      }
+      const link = first.find((e) => e.name === 'link')!;
+      assert.equal(link.entry!.attr.mode & S_IFMT, S_IFLNK, 'a symlink is listed as itself, not followed');
+      // Read on from an offset, then rewind: the rewind lists what is there now.
+      const rest = await vfs.readdir(ctx, d.nodeid, o.fh, 10, 1000, false);
+      assert.equal(rest.length, first.length - 10);
+      await fsp.writeFile(path.join(top, 'd', 'new'), '');
+      const again = await vfs.readdir(ctx, d.nodeid, o.fh, 0, 1000, true);
+      assert.ok(names(again).includes('new'), 'a rewind shows a name made since');
+      await vfs.releasedir(ctx, d.nodeid, o.fh);
+      // A directory removed under an open handle lists nothing of its old names.
+      const o2 = await vfs.opendir(ctx, d.nodeid);
+      await fsp.rm(path.join(top, 'd'), { recursive: true });
+      const gone = await vfs.readdir(ctx, d.nodeid, o2.fh, 2, 1000, true);
+      assert.deepEqual(gone.filter((e) => e.name !== '.' && e.name !== '..'), []);
+      await vfs.releasedir(ctx, d.nodeid, o2.fh);
+    } finally {
+      await vfs.close();
+      await fsp.rm(top, { recursive: true, force: true });
+    }
+  });
+});
