@@ -1142,13 +1142,9 @@ export class PassthroughFs implements Vfs {
       // the snapshot comes back undefined and is skipped.
       const own = await this.fs.lstatIn(p, slice.filter((name) => name !== '.' && name !== '..'));
       let next = 0;
-      const stats = await Promise.all(slice.map(async (name) => {
+      const stats = await Promise.all(slice.map((name) => {
         if (name !== '.' && name !== '..') return own[next++];
-        try {
-          return await this.statNode(name === '.' ? dir : dir.links[0]?.parent ?? dir);
-        } catch {
-          return undefined;
-        }
+        return this.statNode(name === '.' ? dir : dir.links[0]?.parent ?? dir).catch(() => undefined);
       }));
       const out: DirEntry[] = [];
       slice.forEach((name, i) => {
