@@ -1140,10 +1140,11 @@ export class PassthroughFs implements Vfs {
       const slice = names.slice(offset, offset + Math.max(1, maxEntries));
       // The names' own attributes in one go, the directory pinned once; a name that vanished since
       // the snapshot comes back undefined and is skipped.
-      const own = await this.fs.lstatIn(p, slice.filter((name) => name !== '.' && name !== '..'));
-      let next = 0;
-      const stats = await Promise.all(slice.map((name) => {
-        if (name !== '.' && name !== '..') return own[next++];
+      // (Only the first two of all names are the dots: a slice from offset 2 on has none.)
+      const dots = Math.max(0, 2 - offset);
+      const own = await this.fs.lstatIn(p, slice.slice(dots));
+      const stats = await Promise.all(slice.map((name, i) => {
+        if (i >= dots) return own[i - dots];
         return this.statNode(name === '.' ? dir : dir.links[0]?.parent ?? dir).catch(() => undefined);
       }));
       const out: DirEntry[] = [];

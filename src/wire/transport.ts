@@ -177,10 +177,10 @@ export interface FrameProgress {
  * Buffers for socket reads, carved one after the other out of a slab: what a read filled is kept
  * (callers hold views of it) and the next read goes right after it. A frame across two slabs is
  * copied together by the splitter: without `frames` about one 1 MiB read reply in seven was (139 of
- * 1024 in a cold 1 GiB read, 130-170 ms of client CPU). With it (FrameSplitter.need: how much of the frame begun is still
- * to come), no frame starts where a 1 MiB one would not fit: a read may end only that far into the
- * slab, the rest of a big frame is read alone to its end, and a frame that would start a read too
- * near the end starts a new slab.
+ * 1024 in a cold 1 GiB read, 130-170 ms of client CPU). With it (FrameSplitter.need: how much of
+ * the frame begun is still to come), no frame starts where a 1 MiB one would not fit: a read may
+ * end only that far into the slab, the rest of a big frame is read alone to its end, and a frame
+ * that would start a read too near the end starts a new slab.
  */
 export class Slabs {
   private slab = Buffer.allocUnsafe(SLAB_BYTES);

@@ -362,6 +362,10 @@ void describe('PassthroughFs listings', () => {
       }
       const link = first.find((e) => e.name === 'link')!;
       assert.equal(link.entry!.attr.mode & S_IFMT, S_IFLNK, 'a symlink is listed as itself, not followed');
+      // From offset 1, '..' and then the names, each still with its own attributes.
+      const fromOne = await vfs.readdir(ctx, d.nodeid, o.fh, 1, 1000, true);
+      assert.equal(fromOne[0]?.name, '..');
+      for (const e of fromOne.slice(1)) if (e.name.startsWith('f')) assert.equal(e.entry?.attr.size, Number(e.name.slice(1)), `${e.name} from offset 1`);
       // Read on from an offset, then rewind: the rewind lists what is there now.
       const rest = await vfs.readdir(ctx, d.nodeid, o.fh, 10, 1000, false);
       assert.equal(rest.length, first.length - 10);
