@@ -90,7 +90,7 @@ export interface ClientStats {
   /** The data cache on local disk, when there is one. */
   dataCache?: DataCacheStats;
   /** Unlinks answered before the server ran them, leases granted and recalled, and how many are held now. */
-  unlinkBehind: { sent: number; failed: number; recalled: number; leases: number; held: number; inFlight: number };
+  unlinkBehind: { sent: number; rmdirs: number; failed: number; recalled: number; leases: number; held: number; inFlight: number };
   /** Creates answered with a reserved file before the server named it, their failures, and reserved files ready now. */
   createBehind: { sent: number; failed: number; reserved: number };
 }
@@ -221,6 +221,8 @@ export class RemoteVfs implements Vfs {
   /** The root's attributes as of the first HELLO. */
   readonly rootAttr: Attr;
   private sessionId: bigint;
+  /** The server's protocol minor version (1.5 orders RMDIRs among themselves: rmdir-behind). */
+  private serverMinor: number;
   private readonly fsInfo: FsInfo;
   private readonly pending = new Map<number, Pending>();
   /** Seqs of outstanding non-idempotent requests, oldest first (they are handed out in order). */
@@ -268,7 +270,7 @@ export class RemoteVfs implements Vfs {
   private listdirUnsupported = false;
   private readonly behindAll = new Set<Promise<void>>();
   private readonly behindBy = new Map<string, Set<Promise<void>>>();
-  private readonly behindCounters = { sent: 0, failed: 0, recalled: 0, leases: 0 };
+  private readonly behindCounters = { sent: 0, rmdirs: 0, failed: 0, recalled: 0, leases: 0 };
   /** Create-behind (1.4): reserved files by leased directory, least recently created in first. */
   private readonly pools = new Map<number, Pool>();
   /** Whether anyone answers creates with reserved files (WriteBehindVfs does: see offerCreateBehind). */
@@ -280,6 +282,7 @@ export class RemoteVfs implements Vfs {
     this.server = server;
     this.closed = new Promise((resolve) => (this.markClosed = resolve));
     this.sessionId = link.welcome.sessionId;
+    this.serverMinor = link.welcome.minor;
     this.rootAttr = link.welcome.root;
     // Pushes from a source that reports all its changes: the kernel may cache without a bound.
     const coherent = (link.features & FEATURE_PUSH) !== 0n && (link.features & FEATURE_COHERENT) !== 0n;
@@ -358,6 +361,8 @@ export class RemoteVfs implements Vfs {
     this.leaseGen++;
     clearInterval(this.outageTimer);
     this.outageTimer = undefined;
+    // A restarted server may be another version.
+    this.serverMinor = link.welcome.minor;
     const resumed = link.welcome.sessionId === this.sessionId;
     if (!resumed) {
       // The server restarted (or kept our session less long than we were away): what the kernel
@@ -833,6 +838,35 @@ export class RemoteVfs implements Vfs {
     return result;
   }
 
+  /**
+   * Sends the rmdir of directory `child`, named parent/name, without waiting for its reply, as
+   * unlinkBehind does: when both directories are leased by ctx's uid (no other session holds
+   * either, so none can add to the child or see the name go before the server has run it) and the
+   * caller knows the child is empty. The server (1.5) runs it after every UNLINK and RMDIR sent
+   * before it, so a tree's rmdirs go out one behind the other, the deepest first.
+   */
+  rmdirBehind(ctx: Ctx, parent: number, name: string, child: number): Promise<FsError | undefined> | undefined {
+    if (this.serverMinor < 5 || !this.leasedFor(parent, ctx.uid) || !this.leasedFor(child, ctx.uid)) return undefined;
+    if (this.nodes.idOf(parent, name) !== child || this.nodes.isOpen(child)) return undefined;
+    this.behindCounters.sent++;
+    this.behindCounters.rmdirs++;
+    const result = this.hinted(parent, this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, undefined, false, false)).then(
+      () => {
+        this.nodes.removed(parent, name);
+        return undefined;
+      },
+      (err: unknown) => {
+        if (err instanceof CrossedRestart) {
+          this.nodes.removed(parent, name);
+          return undefined;
+        }
+        this.behindCounters.failed++;
+        return err instanceof FsError ? err : new FsError(Errno.EIO, (err as Error).message);
+      });
+    this.trackBehind(result.then(() => undefined), [`n${parent}`, `e${parent}/${name}`, `n${child}`]);
+    return result;
+  }
+
   /** Counts a change sent behind until its reply: calls naming one of `keys` wait for it (behindOf). */
   private trackBehind(done: Promise<void>, keys: string[]): void {
     this.behindAll.add(done);
@@ -1012,6 +1046,8 @@ export class RemoteVfs implements Vfs {
     else ack();
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
+    // The next rmdir here (rm -rf removes a directory's subdirectories one after another) may go behind.
+    this.askLease(ctx, parent);
     await this.hinted(parent, this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, ctx)).catch(alreadyDone);
     this.nodes.removed(parent, name);
   }

@@ -41,6 +41,12 @@
 //    here only when the kernel already holds every name (its entries then carry no attributes,
 //    node id 0, which the kernel takes as "look it up if you need it"). It does not answer
 //    lookups of absent names: on a case-insensitive source (FAT) a name not listed may exist.
+//    Our own unlinks and rmdirs keep a whole listing, without the names they removed.
+// 8. Rmdirs answered here (rmdir-behind, client.ts, protocol 1.5): as an unlink in 6, when the
+//    client below also holds the directory itself under a lease and we know it is empty: its
+//    complete name list (1) or its whole listing (7) holds no name any more. One the server
+//    refuses (a host process filled the directory meanwhile) is logged, and the kernel is told to
+//    look the name up again.
 //
 // The list is exact because the server pushes every change to a directory to the sessions that
 // hold it (and this session holds what it made, until its kernel forgets it): any push naming a
@@ -81,6 +87,8 @@ export interface RemoteHooks {
   leasedFor(dir: number, uid: number): boolean;
   /** Sent without waiting (undefined: not possible now); resolves with its failure, if any. */
   unlinkBehind(ctx: Ctx, parent: number, name: string): Promise<FsError | undefined> | undefined;
+  /** The same for the rmdir of directory `child`, which the caller knows to be empty (client.ts 1.5). */
+  rmdirBehind?(ctx: Ctx, parent: number, name: string, child: number): Promise<FsError | undefined> | undefined;
   /** Whether the kernel holds a lookup of the node named parent/name. */
   holdsName(parent: number, name: string): boolean;
   /** Says that creates will be offered to createBehind (client.ts keeps files reserved from then on). */
@@ -401,29 +409,91 @@ export class DirCacheVfs implements Vfs {
     if (this.unlinkBehind(ctx, parent, name)) return;
     this.dirAttrs.delete(parent);
     if (this.fileHandles.size) await this.fileHandles.openAll(); // see openAll's use in rename
-    await this.changing(parent, this.inner.unlink(ctx, parent, name));
+    await this.removing(parent, name, this.inner.unlink(ctx, parent, name));
+  }
+  /**
+   * Runs our own removal of parent/name. Its whole listing, if we have one, stays, without the
+   * name, unless anything else changed a listing meanwhile: so an emptied directory is known
+   * empty at its rmdir (see rmdirBehind), though the server listed it and we did not make it.
+   */
+  private async removing(parent: number, name: string, op: Promise<void>): Promise<void> {
+    const listing = this.listings.get(parent);
+    const done = this.changing(parent, op);
+    const epoch = this.listEpoch;
+    await done;
     this.remove(parent, name);
+    if (listing && epoch === this.listEpoch) this.listings.set(parent, listing.filter((e) => e.name !== name));
+  }
+  /** Our own removal of parent/name answered here: the same, at once. */
+  private unlisted(parent: number, name: string): void {
+    const listing = this.listings.get(parent);
+    this.relist(parent);
+    if (listing) this.listings.set(parent, listing.filter((e) => e.name !== name));
+    this.remove(parent, name);
+  }
+  /** Whether `dir` holds nothing, as far as its complete name list or whole listing tell (undefined: neither). */
+  private empty(dir: number): boolean {
+    const names = this.known.get(dir);
+    if (names) return names.size === 0;
+    return this.listings.get(dir)?.every((e) => e.name === '.' || e.name === '..') ?? false;
+  }
+  /**
+   * Whether ctx may have a removal in `parent` answered here, going by the attributes we keep of
+   * it: the kernel checked the permission against them, and its check must be the server's (root,
+   * or the directory's owner with write and search bits).
+   */
+  private mayRemoveHere(ctx: Ctx, parent: number): Attr | undefined {
+    const kept = this.dirAttrs.get(parent);
+    if (!this.behind || !kept || Date.now() - kept.at >= ATTR_TTL_MS) return undefined;
+    const d = kept.attr;
+    if (ctx.uid !== 0 && !(ctx.uid === d.uid && (d.mode & 0o300) === 0o300)) return undefined;
+    return d;
   }
   /** Answers an unlink here and sends it behind, when it may (see 6 above); false if not. */
   private unlinkBehind(ctx: Ctx, parent: number, name: string): boolean {
-    const kept = this.dirAttrs.get(parent);
-    if (!this.behind || !kept || Date.now() - kept.at >= ATTR_TTL_MS || this.fileHandles.size) return false;
-    const d = kept.attr;
-    if (ctx.uid !== 0 && !(ctx.uid === d.uid && (d.mode & 0o300) === 0o300)) return false;
-    if (!this.behind.leasedFor(parent, ctx.uid)) return false;
-    const sent = this.behind.unlinkBehind(ctx, parent, name);
+    const d = this.mayRemoveHere(ctx, parent);
+    if (!d || this.fileHandles.size || !this.behind!.leasedFor(parent, ctx.uid)) return false;
+    const sent = this.behind!.unlinkBehind(ctx, parent, name);
     if (!sent) return false;
-    this.relist(parent);
+    this.answeredBehind(parent, name, d, 0, sent, 'an unlink');
+    return true;
+  }
+  /**
+   * Answers an rmdir here and sends it behind (see 8 above), when the parent may be changed so
+   * (as for an unlink), the directory is one we know by name and know to be empty, and the client
+   * below holds both under a lease; false if not.
+   */
+  private rmdirBehind(ctx: Ctx, parent: number, name: string): boolean {
+    const d = this.mayRemoveHere(ctx, parent);
+    const child = this.dirIds.get(`${parent}\0${name}`);
+    if (!d || child === undefined || !this.behind!.rmdirBehind || !this.empty(child)) return false;
+    const sent = this.behind!.rmdirBehind(ctx, parent, name, child);
+    if (!sent) return false;
+    this.unnamed(parent, name);
+    this.known.delete(child);
+    this.relist(child);
+    this.touched(child);
+    // Its ".." goes: one link less.
+    this.answeredBehind(parent, name, d, 1, sent, 'an rmdir');
+    return true;
+  }
+  /**
+   * The kernel is answered: `parent` is kept with mtime and ctime now (and `links` fewer links)
+   * until every removal sent behind in it has its reply, and one that failed is logged and the
+   * name looked up again.
+   */
+  private answeredBehind(parent: number, name: string, d: Attr, links: number, sent: Promise<FsError | undefined>, what: string): void {
+    this.unlisted(parent, name);
     const ms = Date.now();
     const now = { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 };
-    this.keepAttr(parent, { ...d, mtime: now, ctime: now });
-    this.remove(parent, name);
+    this.keepAttr(parent, { ...d, mtime: now, ctime: now, nlink: Math.max(1, d.nlink - links) });
     this.behindIn.set(parent, (this.behindIn.get(parent) ?? 0) + 1);
     void sent.then((err) => {
       if (err) {
         // ENOENT: someone else removed it first (a host process): what the caller wanted holds.
-        if (err.errno !== Errno.ENOENT) this.log?.warn(`an unlink answered before the server ran it failed there (${errnoName(err.errno)}): ${name} is back`);
+        if (err.errno !== Errno.ENOENT) this.log?.warn(`${what} answered before the server ran it failed there (${errnoName(err.errno)}): ${name} is back`);
         this.known.delete(parent);
+        this.relist(parent);
         void this.notes.emit({ kind: 'entry', parent, name });
       }
       const left = (this.behindIn.get(parent) ?? 1) - 1;
@@ -446,15 +516,20 @@ export class DirCacheVfs implements Vfs {
         }, CORRECT_AFTER_MS).unref());
       }
     });
-    return true;
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
     // The parent's link count and times change, and the directory goes; no other node.
     this.attrEpoch++;
+    if (this.rmdirBehind(ctx, parent, name)) return;
     this.dirAttrs.delete(parent);
-    this.unnamed(parent, name);
-    await this.changing(parent, this.inner.rmdir(ctx, parent, name));
-    this.remove(parent, name);
+    const id = this.unnamed(parent, name);
+    try {
+      await this.removing(parent, name, this.inner.rmdir(ctx, parent, name));
+    } catch (err) {
+      // Still there (ENOTEMPTY, most likely): the kernel keeps its entry and will not look it up again.
+      if (id !== undefined) this.dirIds.set(`${parent}\0${name}`, id);
+      throw err;
+    }
   }
   async rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
     // Both parents (times, link counts), the node moved (its ctime, and ".." for a directory) and a

@@ -431,6 +431,9 @@ export class WriteBehindVfs implements Vfs {
     else void sent.then(() => this.nameChanges--);
     return sent;
   }
+  rmdirBehind(ctx: Ctx, parent: number, name: string, child: number): Promise<FsError | undefined> | undefined {
+    return this.behind?.rmdirBehind?.(ctx, parent, name, child);
+  }
   rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
     this.unmadeAll(); // a replaced file's link count
     return this.renaming(() => this.inner.rename(ctx, parent, name, newparent, newname, flags));

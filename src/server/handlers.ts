@@ -97,7 +97,7 @@ async function created(s: SessionApi, ctx: Ctx, parent: number, name: string, e:
 }
 
 /** unlink and rmdir: learns the victim's id first when someone else may hold it, for a precise push. */
-async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op: (ctx: Ctx, p: number, n: string) => Promise<void>, unlink: boolean): Promise<Rep<'unlink'>> {
+async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op: (ctx: Ctx, p: number, n: string) => Promise<void>): Promise<Rep<'unlink'>> {
   let child = 0;
   if (s.othersListening()) {
     child = await s.vfs.lookup(ctx, parent, name).then((e) => e.nodeid, () => 0);
@@ -111,8 +111,8 @@ async function remove(s: SessionApi, ctx: Ctx, parent: number, name: string, op:
     if (child) s.vfs.forget(child, 1);
   }
   // A client holding the directory under a lease answers its attributes itself (it had them
-  // with the lease) until its unlinks have landed: one stat less per unlink.
-  return { parentAttr: unlink && s.holdsLease(parent) ? undefined : await postAttr(s, ctx, parent) };
+  // with the lease) until its unlinks and rmdirs (1.5) have landed: one stat less per removal.
+  return { parentAttr: s.holdsLease(parent) ? undefined : await postAttr(s, ctx, parent) };
 }
 
 /**
@@ -155,8 +155,8 @@ export const HANDLERS: { [N in CallOp]: Handler<N> } = {
     await s.changed([whole(a.nodeid)]);
     return rep;
   },
-  unlink: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.unlink(c, p, n), true),
-  rmdir: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.rmdir(c, p, n), false),
+  unlink: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.unlink(c, p, n)),
+  rmdir: (s, ctx, a) => remove(s, ctx, a.parent, a.name, (c, p, n) => s.vfs.rmdir(c, p, n)),
   rename: async (s, ctx, a) => {
     await s.vfs.rename(ctx, a.parent, a.name, a.newparent, a.newname, a.flags);
     const ev = [named(a.parent, a.name), named(a.newparent, a.newname), whole(a.parent)];

@@ -261,7 +261,9 @@ export class Session implements SessionApi {
       this.naming.add(task);
       void task.finally(() => this.naming.delete(task));
     }
-    if (op === 'unlink') {
+    // 1.5: an RMDIR is ordered like an UNLINK (a client sends the rmdirs of a tree behind, the
+    // deepest first, and each must find its directory emptied by those before it).
+    if (op === 'unlink' || op === 'rmdir') {
       this.unlinking.add(task);
       void task.finally(() => this.unlinking.delete(task));
     }

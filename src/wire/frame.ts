@@ -19,7 +19,7 @@ export const FLAG_NOREPLY = 4;
 
 export const MAGIC = Buffer.from('WIREFS\0\0', 'latin1');
 export const VERSION_MAJOR = 1;
-export const VERSION_MINOR = 4;
+export const VERSION_MINOR = 5;
 /** The server pushes CHANGE frames. */
 export const FEATURE_PUSH = 1n << 0n;
 /** The server honours CANCEL. */

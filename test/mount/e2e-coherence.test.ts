@@ -157,7 +157,7 @@ test('local changes on the server host reach clients within a second', async (t)
 });
 
 /** The "unlink-behind:" line of the mount's `wirefs status`: how many unlinks went behind. */
-async function behindSent(mnt: string, what: 'unlink-behind' | 'create-behind' = 'unlink-behind'): Promise<number> {
+async function behindSent(mnt: string, what: 'unlink-behind' | 'create-behind' = 'unlink-behind', rmdirs?: { count: number }): Promise<number> {
   const lines = (await ok(`timeout 10 ${process.execPath} ${BIN} status`)).split('\n');
   const head = lines.findIndex((l) => l.startsWith(`${mnt}  `));
   assert.ok(head >= 0, `${mnt} not in wirefs status`);
@@ -165,6 +165,11 @@ async function behindSent(mnt: string, what: 'unlink-behind' | 'create-behind' =
   const m = new RegExp(`${what}: (\\d+) sent, (\\d+) failed`).exec(line ?? '');
   assert.ok(m, `no ${what} line for ${mnt}`);
   assert.equal(m[2], '0', `nothing sent ${what} failed`);
+  if (what === 'unlink-behind' && rmdirs) {
+    const r = /(\d+) of the sent rmdirs/.exec(line ?? '');
+    assert.ok(r, `no rmdir count for ${mnt}: ${line}`);
+    rmdirs.count = Number(r[1]);
+  }
   return Number(m[1]);
 }
 
@@ -188,6 +193,28 @@ test('unlinks answered before the server ran them are never seen by another clie
   assert.equal(await ok(`timeout 10 ls -A ${a.mnt}/mine`), '');
   await ok(`echo again > ${a.mnt}/mine/f1 && rm ${a.mnt}/mine/f1 && rmdir ${a.mnt}/mine`);
   assert.equal(await statOf(`${b.mnt}/mine`), 'missing');
+});
+
+test('a tree whose rmdirs were answered before the server ran them is gone for every client at once', async (t) => {
+  const { exported, a, b, c } = await threeClients(t);
+  // Files in every directory: the first unlink in each asks for its lease, so the rmdirs of the
+  // emptied directories below can go behind.
+  await ok(`mkdir -p ${a.mnt}/tree/d{1,2,3}/s{1,2,3} && for d in ${a.mnt}/tree ${a.mnt}/tree/d? ${a.mnt}/tree/d?/s?; do for i in $(seq 30); do echo $i > $d/f$i; done; done`);
+  // B holds the top of the tree (so A holds the rest alone), C nothing.
+  assert.equal(await ok(`timeout 10 ls ${b.mnt}`), 'tree\n');
+  await ok(`timeout 60 rm -rf ${a.mnt}/tree`);
+  const rmdirs = { count: 0 };
+  assert.ok(await behindSent(a.mnt, 'unlink-behind', rmdirs) > rmdirs.count, 'unlinks went behind');
+  assert.ok(rmdirs.count > 0, 'and rmdirs');
+  // At once, no sleep: B (which looked at the tree) and C (which never did) find nothing.
+  for (const m of [b, c]) {
+    assert.equal(await statOf(`${m.mnt}/tree`), 'missing');
+    assert.equal(await ok(`timeout 10 ls -A ${m.mnt}`), '');
+  }
+  assert.deepEqual(await fsp.readdir(exported), [], 'and on the server');
+  // A can make the same tree again at once.
+  await ok(`mkdir -p ${a.mnt}/tree/d1/s1 && echo x > ${a.mnt}/tree/d1/s1/f && rm -r ${a.mnt}/tree`);
+  assert.deepEqual(await fsp.readdir(exported), []);
 });
 
 // Each file opened with O_EXCL, fstat-ed at once (the inode number its kernel was given by the

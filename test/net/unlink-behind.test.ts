@@ -15,10 +15,16 @@ import { O_RDWR, ROOT_ID, S_IFREG, type ChangeEvent, type Ctx } from '../../src/
 const root: Ctx = { uid: 0, gid: 0, pid: 1 };
 const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENOENT;
 
-/** A source whose unlink of "locked" fails (as an immutable file's would on a host). */
+/**
+ * A source whose unlink of "locked" fails (as an immutable file's would on a host), and whose rmdir
+ * of "busy" fails as if a host process had just put a file in it.
+ */
 class LockedFs extends MemoryFs {
   override unlink(ctx: Ctx, parent: number, name: string): Promise<void> {
     return name === 'locked' ? Promise.reject(new FsError(Errno.EPERM)) : super.unlink(ctx, parent, name);
+  }
+  override rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
+    return name === 'busy' ? Promise.reject(new FsError(Errno.ENOTEMPTY)) : super.rmdir(ctx, parent, name);
   }
 }
 
@@ -119,4 +125,100 @@ test('an unlink that fails on the server brings the name back', async (t) => {
   // Once all landed, the attributes made up meanwhile are dropped: the kernel asks again.
   for (let i = 0; i < 100 && !events.some((ev) => ev.kind === 'inode' && ev.nodeid === dir && ev.attrsOnly); i++) await new Promise((r) => setTimeout(r, 10));
   assert.ok(events.some((ev) => ev.kind === 'inode' && ev.nodeid === dir && ev.attrsOnly));
+});
+
+/** Waits (at most 5 s) until nothing sent behind is on its way. */
+async function landed(a: RemoteVfs): Promise<void> {
+  for (let i = 0; i < 500 && a.stats().unlinkBehind.inFlight > 0; i++) await new Promise((r) => setTimeout(r, 10));
+}
+
+/** Names in directory `dir` as `v` lists them, dots aside. */
+async function namesIn(v: RemoteVfs | DirCacheVfs, dir: number): Promise<string[]> {
+  const h = await v.opendir(root, dir);
+  const list = await v.readdir(root, dir, h.fh, 0, 1000, false);
+  await v.releasedir(root, dir, h.fh);
+  return list.map((e) => e.name).filter((n) => n !== '.' && n !== '..').sort();
+}
+
+test('rm -rf: an emptied directory in a leased one is removed behind, the deepest first', async (t) => {
+  const { a, b } = await twoClients(t, new LockedFs());
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a, quiet);
+  const touch = (dir: number, name: string): Promise<void> =>
+    cache.create(root, dir, name, S_IFREG | 0o644, O_RDWR).then((f) => cache.release(root, f.entry.nodeid, f.fh));
+  // top/{g0,g1,mid/{f0..f3,leaf/{h0,h1}}}: made here, so each directory's names are all known.
+  const top = (await cache.mkdir(root, ROOT_ID, 'top', 0o755)).nodeid;
+  const mid = (await cache.mkdir(root, top, 'mid', 0o755)).nodeid;
+  const leaf = (await cache.mkdir(root, mid, 'leaf', 0o755)).nodeid;
+  for (const n of ['g0', 'g1']) await touch(top, n);
+  for (const n of ['f0', 'f1', 'f2', 'f3']) await touch(mid, n);
+  for (const n of ['h0', 'h1']) await touch(leaf, n);
+  // The first unlink in each directory asks for its lease.
+  await cache.unlink(root, top, 'g0');
+  await cache.unlink(root, mid, 'f0');
+  await cache.unlink(root, leaf, 'h0');
+  await leaseAnswered(a, 3);
+  for (const d of [top, mid, leaf]) assert.equal(a.leasedFor(d, 0), true);
+
+  // A directory that is not empty is never removed here: the server's answer is awaited.
+  await assert.rejects(cache.rmdir(root, top, 'mid'), (e: unknown) => e instanceof FsError && e.errno === Errno.ENOTEMPTY);
+  assert.equal(a.stats().unlinkBehind.rmdirs, 0);
+  // The kernel asks for the attributes it dropped, at its next path walk through them.
+  for (const d of [top, mid]) await cache.getattr(root, d);
+
+  await cache.unlink(root, leaf, 'h1');
+  await cache.rmdir(root, mid, 'leaf');
+  for (const n of ['f1', 'f2', 'f3']) await cache.unlink(root, mid, n);
+  await cache.rmdir(root, top, 'mid');
+  // Both rmdirs answered at once, each sent behind the unlinks that emptied its directory.
+  assert.equal(a.stats().unlinkBehind.rmdirs, 2);
+  assert.ok(a.stats().unlinkBehind.inFlight >= 2, 'none had its reply yet');
+  await assert.rejects(cache.lookup(root, top, 'mid'), enoent);
+  assert.deepEqual(await namesIn(cache, top), ['g1']);
+
+  // B comes to top: the lease is recalled, and A answers once everything it sent has landed.
+  const bt = await b.lookup(root, ROOT_ID, 'top');
+  assert.equal(a.stats().unlinkBehind.inFlight, 0);
+  assert.equal(a.stats().unlinkBehind.failed, 0);
+  assert.deepEqual(await namesIn(b, bt.nodeid), ['g1']);
+  assert.equal(bt.attr.nlink, 2, 'mid is gone from the server, with its link');
+});
+
+test('a directory the server listed, then emptied here, is removed behind; one the server refuses comes back', async (t) => {
+  const { a, b } = await twoClients(t, new LockedFs());
+  // B makes the tree, so A knows the directories' names only by listing them.
+  const bt = (await b.mkdir(root, ROOT_ID, 'top', 0o755)).nodeid;
+  for (const name of ['listed', 'busy']) {
+    const d = (await b.mkdir(root, bt, name, 0o755)).nodeid;
+    for (const n of ['x', 'y']) await b.create(root, d, n, S_IFREG | 0o644, O_RDWR).then((f) => b.release(root, f.entry.nodeid, f.fh));
+  }
+  await b.create(root, bt, 'keep', S_IFREG | 0o644, O_RDWR).then((f) => b.release(root, f.entry.nodeid, f.fh));
+  await b.close();
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a, quiet);
+  const events: ChangeEvent[] = [];
+  cache.watch((ev) => void events.push(ev));
+  const top = (await cache.lookup(root, ROOT_ID, 'top')).nodeid;
+  assert.deepEqual(await namesIn(cache, top), ['busy', 'keep', 'listed']);
+  const dirs: Record<string, number> = {};
+  for (const name of ['listed', 'busy']) {
+    dirs[name] = (await cache.lookup(root, top, name)).nodeid;
+    assert.deepEqual(await namesIn(cache, dirs[name]!), ['x', 'y']);
+    for (const n of ['x', 'y']) await cache.lookup(root, dirs[name]!, n);
+  }
+  await cache.unlink(root, top, 'keep'); // the lease of top
+  for (const name of ['listed', 'busy']) await cache.unlink(root, dirs[name]!, 'x');
+  await leaseAnswered(a, 3);
+  for (const name of ['listed', 'busy']) {
+    await cache.unlink(root, dirs[name]!, 'y');
+    // The listing stayed, without the names removed: the directory is known empty.
+    assert.deepEqual(await namesIn(cache, dirs[name]!), []);
+    await cache.rmdir(root, top, name);
+  }
+  assert.equal(a.stats().unlinkBehind.rmdirs, 2);
+  await landed(a);
+  // The server ran one and refused the other ("busy": as if a host process had filled it).
+  assert.equal(a.stats().unlinkBehind.failed, 1);
+  assert.ok(events.some((ev) => ev.kind === 'entry' && ev.parent === top && ev.name === 'busy'), 'the kernel is told to look the name up again');
+  assert.equal((await cache.lookup(root, top, 'busy')).nodeid, dirs['busy'], 'and finds the directory');
+  await assert.rejects(cache.lookup(root, top, 'listed'), enoent);
+  assert.deepEqual(await namesIn(cache, top), ['busy']);
 });
