@@ -5,12 +5,17 @@
  * each request over as its own Buffer. A thread doing blocking reads costs a wake-up and a message
  * between threads per request (about 100 microseconds here), which dominated small operations.
  *
- * start(fd, bufferSize, onFrame, onEnd) -> stop(): onFrame(Buffer) per request; onEnd(code) once,
- * with "ENODEV" (unmounted) or another errno name, after which the handle is closed.
+ * start(fd, bufferSize, onFrame, onEnd[, nosys]) -> stop(): onFrame(Buffer) per request; onEnd(code)
+ * once, with "ENODEV" (unmounted) or another errno name, after which the handle is closed. nosys, a
+ * Uint32Array of 128: a request whose opcode o < 64 has nosys[o] set is answered ENOSYS here, and
+ * counted in nosys[64 + o], without waking JavaScript (Python's open() asks IOCTL TCGETS of every
+ * file it opens; the session implements no ioctl).
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +44,9 @@ typedef struct {
   size_t size;
   char *buf;
   int stopped;
+  /* The nosys array (see above) and a reference that keeps it alive; NULL without one. */
+  uint32_t *nosys;
+  napi_ref nosys_ref;
   /* Read buffers JavaScript has given back (each r->size long), kept for the next handoffs. */
   char *spares[SPARES_MAX];
   int nspares;
@@ -48,6 +56,8 @@ static void on_closed(uv_handle_t *h) {
   reader_t *r = (reader_t *)h->data;
   napi_delete_reference(r->env, r->on_frame);
   napi_delete_reference(r->env, r->on_end);
+  if (r->nosys_ref) napi_delete_reference(r->env, r->nosys_ref);
+  r->nosys = NULL;
   napi_async_destroy(r->env, r->ctx);
   free(r->buf);
   r->buf = NULL;
@@ -95,6 +105,29 @@ static napi_status frame_buffer(reader_t *r, size_t n, napi_value *out) {
   return napi_ok;
 }
 
+/*
+ * Answers the request in r->buf with ENOSYS when its opcode is one JavaScript asked for; true if
+ * it did. fuse_in_header: len u32, opcode u32, unique u64, ... (40 bytes); fuse_out_header: len
+ * u32, error s32, unique u64. A failed write (ENOENT: the request was interrupted) needs nothing.
+ */
+static int answer_nosys(reader_t *r, size_t n) {
+  uint32_t opcode;
+  uint64_t unique;
+  if (n < 40) return 0;
+  memcpy(&opcode, r->buf + 4, 4);
+  if (opcode >= 64 || !r->nosys[opcode]) return 0;
+  memcpy(&unique, r->buf + 8, 8);
+  struct {
+    uint32_t len;
+    int32_t error;
+    uint64_t unique;
+  } out = {16, -ENOSYS, unique};
+  ssize_t w = write(r->fd, &out, sizeof out);
+  (void)w;
+  r->nosys[64 + opcode]++;
+  return 1;
+}
+
 static void on_poll(uv_poll_t *h, int status, int events) {
   reader_t *r = (reader_t *)h->data;
   if (r->stopped) return;
@@ -113,6 +146,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
       finish(r, "ENODEV");
       return;
     }
+    if (r->nosys && answer_nosys(r, (size_t)n)) continue;
     napi_env env = r->env;
     napi_handle_scope scope;
     napi_open_handle_scope(env, &scope);
@@ -149,8 +183,8 @@ static napi_value throw_errno(napi_env env, const char *what, int e) {
 }
 
 static napi_value start_reader(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4];
+  size_t argc = 5;
+  napi_value argv[5];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 4) {
     napi_throw_type_error(env, NULL, "start(fd, bufferSize, onFrame, onEnd)");
@@ -176,6 +210,18 @@ static napi_value start_reader(napi_env env, napi_callback_info info) {
   r->size = (size_t)size;
   napi_create_reference(env, argv[2], 1, &r->on_frame);
   napi_create_reference(env, argv[3], 1, &r->on_end);
+  if (argc >= 5) {
+    napi_typedarray_type type;
+    size_t length;
+    void *data;
+    bool is_array = false;
+    napi_is_typedarray(env, argv[4], &is_array);
+    if (is_array && napi_get_typedarray_info(env, argv[4], &type, &length, &data, NULL, NULL) == napi_ok &&
+        type == napi_uint32_array && length >= 128) {
+      r->nosys = (uint32_t *)data;
+      napi_create_reference(env, argv[4], 1, &r->nosys_ref);
+    }
+  }
   napi_value name;
   napi_create_string_utf8(env, "wirefs:fuse-reader", NAPI_AUTO_LENGTH, &name);
   napi_async_init(env, NULL, name, &r->ctx);
@@ -189,6 +235,7 @@ static napi_value start_reader(napi_env env, napi_callback_info info) {
   if (rc != 0) {
     napi_delete_reference(env, r->on_frame);
     napi_delete_reference(env, r->on_end);
+    if (r->nosys_ref) napi_delete_reference(env, r->nosys_ref);
     napi_async_destroy(env, r->ctx);
     free(r->buf);
     free(r);

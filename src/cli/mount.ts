@@ -336,7 +336,7 @@ function formatStatus(s: Record<string, unknown>): string {
     `  requests: ${String(c['inFlight'])} in flight, ${String(c['requests'])} sent, ${String(c['errors'])} errors, ${String(c['pushes'])} invalidations received`,
     ...(dc ? [`  data cache: ${String(dc['files'])} files, ${mib(dc['bytes'])} of ${mib(dc['maxBytes'])} MiB; ${String(dc['hits'])} reads from it, ${String(dc['misses'])} from the server; ${String(dc['errors'])} errors`] : []),
     ...(here ? [`  answered here: ${String(here['lookupsAnswered'])} lookups, ${String(here['getattrsAnswered'])} getattrs, ${String(here['opensAnswered'])} opens, ${String(here['listingsAnswered'])} listings`] : []),
-    ...(ub ? [`  unlink-behind: ${String(ub['sent'])} sent, ${String(ub['failed'])} failed, ${String(ub['inFlight'])} in flight, ${String(ub['rmdirs'])} of the sent rmdirs; ${String(ub['leases'])} directory leases granted, ${String(ub['recalled'])} recalled, ${String(ub['held'])} held`] : []),
+    ...(ub ? [`  unlink-behind: ${String(ub['sent'])} sent, ${String(ub['failed'])} failed, ${String(ub['inFlight'])} in flight, ${String(ub['rmdirs'] ?? 0)} of the sent rmdirs; ${String(ub['leases'])} directory leases granted, ${String(ub['recalled'])} recalled, ${String(ub['held'])} held`] : []),
     ...(cb ? [`  create-behind: ${String(cb['sent'])} sent, ${String(cb['failed'])} failed; ${String(cb['reserved'])} files reserved ahead`] : []),
     `  cache: ${String(c['nodes'])} nodes and ${String(c['handles'])} open handles held for the kernel; ${String(c['remapped'])} re-resolved and ${String(c['reopened'])} reopened after restarts, ${String(c['stale'])} stale`,
     `  ${flat(fuseRest, 'fuse').join(' ')}`,

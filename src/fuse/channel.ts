@@ -13,7 +13,7 @@ import { logger } from '../lib/log.js';
 const log = logger('fuse');
 
 interface PollReader {
-  start(fd: number, bufferSize: number, onFrame: (frame: Buffer) => void, onEnd: (code: string) => void): () => void;
+  start(fd: number, bufferSize: number, onFrame: (frame: Buffer) => void, onEnd: (code: string) => void, nosys?: Uint32Array): () => void;
 }
 
 function pollReader(): PollReader | undefined {
@@ -53,6 +53,7 @@ export class FuseChannel implements FuseTransport {
   private onFrame: ((frame: Buffer) => void) | undefined;
   private stopPoll: (() => void) | undefined;
   private readonly poll = pollReader();
+  private nosys: Uint32Array | undefined;
   private fdClosed = false;
 
   constructor(readonly fd: number, opts: ChannelOptions) {
@@ -60,9 +61,14 @@ export class FuseChannel implements FuseTransport {
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
   }
 
-  /** Starts the reader; each frame is handed over for good (the callee owns the Buffer). */
-  start(onFrame: (frame: Buffer) => void): void {
+  /**
+   * Starts the reader; each frame is handed over for good (the callee owns the Buffer). `nosys`
+   * (128 entries): requests whose opcode o has nosys[o] set may be answered ENOSYS by the native
+   * reader itself, which counts them in nosys[64 + o]; the thread reader hands them over as any.
+   */
+  start(onFrame: (frame: Buffer) => void, nosys?: Uint32Array): void {
     this.onFrame = onFrame;
+    this.nosys = nosys;
     // The poll reader starts at attach(): an unattached device polls as an error.
     if (this.poll) return;
     const reader = new Worker(new URL('./reader-worker.js', import.meta.url), {
@@ -101,7 +107,7 @@ export class FuseChannel implements FuseTransport {
     }, (code) => {
       if (code !== 'ENODEV') log.error(`reading /dev/fuse: ${code}`);
       this.finish();
-    });
+    }, ...(this.nosys ? [this.nosys] : []));
   }
 
   /**

@@ -210,7 +210,7 @@ export async function mountVfs(vfs: Vfs, mountpoint: string, opts: MountOptions)
   const closed = channel.closed.then(() => session.close());
   // Reading starts before the mount: the reads wait (retrying EPERM) until mount(2) attaches the
   // fd, then take INIT, which the kernel queues during mount(2).
-  channel.start((frame) => session.dispatch(frame));
+  channel.start((frame) => session.dispatch(frame), session.nativeNosys);
 
   try {
     await run('mount', ['-i', '-t', `fuse.${subtype}`, '-o', options.join(','), opts.source, mp], fd);

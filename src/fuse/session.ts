@@ -102,6 +102,13 @@ function one(build: (w: Writer) => void, size: number): Buffer[] {
   return [w.done()];
 }
 
+/** See FuseSession.nativeNosys. */
+function nosysTable(): Uint32Array {
+  const t = new Uint32Array(128);
+  for (const [o, spec] of Object.entries(OPS)) if (Number(o) < 64 && !spec.handler && !spec.noReply) t[Number(o)] = 1;
+  return t;
+}
+
 export class FuseSession {
   /** Resolves once INIT has been answered and delivered; rejects if the kernel cannot be served. */
   readonly initialized: Promise<InitInfo>;
@@ -133,6 +140,11 @@ export class FuseSession {
   private readonly plain = new Set<number>();
   /** Requests received, by opcode (like nfsstat's per-operation counts). */
   private readonly byOpcode: number[] = [];
+  /**
+   * Opcodes the channel's native reader may answer ENOSYS itself ([o] set: those we implement no
+   * handler for and that take a reply), and how many it did ([64 + o]). See channel.ts.
+   */
+  readonly nativeNosys = nosysTable();
   private initDone = false;
   private ended = false;
   private unwatch: (() => void) | undefined;
@@ -167,10 +179,13 @@ export class FuseSession {
   stats(): { inFlight: number; requests: number; ops: Record<string, number>; readAround?: ReadAroundStats } {
     const ops: Record<string, number> = {};
     let requests = 0;
-    this.byOpcode.forEach((n, opcode) => {
-      ops[OPS[opcode]?.name ?? `opcode ${opcode}`] = n;
+    const count = (opcode: number, n: number): void => {
+      const name = OPS[opcode]?.name ?? `opcode ${opcode}`;
+      ops[name] = (ops[name] ?? 0) + n;
       requests += n;
-    });
+    };
+    this.byOpcode.forEach((n, opcode) => count(opcode, n));
+    for (let o = 0; o < 64; o++) if (this.nativeNosys[64 + o]) count(o, this.nativeNosys[64 + o]!);
     return { inFlight: this.inflight.size, requests, ops, ...(this.readAround ? { readAround: this.readAround.stats() } : {}) };
   }
 
