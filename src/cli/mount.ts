@@ -9,11 +9,11 @@ import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { openSource } from '../sources/index.js';
-import { DEFAULT_OUTAGE_MS, connect } from '../client/client.js';
+import { DEFAULT_OUTAGE_MS, connect, type RemoteVfs } from '../client/client.js';
 import { WriteBehindVfs } from '../client/writeback.js';
 import { DirCacheVfs } from '../client/dircache.js';
 import { mountVfs, readaheadFor, setReadahead, type FuseMount } from '../fuse/mount.js';
-import type { Vfs } from '../vfs/types.js';
+import { ROOT_ID, type Vfs } from '../vfs/types.js';
 import { CliError, UsageError } from './errors.js';
 import { parseAddress, parseMountOptions } from './util.js';
 import { BIN } from './main.js';
@@ -86,7 +86,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
 
   let vfs: Vfs;
   let source: string;
-  let server: { stats(): object } | undefined;
+  let server: RemoteVfs | undefined;
   let rttMs: number | undefined;
   let writeBehind: WriteBehindVfs | undefined;
   let dirCache: DirCacheVfs | undefined;
@@ -141,6 +141,10 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
     report(`error: ${(err as Error).message}`);
     throw new CliError((err as Error).message);
   }
+
+  // umount(8) asks a STATFS of the mount point first: with one answer kept, the client can give it
+  // while the server is down (client.ts statfs), and umount does not wait out the outage.
+  if (server) void server.statfs({ uid: 0, gid: 0, pid: process.pid }, ROOT_ID).catch(() => undefined);
 
   const readaheadKb = raOpt !== undefined ? raOpt : rttMs !== undefined ? readaheadFor(rttMs) : undefined;
   if (readaheadKb !== undefined) {

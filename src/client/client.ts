@@ -56,6 +56,8 @@ export interface ConnectOptions {
 }
 
 export const DEFAULT_OUTAGE_MS = 60_000;
+/** STATFS answers kept at most (by node: a tree may span devices). */
+const MAX_STATFS_KEPT = 256;
 
 export interface ClientStats {
   state: 'open' | 'reconnecting' | 'closed';
@@ -221,6 +223,8 @@ export class RemoteVfs implements Vfs {
   /** The root's attributes as of the first HELLO. */
   readonly rootAttr: Attr;
   private sessionId: bigint;
+  /** The last STATFS answer by node (see statfs). */
+  private readonly statfsKept = new Map<number, StatFs>();
   /** The server's protocol minor version (1.5 orders RMDIRs among themselves: rmdir-behind). */
   private serverMinor: number;
   private readonly fsInfo: FsInfo;
@@ -1192,7 +1196,14 @@ export class RemoteVfs implements Vfs {
     this.nodes.released(fh, true);
   }
   async statfs(ctx: Ctx, nodeid: number): Promise<StatFs> {
-    return (await this.call('statfs', { ctx: wireCtx(ctx), nodeid }, ctx)).statfs;
+    // While the server cannot be reached, the last answer for the node (or the root's): umount(8)
+    // asks a STATFS of the mount point before it unmounts, and would wait out the outage.
+    const kept = this.state === 'reconnecting' ? this.statfsKept.get(nodeid) ?? this.statfsKept.get(ROOT_ID) : undefined;
+    if (kept) return { ...kept };
+    const { statfs } = await this.call('statfs', { ctx: wireCtx(ctx), nodeid }, ctx);
+    if (this.statfsKept.size >= MAX_STATFS_KEPT && !this.statfsKept.has(nodeid)) this.statfsKept.clear();
+    this.statfsKept.set(nodeid, statfs);
+    return statfs;
   }
   async setxattr(ctx: Ctx, nodeid: number, name: string, value: Buffer, flags: number): Promise<void> {
     await this.call('setxattr', { ctx: wireCtx(ctx), nodeid, name, value, flags }, ctx);

@@ -177,3 +177,17 @@ test('when the server dies, operations fail after the mount timeout instead of h
   assert.match(r6.stdout, /rc=1\b/);
   assert.match(r6.stdout + r6.stderr, /Input\/output error/);
 });
+
+test('a mount whose server is gone unmounts at once, without waiting out the outage', async (t) => {
+  const server = await serve(t, 'mem:');
+  const m = await mount(t, server.addr); // the default timeout: 60 s
+  await ok(`echo x > ${m.mnt}/f`);
+  const df = (await ok(`timeout 10 df -k --output=size ${m.mnt}`)).trim().split('\n')[1];
+  await server.stop();
+  // umount(8) asks a STATFS first: answered as before, from what the client kept.
+  assert.equal((await ok(`timeout 10 df -k --output=size ${m.mnt}`)).trim().split('\n')[1], df);
+  const t0 = Date.now();
+  await ok(`timeout 20 umount ${m.mnt}`);
+  assert.ok(Date.now() - t0 < 5000, `umount took ${Date.now() - t0} ms`);
+  assert.equal(await isMounted(m.mnt), false);
+});
