@@ -69,7 +69,7 @@ export const OPS = {
   symlink: { code: 23, kind: 'call', idempotent: false, doc: '', req: [C, ['parent', 'u64'], ['name', 'str'], ['target', 'str']], rep: [['entry', 'entry'], ['parentAttr', 'tailattr']] },
   link: { code: 24, kind: 'call', idempotent: false, doc: '', req: [C, ['nodeid', 'u64'], ['newparent', 'u64'], ['newname', 'str']], rep: [['entry', 'entry'], ['parentAttr', 'tailattr']] },
   unlink: { code: 25, kind: 'call', idempotent: false, doc: '', req: [C, ['parent', 'u64'], ['name', 'str']], rep: [['parentAttr', 'tailattr']] },
-  rmdir: { code: 26, kind: 'call', idempotent: false, doc: '', req: [C, ['parent', 'u64'], ['name', 'str']], rep: [['parentAttr', 'tailattr']] },
+  rmdir: { code: 26, kind: 'call', idempotent: false, doc: 'Since 1.3 applied after every UNLINK, and since 1.5 after every RMDIR, that the session sent before it.', req: [C, ['parent', 'u64'], ['name', 'str']], rep: [['parentAttr', 'tailattr']] },
   rename: {
     code: 27, kind: 'call', idempotent: false, doc: 'flags: RENAME_NOREPLACE 1, RENAME_EXCHANGE 2.',
     req: [C, ['parent', 'u64'], ['name', 'str'], ['newparent', 'u64'], ['newname', 'str'], ['flags', 'u32']],
@@ -116,7 +116,7 @@ export const OPS = {
   },
   leaseDir: {
     code: 48, kind: 'call', idempotent: true,
-    doc: '1.3. Asks for directory `nodeid` alone: granted when no other session holds it, it is not the root, and the server runs ctx\'s requests as ctx\'s own ids. Until a RECALL or a FORGET of it, the holder may answer an UNLINK in it by ctx\'s uid before the server has run it (see DESIGN.md, "Unlink-behind"). attr: the directory\'s attributes, when granted; UNLINK replies in a leased directory then carry no parentAttr.',
+    doc: '1.3. Asks for directory `nodeid` alone: granted when no other session holds it, it is not the root, and the server runs ctx\'s requests as ctx\'s own ids. Until a RECALL or a FORGET of it, the holder may answer an UNLINK in it by ctx\'s uid before the server has run it (see DESIGN.md, "Unlink-behind"). attr: the directory\'s attributes, when granted; UNLINK replies in a leased directory then carry no parentAttr, nor (1.5) RMDIR replies. With a 1.5 server the holder may also answer the RMDIR of a directory it holds under a lease too and knows to be empty (see DESIGN.md, "Rmdir-behind").',
     req: [C, ['nodeid', 'u64']], rep: [['granted', 'bool'], ['attr', 'tailattr']],
   },
   listdir: {
