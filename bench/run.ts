@@ -31,6 +31,8 @@ const FILES = Number(process.env['BENCH_FILES'] ?? 5000);
 const TREE = process.env['BENCH_TREE'] ?? '/usr/include';
 const ONLY = process.env['BENCH_ONLY']?.split(',');
 const ROWS = process.env['BENCH_ROWS']?.split(',');
+/** How long the daemons idle before their memory is read again (two trim periods and a bit). */
+const IDLE_MS = 12_000;
 /** Files touched by the memory row (the issue asks for RSS after 100 000). */
 const TOUCH = Number(process.env['BENCH_TOUCH'] ?? 100000);
 const DIR = process.env['BENCH_DIR'];
@@ -231,11 +233,19 @@ async function main(): Promise<void> {
         process.stderr.write(`bench: ${target.name}: ${row.name}: ${fmt(res.get(row.name))}\n`);
       }
     }
-    for (const target of targets) {
-      if (!target.pids) continue;
-      const [c, s] = [await rssMb(target.pids.client), await rssMb(target.pids.server)];
-      const touched = results.get(target.name)!.has(`create+stat ${TOUCH} empty files`) ? ` (${TOUCH} files touched)` : '';
-      memory.push(`${target.name}: after the rows above${touched}, client RSS ${c?.toFixed(0) ?? '?'} MB, server RSS ${s?.toFixed(0) ?? '?'} MB`);
+    // At once, and again once the daemons have been idle long enough to give memory back (they
+    // trim and collect after a whole idle period of 5 s: src/lib/memory.ts).
+    const rss = async (): Promise<Map<string, [number | undefined, number | undefined]>> =>
+      new Map(await Promise.all(targets.filter((t) => t.pids).map(async (t) =>
+        [t.name, [await rssMb(t.pids!.client), await rssMb(t.pids!.server)]] as [string, [number | undefined, number | undefined]])));
+    const atOnce = await rss();
+    await new Promise((r) => setTimeout(r, IDLE_MS));
+    const idle = await rss();
+    const mb = (n: number | undefined): string => n?.toFixed(0) ?? '?';
+    for (const [name, [c, s]] of atOnce) {
+      const [ci, si] = idle.get(name)!;
+      const touched = results.get(name)!.has(`create+stat ${TOUCH} empty files`) ? ` (${TOUCH} files touched)` : '';
+      memory.push(`${name}: after the rows above${touched}, client RSS ${mb(c)} MB, server RSS ${mb(s)} MB; after ${IDLE_MS / 1000} s idle, ${mb(ci)} and ${mb(si)} MB`);
     }
   } finally {
     for (const target of targets) await target.teardown();

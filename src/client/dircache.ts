@@ -215,6 +215,8 @@ export class DirCacheVfs implements Vfs {
   private readonly behindIn = new Map<number, number>();
   /** Directory id -> its whole listing as the server gave it, without lookups (7). */
   private readonly listings = new Map<number, DirEntry[]>();
+  /** Directory id -> names we removed from its whole listing since (see keepListing). */
+  private readonly listingGone = new Map<number, Set<string>>();
   /** Listings being read from their start, and the listEpoch they began in. */
   private readonly reading = new Map<number, { entries: DirEntry[]; epoch: number }>();
   /** Bumped by every change to names we hear of or make: a listing read across one is not kept. */
@@ -255,6 +257,7 @@ export class DirCacheVfs implements Vfs {
   private relist(dir: number): void {
     this.listEpoch++;
     this.listings.delete(dir);
+    this.listingGone.delete(dir);
     this.reading.delete(dir);
   }
 
@@ -418,24 +421,44 @@ export class DirCacheVfs implements Vfs {
    */
   private async removing(parent: number, name: string, op: Promise<void>): Promise<void> {
     const listing = this.listings.get(parent);
+    const gone = this.listingGone.get(parent);
     const done = this.changing(parent, op);
     const epoch = this.listEpoch;
     await done;
     this.remove(parent, name);
-    if (listing && epoch === this.listEpoch) this.listings.set(parent, listing.filter((e) => e.name !== name));
+    if (listing && epoch === this.listEpoch) this.keepListing(parent, listing, gone, name);
   }
   /** Our own removal of parent/name answered here: the same, at once. */
   private unlisted(parent: number, name: string): void {
     const listing = this.listings.get(parent);
+    const gone = this.listingGone.get(parent);
     this.relist(parent);
-    if (listing) this.listings.set(parent, listing.filter((e) => e.name !== name));
+    if (listing) this.keepListing(parent, listing, gone, name);
     this.remove(parent, name);
+  }
+  /**
+   * Keeps the whole listing of `dir` with `name` gone from it: noted in a set, not filtered out
+   * at once (an `rm -rf` of a directory of 10 000 names would filter 10 000 times).
+   */
+  private keepListing(dir: number, listing: DirEntry[], gone: Set<string> | undefined, name: string): void {
+    this.listings.set(dir, listing);
+    this.listingGone.set(dir, (gone ?? new Set()).add(name));
+  }
+  /** The whole listing of `dir` as it is now (the names we removed since filtered out), if we have it. */
+  private listing(dir: number): DirEntry[] | undefined {
+    const all = this.listings.get(dir);
+    const gone = this.listingGone.get(dir);
+    if (!all || !gone) return all;
+    const now = all.filter((e) => !gone.has(e.name));
+    this.listings.set(dir, now);
+    this.listingGone.delete(dir);
+    return now;
   }
   /** Whether `dir` holds nothing, as far as its complete name list or whole listing tell (undefined: neither). */
   private empty(dir: number): boolean {
     const names = this.known.get(dir);
     if (names) return names.size === 0;
-    return this.listings.get(dir)?.every((e) => e.name === '.' || e.name === '..') ?? false;
+    return this.listing(dir)?.every((e) => e.name === '.' || e.name === '..') ?? false;
   }
   /**
    * Whether ctx may have a removal in `parent` answered here, going by the attributes we keep of
@@ -648,7 +671,7 @@ export class DirCacheVfs implements Vfs {
 
   /** Entries of `dir` from `offset` on, from its whole listing (7); undefined when we cannot. */
   private fromListing(dir: number, offset: number, maxEntries: number, plus: boolean): DirEntry[] | undefined {
-    const all = this.listings.get(dir);
+    const all = this.listing(dir);
     if (!all) return undefined;
     const from = offset === 0 ? 0 : all.findIndex((e) => e.off === offset) + 1;
     if (from === 0 && offset !== 0) return undefined;
@@ -676,8 +699,13 @@ export class DirCacheVfs implements Vfs {
       return;
     }
     this.reading.delete(dir);
-    if (this.listings.size >= MAX_DIRS) this.listings.delete(this.listings.keys().next().value!);
+    if (this.listings.size >= MAX_DIRS) {
+      const oldest = this.listings.keys().next().value!;
+      this.listings.delete(oldest);
+      this.listingGone.delete(oldest);
+    }
     this.listings.set(dir, r.entries);
+    this.listingGone.delete(dir);
   }
   async fsyncdir(ctx: Ctx, nodeid: number, fh: number, datasync: boolean): Promise<void> {
     return this.inner.fsyncdir(ctx, nodeid, await this.dirHandles.real(fh, nodeid), datasync);

@@ -6,8 +6,11 @@
 //
 // So every period: after any work, malloc_trim(0) (a few milliseconds at most; pages freed while
 // busy may be faulted in again, which costs far less than keeping them); and once the daemon has
-// been idle for a whole period with many buffers still counted, a full collection first, so the
-// dead ones are freed and trimmed too. Both are skipped without the native addon / V8's gc hook.
+// been idle for a whole period after work, a full collection first, so dead buffers are freed and
+// trimmed too, and V8 compacts its heap and gives back the pages a burst of metadata work left
+// empty: after 100 000 files created and stat-ed, the server went from 181 to 149 MiB resident and
+// the client from 133 to 99 MiB (one collection of a ~65 MiB heap, tens of milliseconds, once per
+// burst). Both are skipped without the native addon / V8's gc hook.
 //
 // While busy, freed buffers are kept for reuse instead: glibc's thresholds are raised at start
 // (mmap above 32 MiB, trim above 64 MiB free), since with its defaults each 1 MiB buffer was a
@@ -17,9 +20,6 @@
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import { nativeSys } from './sys.js';
-
-/** Buffers counted beyond this when idle are worth a full collection. */
-const IDLE_GC_BYTES = 8 << 20;
 
 let gcHook: (() => void) | undefined | null = null;
 
@@ -69,12 +69,10 @@ export function startMemoryTrim(activity: () => number, periodMs = 5000): { stop
     }
     if (trimmedIdle) return;
     trimmedIdle = true;
-    if (process.memoryUsage().arrayBuffers > IDLE_GC_BYTES) {
-      const gc = fullGc();
-      if (gc) {
-        gc();
-        counts.collections++;
-      }
+    const gc = fullGc();
+    if (gc) {
+      gc();
+      counts.collections++;
     }
     trim();
   }, periodMs);
