@@ -454,7 +454,7 @@ export class DirCacheVfs implements Vfs {
     this.listingGone.delete(dir);
     return now;
   }
-  /** Whether `dir` holds nothing, as far as its complete name list or whole listing tell (undefined: neither). */
+  /** Whether `dir` is known to hold nothing: by its complete name list or its whole listing (false when we have neither). */
   private empty(dir: number): boolean {
     const names = this.known.get(dir);
     if (names) return names.size === 0;
