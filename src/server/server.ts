@@ -53,7 +53,7 @@ export interface ServerStats {
   sessions: number;
   /** Connections accepted since start. */
   connections: number;
-  /** Requests received since start. */
+  /** Requests received since start, pings aside. */
   requests: number;
   /** Requests running now, all sessions together. */
   inFlight: number;

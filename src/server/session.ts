@@ -223,11 +223,12 @@ export class Session implements SessionApi {
     }
     if (op === 'hello' || op === 'change' || op === 'recall') throw new ProtocolError(`unexpected ${opLabel(op)} frame`);
     if (this.running.has(h.id)) throw new ProtocolError(`request id ${h.id} reused while still in flight`);
-    this.core.counters.requests++;
     if (op === 'ping') {
       this.send(encodeReplyFrame('ping', h.id, {}));
       return;
     }
+    // Not the pings: an idle client pings every 5 s, and the memory trim takes any request as work.
+    this.core.counters.requests++;
     const args = tail ? decodeWriteRequestParts(r, tail) : decodeReq(r, op);
     // The client asks about these nodes again: from now on its kernel may cache them anew.
     if (this.dropped.size) {
