@@ -8,9 +8,10 @@
 // busy may be faulted in again, which costs far less than keeping them); and once the daemon has
 // been idle for a whole period after work, a full collection first, so dead buffers are freed and
 // trimmed too, and V8 compacts its heap and gives back the pages a burst of metadata work left
-// empty: after 100 000 files created and stat-ed, the server went from 181 to 149 MiB resident and
-// the client from 133 to 99 MiB (one collection of a ~65 MiB heap, tens of milliseconds, once per
-// burst). Both are skipped without the native addon / V8's gc hook.
+// empty: after 100 000 files created and stat-ed, the mount daemon went from 133-137 to 99-101 MiB
+// resident (one collection of a heap of about 65 MiB, tens of milliseconds, once per burst). The
+// server's resident size mostly stays (181 to 149 MiB once, 187 to 186 in the benchmark). Both are
+// skipped without the native addon / V8's gc hook.
 //
 // While busy, freed buffers are kept for reuse instead: glibc's thresholds are raised at start
 // (mmap above 32 MiB, trim above 64 MiB free), since with its defaults each 1 MiB buffer was a
