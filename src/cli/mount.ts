@@ -13,7 +13,7 @@ import { DEFAULT_OUTAGE_MS, connect, type RemoteVfs } from '../client/client.js'
 import { WriteBehindVfs } from '../client/writeback.js';
 import { DirCacheVfs } from '../client/dircache.js';
 import { mountVfs, readaheadFor, setReadahead, type FuseMount } from '../fuse/mount.js';
-import { ROOT_ID, type Vfs } from '../vfs/types.js';
+import type { Vfs } from '../vfs/types.js';
 import { CliError, UsageError } from './errors.js';
 import { parseAddress, parseMountOptions } from './util.js';
 import { BIN } from './main.js';
@@ -144,7 +144,7 @@ export async function mountCommand(values: Record<string, unknown>, positionals:
 
   // umount(8) asks a STATFS of the mount point first: with one answer kept, the client can give it
   // while the server is down (client.ts statfs), and umount does not wait out the outage.
-  if (server) void server.statfs({ uid: 0, gid: 0, pid: process.pid }, ROOT_ID).catch(() => undefined);
+  server?.keepStatfs();
 
   const readaheadKb = raOpt !== undefined ? raOpt : rttMs !== undefined ? readaheadFor(rttMs) : undefined;
   if (readaheadKb !== undefined) {

@@ -821,9 +821,30 @@ export class RemoteVfs implements Vfs {
     const child = this.nodes.idOf(parent, name);
     if (child !== undefined && this.nodes.isOpen(child)) return undefined;
     this.lastUnlink = Date.now();
+    return this.removeBehind(ctx, 'unlink', parent, name, child);
+  }
+
+  /**
+   * Sends the rmdir of directory `child`, named parent/name, without waiting for its reply, as
+   * unlinkBehind does: when both directories are leased by ctx's uid (no other session holds
+   * either, so none can add to the child or see the name go before the server has run it) and the
+   * caller knows the child is empty. The server (1.5) runs it after every UNLINK and RMDIR sent
+   * before it, so a tree's rmdirs go out one behind the other, the deepest first.
+   */
+  rmdirBehind(ctx: Ctx, parent: number, name: string, child: number): Promise<FsError | undefined> | undefined {
+    if (this.serverMinor < 5 || !this.leasedFor(parent, ctx.uid) || !this.leasedFor(child, ctx.uid)) return undefined;
+    if (this.nodes.idOf(parent, name) !== child || this.nodes.isOpen(child)) return undefined;
+    this.behindCounters.rmdirs++;
+    return this.removeBehind(ctx, 'rmdir', parent, name, child);
+  }
+
+  /**
+   * Sends an UNLINK or RMDIR without waiting (no caller to cancel it: the kernel has its answer
+   * already); calls naming the directory, the name or the removed node wait for its reply.
+   */
+  private removeBehind(ctx: Ctx, op: 'unlink' | 'rmdir', parent: number, name: string, child: number | undefined): Promise<FsError | undefined> {
     this.behindCounters.sent++;
-    // No caller to cancel it: the kernel has its answer already.
-    const result = this.hinted(parent, this.call('unlink', { ctx: wireCtx(ctx), parent, name }, undefined, false, false)).then(
+    const result = this.hinted(parent, this.call(op, { ctx: wireCtx(ctx), parent, name }, undefined, false, false)).then(
       () => {
         this.nodes.removed(parent, name);
         return undefined;
@@ -839,35 +860,6 @@ export class RemoteVfs implements Vfs {
     const keys = [`n${parent}`, `e${parent}/${name}`];
     if (child !== undefined) keys.push(`n${child}`);
     this.trackBehind(result.then(() => undefined), keys);
-    return result;
-  }
-
-  /**
-   * Sends the rmdir of directory `child`, named parent/name, without waiting for its reply, as
-   * unlinkBehind does: when both directories are leased by ctx's uid (no other session holds
-   * either, so none can add to the child or see the name go before the server has run it) and the
-   * caller knows the child is empty. The server (1.5) runs it after every UNLINK and RMDIR sent
-   * before it, so a tree's rmdirs go out one behind the other, the deepest first.
-   */
-  rmdirBehind(ctx: Ctx, parent: number, name: string, child: number): Promise<FsError | undefined> | undefined {
-    if (this.serverMinor < 5 || !this.leasedFor(parent, ctx.uid) || !this.leasedFor(child, ctx.uid)) return undefined;
-    if (this.nodes.idOf(parent, name) !== child || this.nodes.isOpen(child)) return undefined;
-    this.behindCounters.sent++;
-    this.behindCounters.rmdirs++;
-    const result = this.hinted(parent, this.call('rmdir', { ctx: wireCtx(ctx), parent, name }, undefined, false, false)).then(
-      () => {
-        this.nodes.removed(parent, name);
-        return undefined;
-      },
-      (err: unknown) => {
-        if (err instanceof CrossedRestart) {
-          this.nodes.removed(parent, name);
-          return undefined;
-        }
-        this.behindCounters.failed++;
-        return err instanceof FsError ? err : new FsError(Errno.EIO, (err as Error).message);
-      });
-    this.trackBehind(result.then(() => undefined), [`n${parent}`, `e${parent}/${name}`, `n${child}`]);
     return result;
   }
 
@@ -1194,6 +1186,10 @@ export class RemoteVfs implements Vfs {
   async releasedir(ctx: Ctx, nodeid: number, fh: number): Promise<void> {
     if (!this.nodes.unbound(fh, true)) await this.call('releasedir', { ctx: wireCtx(ctx), nodeid, fh }, ctx).finally(() => this.nodes.released(fh, true));
     this.nodes.released(fh, true);
+  }
+  /** Asks a STATFS of the root in the background, so that one is kept for an outage (see statfs). */
+  keepStatfs(): void {
+    void this.statfs(SERVER_CTX, ROOT_ID).catch(() => undefined);
   }
   async statfs(ctx: Ctx, nodeid: number): Promise<StatFs> {
     // While the server cannot be reached, the last answer for the node (or the root's): umount(8)

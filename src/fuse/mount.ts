@@ -57,7 +57,7 @@ export interface FuseMount {
   unmount(opts?: { lazy?: boolean }): Promise<void>;
   /** Ends the connection at once through fusectl: every pending and future call fails. */
   abort(): Promise<void>;
-  stats(): { inFlight: number; requests: number; ops: Record<string, number> };
+  stats(): { inFlight: number; requests: number; nativeAnswered: number; ops: Record<string, number> };
 }
 
 /** Keeps a subtype to the characters a mount type may safely hold. */

@@ -176,7 +176,7 @@ export class FuseSession {
     this.initialized.catch(() => {});
   }
 
-  stats(): { inFlight: number; requests: number; ops: Record<string, number>; readAround?: ReadAroundStats } {
+  stats(): { inFlight: number; requests: number; nativeAnswered: number; ops: Record<string, number>; readAround?: ReadAroundStats } {
     const ops: Record<string, number> = {};
     let requests = 0;
     const count = (opcode: number, n: number): void => {
@@ -185,8 +185,13 @@ export class FuseSession {
       requests += n;
     };
     this.byOpcode.forEach((n, opcode) => count(opcode, n));
-    for (let o = 0; o < 64; o++) if (this.nativeNosys[64 + o]) count(o, this.nativeNosys[64 + o]!);
-    return { inFlight: this.inflight.size, requests, ops, ...(this.readAround ? { readAround: this.readAround.stats() } : {}) };
+    let nativeAnswered = 0;
+    for (let o = 0; o < 64; o++) {
+      const n = this.nativeNosys[64 + o]!;
+      if (n) count(o, n);
+      nativeAnswered += n;
+    }
+    return { inFlight: this.inflight.size, requests, nativeAnswered, ops, ...(this.readAround ? { readAround: this.readAround.stats() } : {}) };
   }
 
   /** The connection is gone: cancel what is running, stop notifying. */

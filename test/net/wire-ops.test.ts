@@ -380,3 +380,38 @@ test('FORGETs and RELEASEs go out with the next request, or on their own soon af
   assert.equal(released.length, 5, 'every RELEASE reached the source before the GETATTR was answered');
   await Promise.all(closing);
 });
+
+test('pings are not counted as requests (an idle client pings; the server trims memory only when idle)', async (t) => {
+  const server = await startServer({ vfs: new MemoryFs(), host: '127.0.0.1', port: 0, log: quiet });
+  t.after(() => server.close());
+  const c = await connect({ host: '127.0.0.1', port: server.address().port, log: quiet });
+  t.after(() => c.close());
+  await c.getattr(ctx, ROOT_ID);
+  const before = server.stats().requests;
+  for (let i = 0; i < 3; i++) await c.roundTrip();
+  assert.equal(server.stats().requests, before);
+  await c.getattr(ctx, ROOT_ID);
+  assert.equal(server.stats().requests, before + 1);
+});
+
+test('a STATFS is answered from the last answer kept while the server cannot be reached', async (t) => {
+  const server = await startServer({ vfs: new MemoryFs(), host: '127.0.0.1', port: 0, log: quiet });
+  const c = await connect({ host: '127.0.0.1', port: server.address().port, log: quiet, outageMs: 60_000 });
+  t.after(() => c.close());
+  c.keepStatfs();
+  await until(() => c.stats().ops['statfs'] === 1 && c.stats().inFlight === 0, 'the statfs kept');
+  const kept = await c.statfs(ctx, ROOT_ID);
+  await server.close();
+  await until(() => c.stats().state === 'reconnecting', 'the link to drop');
+  const t0 = Date.now();
+  assert.deepEqual(await c.statfs(ctx, ROOT_ID), kept);
+  assert.ok(Date.now() - t0 < 1000, 'answered at once, not after the outage');
+  // Any other call waits for the server as before.
+  const ac = new AbortController();
+  let settled = false;
+  const waiting = c.getattr({ ...ctx, signal: ac.signal }, ROOT_ID).finally(() => (settled = true));
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(settled, false, 'a getattr is still waiting for the server');
+  ac.abort();
+  await assert.rejects(waiting);
+});
