@@ -61,6 +61,11 @@ export const FOPEN = {
 } as const;
 /** The first minor whose kernels know FOPEN_NOFLUSH. */
 export const NOFLUSH_MINOR = 35;
+/**
+ * The first minor (Linux 6.6) whose kernels drop the page cache of the range a direct write
+ * covers before sending it (fs/fuse/file.c fuse_direct_io), so cached handles never read around it.
+ */
+export const DIRECT_WRITE_INVALIDATES_MINOR = 39;
 
 export const FUSE_GETATTR_FH = 1 << 0;
 /** fuse_write_in.write_flags: the writer may not keep set-ID bits (no CAP_FSETID). */
