@@ -73,6 +73,25 @@ async function timed(cmd: string, timeoutMs = 900000): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e6;
 }
 
+/**
+ * A run that ended with a non-zero exit status but did its work: its time stands in the table,
+ * marked, with what went wrong under it (sshfs extracts the whole tree but tar cannot set the
+ * owner or times of its two dangling symlinks: SFTP has no lchown or lutimes, so sshfs follows them).
+ */
+class Flawed {
+  constructor(readonly ms: number, readonly why: string) {}
+}
+
+/** As timed, but a non-zero exit gives a Flawed time instead of an error. */
+async function timedFlawed(cmd: string, timeoutMs = 900000): Promise<number | Flawed> {
+  const t0 = process.hrtime.bigint();
+  const r = await sh(cmd, { timeoutMs });
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  if (r.code === 0) return ms;
+  const lines = r.stderr.trim().split('\n').filter(Boolean);
+  return new Flawed(ms, `exit ${r.code}, ${lines.length} lines on stderr, first: ${lines[0] ?? ''}`);
+}
+
 /** A warm row: one untimed run to fill the caches, then the median of WARM_RUNS timed ones. */
 async function warm(cmd: string): Promise<number> {
   await must(cmd);
@@ -85,7 +104,7 @@ const dropCaches = (): Promise<string> => must('sync; echo 3 > /proc/sys/vm/drop
 
 interface Row {
   name: string;
-  run(dir: string): Promise<number>; // milliseconds
+  run(dir: string): Promise<number | Flawed>; // milliseconds
   /** The targets it runs on, when not all. */
   on?: string[];
 }
@@ -121,7 +140,7 @@ function allRows(tarball: string): Row[] {
     { name: `seq read ${BIG_MB} MiB warm`, run: async (d) => { await must(readBig(d)); return timed(readBig(d)); } },
     { name: 'random 4 KiB reads (20000)', run: (d) => timed(`fio --name=r --filename=${d}/big --rw=randread --bs=4k --io_size=80m --size=${Math.min(BIG_MB, 512)}m --ioengine=psync --output=/dev/null`) },
     { name: `create+stat+unlink ${FILES} files`, run: (d) => timed(`python3 -c '${MANY}' ${d}/many ${FILES}`) },
-    { name: 'tar extract source tree', run: (d) => timed(`mkdir ${d}/tree && tar -C ${d}/tree -xf ${tarball}`) },
+    { name: 'tar extract source tree', run: async (d) => { await must(`mkdir ${d}/tree`); return timedFlawed(`tar -C ${d}/tree -xf ${tarball}`); } },
     { name: 'find over tree (warm)', run: (d) => warm(`find ${d}/tree > /dev/null`) },
     { name: 'ls -l large dir (warm)', run: (d) => warm(`ls -l ${d}/tree/${path.basename(TREE)}/linux > /dev/null`) },
     {
@@ -207,6 +226,8 @@ async function main(): Promise<void> {
   const plan = all.filter((p) => !ONLY || ONLY.includes(p.name));
   const results = new Map<string, Map<string, number>>();
   const memory: string[] = [];
+  /** Target and row (joined by NUL) of the times marked * in the table, and why. */
+  const flawed = new Map<string, string>();
   // Every target is mounted at once and each row runs on one target after the other: this VM's
   // speed drifts by a factor of several over minutes, and measuring target by target let a slow
   // phase land on one target's rows only. Export directories are removed only at the end: on ext4
@@ -226,7 +247,14 @@ async function main(): Promise<void> {
         if (row.on && !row.on.includes(target.name)) continue;
         const res = results.get(target.name)!;
         try {
-          res.set(row.name, await row.run(target.dir));
+          const got = await row.run(target.dir);
+          if (got instanceof Flawed) {
+            res.set(row.name, got.ms);
+            flawed.set(`${target.name}\0${row.name}`, got.why);
+            process.stderr.write(`bench: ${target.name}: ${row.name}: ${got.why}\n`);
+          } else {
+            res.set(row.name, got);
+          }
         } catch (err) {
           process.stderr.write(`bench: ${target.name}: ${row.name}: ${(err as Error).message.split('\n')[0]}\n`);
         }
@@ -257,14 +285,22 @@ async function main(): Promise<void> {
   const header = ['workload', ...names, 'sshfs/wirefs', 'wirefs/local', 'sshfs/wirefs +1ms', 'wirefs+1ms/wirefs', 'ext4/wirefs'];
   const table = rows(tarball).map((row) => {
     const get = (n: string): number | undefined => results.get(n)?.get(row.name);
-    const ratio = (a: number | undefined, b: number | undefined): string => (a && b ? (a / b).toFixed(2) + 'x' : '-');
-    return [row.name, ...names.map((n) => fmt(get(n))), ratio(get('sshfs'), get('wirefs')), ratio(get('wirefs'), get('local')),
-      ratio(get('sshfs+1ms'), get('wirefs+1ms')), ratio(get('wirefs+1ms'), get('wirefs')), ratio(get('wirefs-ext4'), get('wirefs'))];
+    const mark = (n: string): string => (flawed.has(`${n}\0${row.name}`) ? '*' : '');
+    const ratio = (a: string, b: string): string => {
+      const [x, y] = [get(a), get(b)];
+      return x && y ? `${(x / y).toFixed(2)}x${mark(a) || mark(b)}` : '-';
+    };
+    return [row.name, ...names.map((n) => fmt(get(n)) + mark(n)), ratio('sshfs', 'wirefs'), ratio('wirefs', 'local'),
+      ratio('sshfs+1ms', 'wirefs+1ms'), ratio('wirefs+1ms', 'wirefs'), ratio('wirefs-ext4', 'wirefs')];
   });
   const widths = header.map((h, i) => Math.max(h.length, ...table.map((r) => r[i]!.length)));
   const line = (cells: string[]): string => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ');
   process.stdout.write(`\nwirefs benchmark on ${os.hostname()} (${os.cpus().length} cpus), times in wall clock; ratios > 1 favour wirefs for sshfs/wirefs\n\n`);
   process.stdout.write([line(header), ...table.map(line)].join('\n') + '\n');
+  if (flawed.size) {
+    process.stdout.write('\n* the command exited with an error but did its work; its time stands:\n');
+    for (const [key, why] of flawed) process.stdout.write(`  ${key.replace('\0', ': ')}: ${why}\n`);
+  }
   if (memory.length) process.stdout.write('\n' + memory.join('\n') + '\n');
   await fsp.rm(work, { recursive: true, force: true });
 }
