@@ -492,6 +492,13 @@ export class WriteBehindVfs implements Vfs {
         // (A set-group-ID directory gave its group.) The kernel keeps mode and owner across writes.
         this.unmade(nodeid);
         void this.listeners.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
+      } else if (attr && !this.changes.has(nodeid) && this.nameChanges === 0 && !this.made.get(nodeid)?.pending && (this.flights.get(nodeid)?.size ?? 0) <= 1) {
+        // Nothing else of the file went out since: the server's attributes after the naming are
+        // the file's until our next change (begin() drops them) or a push. A file closed unwritten
+        // (touch, open().close()) is then stat-ed here after its close, as a written one is (the
+        // attributes after its last write): 100 000 such stats were 100 000 GETATTRs to the server.
+        if (this.landed.size >= MAX_LANDED) this.landed.delete(this.landed.keys().next().value!);
+        this.landed.set(nodeid, { ...attr });
       }
     }));
     return r;
