@@ -129,11 +129,11 @@ export class FuseSession {
   private readNoFlush = 0;
   /**
    * A write-only handle of a file its CREATE just made gets FOPEN_DIRECT_IO: the kernel then sends
-   * each write(2) as it is, without asking first for security.capability (file_remove_privs: one
-   * GETXATTR round trip per write(2) in cached mode, as fuse clears SB_NOSEC) and without cutting
-   * it at pages it has not read (a write that ends inside a page ends its WRITE there: 3 WRITEs
-   * for tar's two writes of a 14 KiB file). tar, cp and a create loop pay two round trips less per
-   * file. Nothing is lost: nobody can read or map through a write-only handle, and the kernel
+   * each write(2) as it is, without asking first for security.capability (file_remove_privs: a
+   * GETXATTR round trip before the first cached write of a file) and without cutting it at pages
+   * it has not read (a write that starts inside a page it has not read ends its WRITE at that
+   * page: 3 WRITEs for tar's two writes of a 14 KiB file). tar pays two round trips less per file,
+   * a create-and-write loop one. Nothing is lost: nobody can read or map through a write-only handle, and the kernel
    * drops the pages other handles of this mount hold in the written range before each direct
    * write (fuse_direct_io, from 7.39: Linux 6.6), so they read the new bytes. Set-ID bits are
    * still cleared (HANDLE_KILLPRIV_V2 flags the write); a new file has no capability to drop.
