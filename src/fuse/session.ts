@@ -133,11 +133,12 @@ export class FuseSession {
    * GETXATTR round trip before the first cached write of a file) and without cutting it at pages
    * it has not read (a write that starts inside a page it has not read ends its WRITE at that
    * page: 3 WRITEs for tar's two writes of a 14 KiB file). tar pays two round trips less per file,
-   * a create-and-write loop one. Nothing is lost: nobody can read or map through a write-only handle, and the kernel
-   * drops the pages other handles of this mount hold in the written range before each direct
-   * write (fuse_direct_io, from 7.39: Linux 6.6), so they read the new bytes. Set-ID bits are
-   * still cleared (HANDLE_KILLPRIV_V2 flags the write); a new file has no capability to drop.
-   * Coherent Vfs only (keepCache), as only there is the page cache used across opens at all.
+   * a create-and-write loop one. Nothing is lost: nobody reads or maps through a write-only
+   * handle, and the kernel drops the pages other handles of this mount hold in the written range
+   * before each direct write (fuse_direct_io, from 7.39: Linux 6.6), so they read the new bytes
+   * (e2e-direct-create checks it on the kernel at hand). Set-ID bits are still cleared
+   * (HANDLE_KILLPRIV_V2 flags the write); a new file has no capability to drop. Coherent Vfs only
+   * (keepCache): only there is the page cache kept across opens at all.
    */
   private directCreates = false;
   private readonly dirFhs = new Map<number, Promise<number>>();
