@@ -9,15 +9,14 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Logger } from '../../src/lib/log.js';
 import { PassthroughFs } from '../../src/sources/passthrough.js';
 import { startServer } from '../../src/server/server.js';
 import { connect, type RemoteVfs } from '../../src/client/client.js';
 import { WriteBehindVfs } from '../../src/client/writeback.js';
-import { O_RDWR, ROOT_ID, S_IFREG, type Attr, type Ctx } from '../../src/vfs/types.js';
+import { O_RDWR, ROOT_ID, S_IFREG, type Ctx } from '../../src/vfs/types.js';
+import { attrShown, quiet, statShown } from '../helpers/clients.js';
 
 const root: Ctx = { uid: 0, gid: 0, pid: 1 };
-const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
 
 async function setup(t: TestContext): Promise<{ wb: WriteBehindVfs; a: RemoteVfs; b: RemoteVfs; dir: string }> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'wirefs-writeattr-'));
@@ -35,14 +34,6 @@ async function setup(t: TestContext): Promise<{ wb: WriteBehindVfs; a: RemoteVfs
   return { wb, a, b, dir };
 }
 
-/** What `stat` shows of an Attr, and of the host's file. */
-const seen = (x: Attr): string => `${x.size} ${x.mode.toString(8)} ${x.nlink} ${x.mtime.sec}.${x.mtime.nsec} ${x.ctime.sec}.${x.ctime.nsec}`;
-function host(file: string): string {
-  const st = fs.statSync(file, { bigint: true });
-  const ts = (ns: bigint): string => `${ns / 1_000_000_000n}.${ns % 1_000_000_000n}`;
-  return `${st.size} ${st.mode.toString(8)} ${st.nlink} ${ts(st.mtimeNs)} ${ts(st.ctimeNs)}`;
-}
-
 test('the stat after write and close is answered with the server\'s attributes, without a request', async (t) => {
   const { wb, a, dir } = await setup(t);
   for (let i = 0; i < 20; i++) {
@@ -53,7 +44,7 @@ test('the stat after write and close is answered with the server\'s attributes, 
     const sent = a.stats().requests;
     const got = await wb.getattr(root, c.entry.nodeid);
     assert.equal(a.stats().requests, sent, `stat of f${i} answered here`);
-    assert.equal(seen(got), host(path.join(dir, `f${i}`)), 'exactly the server\'s attributes, times included');
+    assert.equal(attrShown(got), statShown(path.join(dir, `f${i}`)), 'exactly the server\'s attributes, times included');
   }
   assert.equal(wb.stats().attrsLanded, 20);
 });
@@ -72,33 +63,33 @@ test('attributes after a write are never older than a change: ours, another clie
     assert.equal((await wb.getattr(root, id)).size, fs.statSync(file).size, `round ${round}`);
   }
   await wb.release(root, id, c.fh);
-  assert.equal(seen(await wb.getattr(root, id)), host(file));
+  assert.equal(attrShown(await wb.getattr(root, id)), statShown(file));
 
   // Another client grows it, links it and chmods it: each push drops what the write told us.
   const bf = await b.lookup(root, ROOT_ID, 'f');
   const bo = await b.open(root, bf.nodeid, O_RDWR);
   await b.write(root, bf.nodeid, bo.fh, 10 << 20, Buffer.from('tail'));
   await b.release(root, bf.nodeid, bo.fh);
-  assert.equal(seen(await wb.getattr(root, id)), host(file), 'after another client\'s write');
+  assert.equal(attrShown(await wb.getattr(root, id)), statShown(file), 'after another client\'s write');
   await b.link(root, bf.nodeid, ROOT_ID, 'g');
   assert.equal((await wb.getattr(root, id)).nlink, 2, 'after another client\'s link');
   await b.setattr(root, bf.nodeid, { mode: 0o600 });
-  assert.equal(seen(await wb.getattr(root, id)), host(file), 'after another client\'s chmod');
+  assert.equal(attrShown(await wb.getattr(root, id)), statShown(file), 'after another client\'s chmod');
 
   // Our own changes after a write of ours: truncation, an unlink of the other name, a chmod.
   const o = await wb.open(root, id, O_RDWR);
   await wb.write(root, id, o.fh, 0, Buffer.from('head'));
   await wb.flush(root, id, o.fh);
-  assert.equal(seen(await wb.getattr(root, id)), host(file));
+  assert.equal(attrShown(await wb.getattr(root, id)), statShown(file));
   await wb.setattr(root, id, { size: 1000 });
-  assert.equal(seen(await wb.getattr(root, id)), host(file), 'after our truncation');
+  assert.equal(attrShown(await wb.getattr(root, id)), statShown(file), 'after our truncation');
   await wb.write(root, id, o.fh, 0, Buffer.from('again'));
   await wb.flush(root, id, o.fh);
   await wb.unlink(root, ROOT_ID, 'g');
-  assert.equal(seen(await wb.getattr(root, id)), host(file), 'after our unlink of its other name');
+  assert.equal(attrShown(await wb.getattr(root, id)), statShown(file), 'after our unlink of its other name');
   await wb.write(root, id, o.fh, 0, Buffer.from('more'));
   await wb.flush(root, id, o.fh);
   await wb.setattr(root, id, { mode: 0o640 });
-  assert.equal(seen(await wb.getattr(root, id)), host(file), 'after our chmod');
+  assert.equal(attrShown(await wb.getattr(root, id)), statShown(file), 'after our chmod');
   await wb.release(root, id, o.fh);
 });

@@ -17,9 +17,9 @@ import { defaultIdMap } from '../../src/server/export.js';
 import { connect, type RemoteVfs } from '../../src/client/client.js';
 import { WriteBehindVfs } from '../../src/client/writeback.js';
 import { DirCacheVfs } from '../../src/client/dircache.js';
-import { O_RDWR, O_WRONLY, ROOT_ID, S_IFREG, type Attr, type ChangeEvent, type Ctx } from '../../src/vfs/types.js';
+import { O_RDWR, O_WRONLY, ROOT_ID, S_IFREG, type ChangeEvent, type Ctx } from '../../src/vfs/types.js';
 import { startProxy } from '../helpers/proxy.js';
-import { quiet } from '../helpers/clients.js';
+import { attrShown, quiet, statShown } from '../helpers/clients.js';
 
 const root: Ctx = { uid: 0, gid: 0, pid: 1 };
 const DELAY_MS = 40;
@@ -116,14 +116,6 @@ test('creates in a leased directory are answered at once, with the files\' final
   assert.deepEqual(fs.readdirSync(path.join(s.dir, 'd')).sort(), names);
 });
 
-/** What `stat` shows of an Attr, and of the host's file. */
-const seen = (x: Attr): string => `${x.size} ${x.mode.toString(8)} ${x.nlink} ${x.mtime.sec}.${x.mtime.nsec} ${x.ctime.sec}.${x.ctime.nsec}`;
-function host(file: string): string {
-  const st = fs.statSync(file, { bigint: true });
-  const ts = (ns: bigint): string => `${ns / 1_000_000_000n}.${ns % 1_000_000_000n}`;
-  return `${st.size} ${st.mode.toString(8)} ${st.nlink} ${ts(st.mtimeNs)} ${ts(st.ctimeNs)}`;
-}
-
 test('a file created behind and closed unwritten is stat-ed here, with the server\'s attributes, until a change', async (t) => {
   const s = await setup(t);
   const d = await ownDir(s, 'u');
@@ -138,7 +130,7 @@ test('a file created behind and closed unwritten is stat-ed here, with the serve
     const [got, ms] = await timed(s.wb.getattr(root, c.entry.nodeid));
     assert.equal(s.a.stats().requests, sent, `stat of u${i} answered here`);
     assert.ok(ms < DELAY_MS, `no round trip (${ms} ms)`);
-    assert.equal(seen(got), host(path.join(s.dir, 'u', `u${i}`)), 'exactly the server\'s attributes, times included');
+    assert.equal(attrShown(got), statShown(path.join(s.dir, 'u', `u${i}`)), 'exactly the server\'s attributes, times included');
   }
   assert.equal(s.wb.stats().attrsLanded, 5);
   // Another client changes one: its push drops what the naming said, and the stat asks the server.
@@ -148,7 +140,7 @@ test('a file created behind and closed unwritten is stat-ed here, with the serve
   for (let i = 0; i < 200 && !s.events.some((ev) => ev.kind === 'inode' && ev.nodeid === ids[0]); i++) await new Promise((r) => setTimeout(r, 10));
   const after = await s.wb.getattr(root, ids[0]!);
   assert.equal(after.mode, S_IFREG | 0o644);
-  assert.equal(seen(after), host(path.join(s.dir, 'u', 'u0')));
+  assert.equal(attrShown(after), statShown(path.join(s.dir, 'u', 'u0')));
 });
 
 /** Open fds of this process on unnamed (O_TMPFILE) files under dir: Linux shows them as "dir/#ino (deleted)". */
