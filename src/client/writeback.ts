@@ -206,11 +206,20 @@ export class WriteBehindVfs implements Vfs {
     this.unhint = writeAttrs?.((nodeid, attr) => {
       this.landed.delete(nodeid);
       // A naming behind (createdBehind) still in flight here ran before this write on the server.
-      const naming = this.naming.has(nodeid) ? 1 : 0;
-      if (this.changes.get(nodeid) !== 1 || this.nameChanges > 0 || this.made.get(nodeid)?.pending || (this.flights.get(nodeid)?.size ?? 0) - naming > 1) return;
-      if (this.landed.size >= MAX_LANDED) this.landed.delete(this.landed.keys().next().value!);
-      this.landed.set(nodeid, { ...attr });
+      this.land(nodeid, attr, 1, this.naming.has(nodeid) ? 2 : 1);
     }) ?? ((): void => {});
+  }
+
+  /**
+   * Keeps the server's attributes of a file as they were after one of our calls (a write, or the
+   * naming of a file created behind), if that call is the file's only business here: `changes` of
+   * its changes under way and `flights` of its flights are that call's own, no name is changing
+   * and no attribute change is held. Otherwise another call may land after them.
+   */
+  private land(nodeid: number, attr: Attr, changes: number, flights: number): void {
+    if ((this.changes.get(nodeid) ?? 0) !== changes || this.nameChanges > 0 || this.made.get(nodeid)?.pending || (this.flights.get(nodeid)?.size ?? 0) > flights) return;
+    if (this.landed.size >= MAX_LANDED) this.landed.delete(this.landed.keys().next().value!);
+    this.landed.set(nodeid, { ...attr });
   }
 
   /** A change of the node begins: what the server said of it after our last write is old. */
@@ -492,13 +501,12 @@ export class WriteBehindVfs implements Vfs {
         // (A set-group-ID directory gave its group.) The kernel keeps mode and owner across writes.
         this.unmade(nodeid);
         void this.listeners.emit({ kind: 'inode', nodeid, off: -1, len: 0, attrsOnly: true });
-      } else if (attr && !this.changes.has(nodeid) && this.nameChanges === 0 && !this.made.get(nodeid)?.pending && (this.flights.get(nodeid)?.size ?? 0) <= 1) {
-        // Nothing else of the file went out since: the server's attributes after the naming are
-        // the file's until our next change (begin() drops them) or a push. A file closed unwritten
-        // (touch, open().close()) is then stat-ed here after its close, as a written one is (the
-        // attributes after its last write): 100 000 such stats were 100 000 GETATTRs to the server.
-        if (this.landed.size >= MAX_LANDED) this.landed.delete(this.landed.keys().next().value!);
-        this.landed.set(nodeid, { ...attr });
+      } else if (attr) {
+        // The server's attributes after the naming are the file's until our next change (begin()
+        // drops them) or a push, if nothing else of it went out since (the naming's own flight is
+        // still counted here). A file closed unwritten (touch, open().close()) is then stat-ed here
+        // after its close, as a written one is: 100 000 such stats were 100 000 GETATTRs.
+        this.land(nodeid, attr, 0, 1);
       }
     }));
     return r;

@@ -315,9 +315,10 @@ export class FuseSession {
     return { chunks: one((w) => encodeAttrOut(w, a, this.attrT), ATTR_OUT_SIZE) };
   }
 
-  private static openFlags(r: { directIo?: boolean; keepCache?: boolean; nonSeekable?: boolean }, extra = 0): number {
-    const own = (r.directIo ? FOPEN.DIRECT_IO : 0) | (r.keepCache ? FOPEN.KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN.NONSEEKABLE : 0);
-    return r.directIo ? own : own | extra;
+  /** `direct`: the handle bypasses the page cache (by default, when the Vfs says so). */
+  private static openFlags(r: { directIo?: boolean; keepCache?: boolean; nonSeekable?: boolean }, extra = 0, direct = r.directIo === true): number {
+    const own = (direct ? FOPEN.DIRECT_IO : 0) | (r.keepCache ? FOPEN.KEEP_CACHE : 0) | (r.nonSeekable ? FOPEN.NONSEEKABLE : 0);
+    return direct ? own : own | extra;
   }
 
   /** Whether an open with these open(2) flags may change the file's bytes. */
@@ -567,7 +568,7 @@ export class FuseSession {
       const w = new Writer(ENTRY_OUT_SIZE + OPEN_OUT_SIZE);
       encodeEntryOut(w, r.entry, this.entryT, this.attrT);
       this.seen(r.entry.nodeid, r.entry.attr.mode);
-      encodeOpenOut(w, r.fh, FuseSession.openFlags({ ...r, directIo: direct }, this.fileFlags) | this.noFlush(req.flags));
+      encodeOpenOut(w, r.fh, FuseSession.openFlags(r, this.fileFlags, direct) | this.noFlush(req.flags));
       return {
         chunks: [w.done()],
         after: (ok) => {
