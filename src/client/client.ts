@@ -813,14 +813,14 @@ export class RemoteVfs implements Vfs {
   /**
    * Sends an unlink under a lease without waiting for its reply (the caller answers the kernel):
    * resolves once it has its reply, to undefined or, if it failed, the error. The caller checked
-   * leasedFor() and the permission; a node the kernel holds open is not sent behind (its last
-   * link may go while we still report it).
+   * leasedFor() and the permission. A node the kernel holds open may go too (git unlinks its
+   * index.lock before the kernel's RELEASE of it): every call on the node waits for the reply, so
+   * an fstat shows the link count the server gives after it.
    */
   unlinkBehind(ctx: Ctx, parent: number, name: string): Promise<FsError | undefined> | undefined {
     if (!this.leasedFor(parent, ctx.uid)) return undefined;
-    const child = this.nodes.idOf(parent, name);
-    if (child !== undefined && this.nodes.isOpen(child)) return undefined;
     this.lastUnlink = Date.now();
+    const child = this.nodes.idOf(parent, name);
     return this.removeBehind(ctx, 'unlink', parent, name, child);
   }
 
@@ -1024,7 +1024,7 @@ export class RemoteVfs implements Vfs {
     // write, its close) keep this loop busy until the close waits, and the server can have named
     // the file (and reserved the next) by then.
     this.out.flush();
-    return { result: { fh, entry }, named };
+    return { result: { fh, entry, named }, named };
   }
 
   /** RECALL: the lease ends; once every unlink sent in the directory has its reply, we say so. */

@@ -4,6 +4,9 @@
 //    answered "no such file" here, with no round trip. Every file a program creates is looked up
 //    first (the kernel asks LOOKUP before CREATE, O_EXCL or not), so extracting a tarball or
 //    checking out a tree would pay one round trip per file for an answer this client already knows.
+//    Likewise a name this client removed (or renamed away) in any directory, until a push about
+//    the directory: git creates .git/index.lock with O_EXCL at every run (the kernel looks it up
+//    again however fresh its negative entry is) and removes it at the end.
 // 2. Directory attributes as the server sent them after this client's own create, unlink or
 //    rename (protocol 1.1): the kernel drops a directory's attributes at each such change and asks
 //    again at the next path walk through it; that GETATTR is answered here.
@@ -30,7 +33,8 @@
 //    under a lease, by the uid the lease was granted to, when the kernel's check of the
 //    directory's permissions is the server's (root, or the directory's owner with write and search
 //    bits); the directory's attributes are then answered as they were with mtime and ctime now,
-//    until the unlinks have their replies and the kernel is told to ask again. One that failed
+//    and so after a create behind (client.ts), until all have their replies; then the server's are
+//    fetched and kept, and the kernel is told to ask again (answered here). One that failed
 //    (a host process removed or locked the file meanwhile) is logged, and the kernel is told to
 //    look the name up again: the file is there.
 // 7. Whole listings: once the server has given a directory's entries from the first to the last
@@ -69,6 +73,8 @@ const MAX_DIRS = 10_000;
 const MAX_LISTED = 10_000;
 /** Names per directory at most; a larger directory stops being tracked. */
 const MAX_NAMES = 100_000;
+/** Names known absent (removed by us) at most, over all directories; beyond, the record starts over. */
+const MAX_ABSENT = 10_000;
 /** Directory attributes are kept at most this long (the kernel's own bound for a coherent mount). */
 const ATTR_TTL_MS = 600_000;
 const MAX_DIR_ATTRS = 20_000;
@@ -169,6 +175,9 @@ const PLAIN_OPEN_MASK = O_ACCMODE | O_TRUNC | O_CREAT | O_DIRECT;
 export class DirCacheVfs implements Vfs {
   /** Directory id -> every name in it, for directories made by this client and unchanged since. */
   private readonly known = new Map<number, Set<string>>();
+  /** Directory id -> names this client removed from it (or renamed away), absent since (1). */
+  private readonly absent = new Map<number, Set<string>>();
+  private absentCount = 0;
   /**
    * Node id -> attributes the server gave after a change of ours (a directory's after a create or
    * unlink, a file's from our SETATTR) or a directory's from a GETATTR, lookup or listing, kept
@@ -221,8 +230,10 @@ export class DirCacheVfs implements Vfs {
   private readonly reading = new Map<number, { entries: DirEntry[]; epoch: number }>();
   /** Bumped by every change to names we hear of or make: a listing read across one is not kept. */
   private listEpoch = 0;
-  /** Directories whose made-up attributes are about to be dropped (see unlinkBehind). */
+  /** Directories whose made-up attributes are about to be dropped (see changedBehind). */
   private readonly correcting = new Map<number, NodeJS.Timeout>();
+  /** Directories whose attributes are being fetched to correct ours, untouched since (see correct). */
+  private readonly fetching = new Set<number>();
 
   /**
    * `hints`: subscribes to post-change directory attributes (RemoteVfs.onDirAttr); `behind`:
@@ -234,7 +245,7 @@ export class DirCacheVfs implements Vfs {
     this.unwatch = inner.watch((ev) => {
       const dir = ev.kind === 'inode' ? ev.nodeid : ev.parent;
       this.relist(dir);
-      this.known.delete(dir);
+      this.unsure(dir);
       this.touched(dir);
       if (ev.kind === 'inode') this.dropXattrs(ev.nodeid);
       if (ev.kind === 'delete') {
@@ -256,12 +267,37 @@ export class DirCacheVfs implements Vfs {
   /** The names in `dir` change (or may have): its whole listing, if we had one, is gone. */
   private relist(dir: number): void {
     this.listEpoch++;
+    this.fetching.delete(dir);
     this.listings.delete(dir);
     this.listingGone.delete(dir);
     this.reading.delete(dir);
   }
 
+  /** What we know of the names in `dir` (all of them, or some absent ones) may be wrong now. */
+  private unsure(dir: number): void {
+    this.known.delete(dir);
+    if (dir === 0) {
+      this.absent.clear();
+      this.absentCount = 0;
+    } else {
+      this.absentCount -= this.absent.get(dir)?.size ?? 0;
+      this.absent.delete(dir);
+    }
+  }
+
+  /** Our own removal of dir/name has been done: the name is absent until a push says otherwise. */
+  private gone(dir: number, name: string): void {
+    if (!this.exactNames) return;
+    if (this.absentCount >= MAX_ABSENT) this.unsure(0);
+    let names = this.absent.get(dir);
+    if (!names) this.absent.set(dir, (names = new Set()));
+    if (!names.has(name)) this.absentCount++;
+    names.add(name);
+  }
+
   private add(dir: number, name: string): void {
+    const absent = this.absent.get(dir);
+    if (absent?.delete(name)) this.absentCount--;
     const names = this.known.get(dir);
     if (!names) return;
     if (names.size >= MAX_NAMES) this.known.delete(dir);
@@ -277,7 +313,7 @@ export class DirCacheVfs implements Vfs {
   }
   async lookup(ctx: Ctx, parent: number, name: string): Promise<Entry> {
     const names = this.exactNames ? this.known.get(parent) : undefined;
-    if (names && !names.has(name) && name !== '.' && name !== '..') {
+    if ((names && !names.has(name) && name !== '.' && name !== '..') || this.absent.get(parent)?.has(name)) {
       this.counters.answered++;
       throw new FsError(Errno.ENOENT);
     }
@@ -319,7 +355,7 @@ export class DirCacheVfs implements Vfs {
   }
   forget(nodeid: number, nlookup: number): void {
     // The server stops telling us about a node the kernel no longer holds.
-    this.known.delete(nodeid);
+    this.unsure(nodeid);
     this.relist(nodeid);
     this.dropXattrs(nodeid);
     this.touched(nodeid);
@@ -329,9 +365,11 @@ export class DirCacheVfs implements Vfs {
   private touched(nodeid: number): void {
     this.attrEpoch++;
     if (nodeid === 0) {
+      this.fetching.clear();
       this.dirAttrs.clear();
       this.fileAttrs.clear();
     } else {
+      this.fetching.delete(nodeid);
       this.dirAttrs.delete(nodeid);
       this.fileAttrs.delete(nodeid);
     }
@@ -399,7 +437,7 @@ export class DirCacheVfs implements Vfs {
     try {
       return await op;
     } catch (err) {
-      this.known.delete(dir);
+      this.unsure(dir);
       throw err;
     }
   }
@@ -426,7 +464,9 @@ export class DirCacheVfs implements Vfs {
     const epoch = this.listEpoch;
     await done;
     this.remove(parent, name);
-    if (listing && epoch === this.listEpoch) this.keepListing(parent, listing, gone, name);
+    if (epoch !== this.listEpoch) return;
+    if (listing) this.keepListing(parent, listing, gone, name);
+    this.gone(parent, name);
   }
   /** Our own removal of parent/name answered here: the same, at once. */
   private unlisted(parent: number, name: string): void {
@@ -435,6 +475,7 @@ export class DirCacheVfs implements Vfs {
     this.relist(parent);
     if (listing) this.keepListing(parent, listing, gone, name);
     this.remove(parent, name);
+    this.gone(parent, name);
   }
   /**
    * Keeps the whole listing of `dir` with `name` gone from it: noted in a set, not filtered out
@@ -478,7 +519,7 @@ export class DirCacheVfs implements Vfs {
     if (!d || this.fileHandles.size || !this.behind!.leasedFor(parent, ctx.uid)) return false;
     const sent = this.behind!.unlinkBehind(ctx, parent, name);
     if (!sent) return false;
-    this.answeredBehind(parent, name, d, 0, sent, 'an unlink');
+    this.answeredBehind(ctx, parent, name, d, 0, sent, 'an unlink');
     return true;
   }
   /**
@@ -493,52 +534,73 @@ export class DirCacheVfs implements Vfs {
     const sent = this.behind!.rmdirBehind(ctx, parent, name, child);
     if (!sent) return false;
     this.unnamed(parent, name);
-    this.known.delete(child);
+    this.unsure(child);
     this.relist(child);
     this.touched(child);
     // Its ".." goes: one link less.
-    this.answeredBehind(parent, name, d, 1, sent, 'an rmdir');
+    this.answeredBehind(ctx, parent, name, d, 1, sent, 'an rmdir');
     return true;
   }
   /**
-   * The kernel is answered: `parent` is kept with mtime and ctime now (and `links` fewer links)
-   * until every removal sent behind in it has its reply, and one that failed is logged and the
-   * name looked up again.
+   * The kernel is answered: `parent` is changed behind (see changedBehind), and a removal that
+   * failed is logged and the name looked up again.
    */
-  private answeredBehind(parent: number, name: string, d: Attr, links: number, sent: Promise<FsError | undefined>, what: string): void {
+  private answeredBehind(ctx: Ctx, parent: number, name: string, d: Attr, links: number, sent: Promise<FsError | undefined>, what: string): void {
     this.unlisted(parent, name);
+    this.changedBehind(ctx, parent, d, links, sent.then((err) => {
+      if (!err) return;
+      // ENOENT: someone else removed it first (a host process): what the caller wanted holds.
+      if (err.errno !== Errno.ENOENT) this.log?.warn(`${what} answered before the server ran it failed there (${errnoName(err.errno)}): ${name} is back`);
+      this.unsure(parent);
+      this.relist(parent);
+      void this.notes.emit({ kind: 'entry', parent, name });
+    }));
+  }
+  /**
+   * A change of names in `parent` answered before the server ran it (a removal, or a create
+   * behind): the directory is kept with mtime and ctime now (and `links` fewer links), from `d`,
+   * until every such change in it has landed. Then the server's own attributes are fetched and
+   * kept, and the kernel is told to ask again: it holds ours (our clock), and its next GETATTR,
+   * the next `git status` walking through .git, is answered here.
+   */
+  private changedBehind(ctx: Ctx, parent: number, d: Attr, links: number, landed: Promise<unknown>): void {
     const ms = Date.now();
     const now = { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 };
     this.keepAttr(parent, { ...d, mtime: now, ctime: now, nlink: Math.max(1, d.nlink - links) });
     this.behindIn.set(parent, (this.behindIn.get(parent) ?? 0) + 1);
-    void sent.then((err) => {
-      if (err) {
-        // ENOENT: someone else removed it first (a host process): what the caller wanted holds.
-        if (err.errno !== Errno.ENOENT) this.log?.warn(`${what} answered before the server ran it failed there (${errnoName(err.errno)}): ${name} is back`);
-        this.known.delete(parent);
-        this.relist(parent);
-        void this.notes.emit({ kind: 'entry', parent, name });
-      }
+    void landed.then(() => {
       const left = (this.behindIn.get(parent) ?? 1) - 1;
       if (left > 0) {
         this.behindIn.set(parent, left);
         return;
       }
       this.behindIn.delete(parent);
-      // All landed: the kernel may hold the attributes we made up (our clock), so it is told to
-      // ask again; a moment later, as the next unlink in a loop often comes before the server has
-      // answered the last, and would then find no attributes to go behind with.
+      // All landed; corrected a moment later, as the next unlink in a loop often comes before the
+      // server has answered the last, and would then find no attributes to go behind with.
       if (!this.correcting.has(parent)) {
         this.correcting.set(parent, setTimeout(() => {
           this.correcting.delete(parent);
-          if (this.behindIn.has(parent)) return;
-          // Not touched(): that would also void every answer in flight, as a listing's directory
-          // attributes; any GETATTR of this directory was sent after its unlinks had landed.
-          this.dirAttrs.delete(parent);
-          void this.notes.emit({ kind: 'inode', nodeid: parent, off: -1, len: 0, attrsOnly: true });
+          if (!this.behindIn.has(parent)) this.correct(ctx, parent);
         }, CORRECT_AFTER_MS).unref());
       }
     });
+  }
+  /**
+   * Replaces the attributes of `parent` we made up by the server's (changedBehind). Not
+   * touched(): that would also void every answer in flight, as a listing's directory attributes.
+   * The answer is kept only if nothing changed the directory or its names meanwhile (unfetched).
+   */
+  private correct(ctx: Ctx, parent: number): void {
+    this.dirAttrs.delete(parent);
+    this.fetching.add(parent);
+    const tell = (): void => {
+      this.fetching.delete(parent);
+      void this.notes.emit({ kind: 'inode', nodeid: parent, off: -1, len: 0, attrsOnly: true });
+    };
+    this.inner.getattr(ctx, parent).then((attr) => {
+      if (this.fetching.has(parent) && !this.behindIn.has(parent) && (attr.mode & S_IFMT) === S_IFDIR) this.keepAttr(parent, attr);
+      tell();
+    }, tell);
   }
   async rmdir(ctx: Ctx, parent: number, name: string): Promise<void> {
     // The parent's link count and times change, and the directory goes; no other node.
@@ -569,12 +631,13 @@ export class DirCacheVfs implements Vfs {
     // open file outlives its names); which file a name is we cannot tell here, so all are opened.
     // Few such handles are open at any time, and each is opened once.
     if (this.fileHandles.size) await this.fileHandles.openAll();
+    const epoch = this.listEpoch;
     try {
       await this.inner.rename(ctx, parent, name, newparent, newname, flags);
     } catch (err) {
       // Whatever happened, what we knew of both directories is no longer certain.
       for (const d of [parent, newparent]) {
-        this.known.delete(d);
+        this.unsure(d);
         this.dirAttrs.delete(d);
       }
       throw err;
@@ -582,6 +645,8 @@ export class DirCacheVfs implements Vfs {
     const exchange = (flags & 2) !== 0;
     if (!exchange) this.remove(parent, name);
     this.add(newparent, newname);
+    // (git renames index.lock to index, and looks index.lock up again at its next run.)
+    if (!exchange && epoch === this.listEpoch && (parent !== newparent || name !== newname)) this.gone(parent, name);
     if (moved !== undefined) this.dirIds.set(`${newparent}\0${newname}`, moved);
     if (exchange && replaced !== undefined) this.dirIds.set(`${parent}\0${name}`, replaced);
   }
@@ -611,6 +676,10 @@ export class DirCacheVfs implements Vfs {
     // A new file has no capability: the kernel's probe before its first write (file_remove_privs)
     // is answered from the cache like any other absent xattr.
     this.remember(r.entry.nodeid, CAPS, NO_DATA, epoch);
+    // Made behind: the kernel dropped the directory's attributes and asks at its next path walk
+    // through it; the ones we keep (if any) get this change's times.
+    const kept = r.named && this.dirAttrs.get(parent);
+    if (kept && Date.now() - kept.at < ATTR_TTL_MS) this.changedBehind(ctx, parent, kept.attr, 0, r.named!);
     return r;
   }
   // Every file call below passes the server's own handles straight through (read and write are
@@ -814,3 +883,4 @@ export class DirCacheVfs implements Vfs {
     await this.inner.close();
   }
 }
+

@@ -77,6 +77,11 @@ export interface OpenResult {
 
 export interface CreateResult extends OpenResult {
   entry: Entry;
+  /**
+   * Set when the create was answered before the server made the name (create-behind): settles
+   * once the server has answered it, whether it made the name or not.
+   */
+  named?: Promise<unknown>;
 }
 
 export interface DirEntry {

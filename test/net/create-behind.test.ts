@@ -196,3 +196,82 @@ test('without a lease, or where the source cannot reserve, creates wait for the 
   }
   assert.equal(s.a.stats().createBehind.sent, 0);
 });
+
+/** Waits (at most 3 s) for `ok`, checked every 10 ms. */
+async function until(ok: () => boolean): Promise<void> {
+  for (let i = 0; i < 300 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
+}
+
+const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENOENT;
+const ms = (a: { mtime: { sec: number; nsec: number } }): number => a.mtime.sec * 1000 + a.mtime.nsec / 1e6;
+
+test('git\'s lock cycle in a leased directory it did not make costs no round trip but the close\'s, and stays right', async (t) => {
+  const s = await setup(t);
+  // A directory made on the host (no complete name list here), as a checkout's .git is.
+  fs.mkdirSync(path.join(s.dir, 'g'));
+  fs.writeFileSync(path.join(s.dir, 'g', 'HEAD'), 'ref: refs/heads/main\n');
+  const d = (await s.cache.lookup(root, ROOT_ID, 'g')).nodeid;
+  const first = await s.cache.create(root, d, 'first', S_IFREG | 0o644, O_RDWR);
+  await s.cache.release(root, first.entry.nodeid, first.fh);
+  await until(() => s.a.stats().createBehind.reserved > 0);
+  assert.equal(s.a.leasedFor(d, 0), true);
+  await s.cache.getattr(root, d);
+  const lock = path.join(s.dir, 'g', 'index.lock');
+
+  for (let round = 0; round < 3; round++) {
+    const sent = s.a.stats().requests;
+    if (round > 0) {
+      // Removed by us at the last round: absent, said here.
+      await assert.rejects(s.cache.lookup(root, d, 'index.lock'), enoent);
+      assert.equal(s.a.stats().requests, sent, `round ${round}: the lookup asked nothing`);
+    }
+    const before = Date.now();
+    const [c, createMs] = await timed(s.cache.create(root, d, 'index.lock', S_IFREG | 0o644, O_RDWR));
+    const [dirNow, dirMs] = await timed(s.cache.getattr(root, d));
+    assert.ok(createMs < DELAY_MS && dirMs < DELAY_MS, `round ${round}: create ${createMs} ms, directory stat ${dirMs} ms`);
+    assert.ok(ms(dirNow) >= before, `round ${round}: the directory shows the create's time, not an older one`);
+    await s.cache.flush(root, c.entry.nodeid, c.fh);
+    assert.ok(fs.existsSync(lock), 'close returned: the server has the name');
+    // Unlinked before the kernel's RELEASE of it, as git does.
+    const [, unlinkMs] = await timed(s.cache.unlink(root, d, 'index.lock'));
+    assert.ok(unlinkMs < DELAY_MS, `round ${round}: unlink answered here (${unlinkMs} ms)`);
+    const held = await s.cache.getattr(root, c.entry.nodeid, c.fh);
+    assert.equal(held.nlink, 0, 'the open file, stat-ed after its unlink, has no link left');
+    assert.equal(fs.existsSync(lock), false);
+    await s.cache.release(root, c.entry.nodeid, c.fh);
+    s.cache.forget(c.entry.nodeid, 1);
+  }
+  assert.equal(s.a.stats().unlinkBehind.sent, 3);
+
+  // Once all landed the server's own attributes of the directory are fetched, the kernel is told,
+  // and its next stat of the directory is answered here with them.
+  await until(() => s.events.some((ev) => ev.kind === 'inode' && ev.nodeid === d && ev.attrsOnly === true));
+  const sent = s.a.stats().requests;
+  const corrected = await s.cache.getattr(root, d);
+  assert.equal(s.a.stats().requests, sent, 'answered here');
+  assert.equal(attrShown(corrected), statShown(path.join(s.dir, 'g')));
+
+  // A process on the server host makes the name: the push ends what we knew.
+  fs.writeFileSync(lock, 'host\n');
+  await until(() => s.events.some((ev) => ev.kind === 'entry' && ev.parent === d && ev.name === 'index.lock'));
+  assert.equal((await s.cache.lookup(root, d, 'index.lock')).attr.size, 5);
+  fs.unlinkSync(lock);
+  await until(() => s.events.filter((ev) => ev.kind !== 'inode' && ev.parent === d && ev.name === 'index.lock').length > 1);
+  await assert.rejects(s.cache.lookup(root, d, 'index.lock'), enoent);
+
+  // B comes to the directory (A's lease is recalled) and makes the name: A sees it at once.
+  const bd = await s.b.lookup(root, ROOT_ID, 'g');
+  assert.equal(s.a.leasedFor(d, 0), false);
+  const bf = await s.b.create(root, bd.nodeid, 'index.lock', S_IFREG | 0o644, O_RDWR);
+  await s.b.release(root, bf.entry.nodeid, bf.fh);
+  assert.equal((await s.cache.lookup(root, d, 'index.lock')).attr.ino, bf.entry.attr.ino);
+  // Without the lease A's unlink waits for the server; the name is absent here after it, until B
+  // makes it again.
+  await s.cache.unlink(root, d, 'index.lock');
+  const sentNow = s.a.stats().requests;
+  await assert.rejects(s.cache.lookup(root, d, 'index.lock'), enoent);
+  assert.equal(s.a.stats().requests, sentNow);
+  const again = await s.b.create(root, bd.nodeid, 'index.lock', S_IFREG | 0o644, O_RDWR);
+  await s.b.release(root, again.entry.nodeid, again.fh);
+  assert.equal((await s.cache.lookup(root, d, 'index.lock')).attr.ino, again.entry.attr.ino);
+});
