@@ -244,3 +244,51 @@ test('files created before the server named them are never missed by another cli
     for (const m of [a, b]) assert.equal(await statOf(`${m.mnt}/made/${name}`, '%i'), ino);
   }
 });
+
+/** The mount's "server requests:" line of `wirefs status`, by op. */
+async function serverOps(mnt: string): Promise<Record<string, number>> {
+  const lines = (await ok(`timeout 10 ${process.execPath} ${BIN} status`)).split('\n');
+  const head = lines.findIndex((l) => l.startsWith(`${mnt}  `));
+  assert.ok(head >= 0, `${mnt} not in wirefs status`);
+  const line = lines.slice(head + 1).find((l) => l.includes('server requests:')) ?? '';
+  return Object.fromEntries([...line.matchAll(/(\w+) (\d+)/g)].map((m) => [m[1]!, Number(m[2])]));
+}
+
+test('git status in a repository one client holds alone asks the server nothing it must wait for; the others see its lock at once', async (t) => {
+  const { exported, a, b } = await threeClients(t);
+  const g = `${a.mnt}/repo`;
+  await ok(`mkdir ${g} && cp -r /usr/include/linux/netfilter ${g}/ && cd ${g} && git init -q && git add -A && git -c user.email=t@e -c user.name=t commit -qm x`);
+  // Warm: the first runs list the tree and take the leases of .git.
+  for (let i = 0; i < 3; i++) await ok(`cd ${g} && git status --porcelain && sleep 0.2`);
+  const unlinks = await behindSent(a.mnt);
+  const creates = await behindSent(a.mnt, 'create-behind');
+  const before = await serverOps(a.mnt);
+  assert.equal(await ok(`cd ${g} && git status --porcelain`), '');
+  const after = await serverOps(a.mnt);
+  const asked = (op: string): number => (after[op] ?? 0) - (before[op] ?? 0);
+  // .git/index.lock: looked up (O_EXCL), created, written? no: closed and removed. The lookup is
+  // answered by A (A removed the name at the last run), the create and the unlink go behind; a
+  // stat of .git after each change is answered by A (at most one GETATTR goes out, in the
+  // background, to correct the directory's times once all landed).
+  assert.equal(asked('lookup'), 0, `no lookup: ${JSON.stringify(after)}`);
+  assert.ok(asked('getattr') <= 1, `at most the background correction: ${asked('getattr')} getattrs`);
+  assert.equal(await behindSent(a.mnt), unlinks + 1, 'the lock was unlinked behind');
+  assert.equal(await behindSent(a.mnt, 'create-behind'), creates + 1, 'and created behind');
+
+  // B takes the lock (A's lease on .git is recalled first): A sees it at its next call.
+  await ok(`touch ${b.mnt}/repo/.git/index.lock`);
+  assert.equal(await statOf(`${g}/.git/index.lock`, '%s'), '0');
+  const r = await sh(`cd ${g} && timeout 30 git -c user.email=t@e -c user.name=t commit -q --allow-empty -m y`);
+  assert.notEqual(r.code, 0, 'git cannot take a lock another client holds');
+  assert.match(r.stderr, /index\.lock/);
+  await ok(`rm ${b.mnt}/repo/.git/index.lock`);
+  assert.equal(await statOf(`${g}/.git/index.lock`), 'missing');
+  await ok(`cd ${g} && git -c user.email=t@e -c user.name=t commit -q --allow-empty -m z`);
+  // A process on the server host takes it: A sees it within a second, and its absence after.
+  await ok(`cd ${g} && git status --porcelain`);
+  await ok(`touch ${exported}/repo/.git/index.lock`);
+  await within(1000, () => statOf(`${g}/.git/index.lock`, '%s'), '0', 'a lock made on the server host');
+  await ok(`rm ${exported}/repo/.git/index.lock`);
+  await within(1000, () => statOf(`${g}/.git/index.lock`), 'missing', 'a lock removed on the server host');
+  assert.equal((await ok(`cd ${g} && git log --oneline | wc -l`)).trim(), '2');
+});
