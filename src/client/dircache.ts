@@ -568,6 +568,8 @@ export class DirCacheVfs implements Vfs {
     const now = { sec: Math.floor(ms / 1000), nsec: (ms % 1000) * 1e6 };
     this.keepAttr(parent, { ...d, mtime: now, ctime: now, nlink: Math.max(1, d.nlink - links) });
     this.behindIn.set(parent, (this.behindIn.get(parent) ?? 0) + 1);
+    // The correction is no part of the request that made the change: nothing of it to cancel.
+    const who: Ctx = { uid: ctx.uid, gid: ctx.gid, pid: ctx.pid };
     void landed.then(() => {
       const left = (this.behindIn.get(parent) ?? 1) - 1;
       if (left > 0) {
@@ -580,7 +582,7 @@ export class DirCacheVfs implements Vfs {
       if (!this.correcting.has(parent)) {
         this.correcting.set(parent, setTimeout(() => {
           this.correcting.delete(parent);
-          if (!this.behindIn.has(parent)) this.correct(ctx, parent);
+          if (!this.behindIn.has(parent)) this.correct(who, parent);
         }, CORRECT_AFTER_MS).unref());
       }
     });
