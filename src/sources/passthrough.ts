@@ -1340,6 +1340,10 @@ export class PassthroughFs implements Vfs {
     }
     const dirPath = this.pathOf(d);
     if (dirPath === undefined) return;
+    // A change to the contents or attributes of a name no client was handed (one of our unnamed
+    // reserved files, shown as "#<ino>", or a host file nobody looked up) concerns no cache:
+    // nothing to report, and no lstat to tell ours from others'.
+    if (kind === 'change' && !d.children?.has(name) && name !== path.basename(dirPath)) return;
     const p = dirPath === '/' ? `/${name}` : `${dirPath}/${name}`;
     const sig = PassthroughFs.signature(p);
     // An event about the watched directory itself comes with the directory's own name (libuv
