@@ -1,12 +1,24 @@
 // Two clients of one in-process server on loopback, closed (clients first) when the test ends:
 // the shape of the network tests that check what one client sees of another's changes.
 
+import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import type { TestContext } from 'node:test';
+import { Errno, FsError } from '../../src/lib/errno.js';
 import type { Logger } from '../../src/lib/log.js';
 import { startServer } from '../../src/server/server.js';
 import { connect, type RemoteVfs } from '../../src/client/client.js';
 import type { Attr, Vfs } from '../../src/vfs/types.js';
+
+/** Whether a call failed with ENOENT (for assert.rejects). */
+export const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENOENT;
+
+/** Waits until `cond` holds (pushes and replies arrive asynchronously), failing after `ms`. */
+export async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond() && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(cond(), `timed out waiting for ${what}`);
+}
 
 export const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
 

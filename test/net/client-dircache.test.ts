@@ -13,7 +13,7 @@ import { MemoryFs } from '../../src/sources/memory.js';
 import { openSource } from '../../src/sources/index.js';
 import { startServer } from '../../src/server/server.js';
 import type { RemoteVfs } from '../../src/client/client.js';
-import { quiet, twoClients as twoClientsOf } from '../helpers/clients.js';
+import { enoent, quiet, twoClients as twoClientsOf } from '../helpers/clients.js';
 import { DirCacheVfs } from '../../src/client/dircache.js';
 import { O_DIRECT, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID, S_IFREG, type Attr, type Ctx, type Vfs } from '../../src/vfs/types.js';
 
@@ -21,7 +21,6 @@ const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
 
 const twoClients = (t: TestContext, vfs: Vfs = new MemoryFs()): Promise<{ a: RemoteVfs; b: RemoteVfs }> => twoClientsOf(t, vfs);
 
-const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENOENT;
 
 test('absent names in a directory this client made cost no round trip, and stay right', async (t) => {
   const { a, b } = await twoClients(t);

@@ -19,7 +19,7 @@ import { WriteBehindVfs } from '../../src/client/writeback.js';
 import { DirCacheVfs } from '../../src/client/dircache.js';
 import { O_RDWR, O_WRONLY, ROOT_ID, S_IFREG, type ChangeEvent, type Ctx } from '../../src/vfs/types.js';
 import { startProxy } from '../helpers/proxy.js';
-import { attrShown, quiet, statShown } from '../helpers/clients.js';
+import { attrShown, enoent, quiet, statShown, until } from '../helpers/clients.js';
 
 const root: Ctx = { uid: 0, gid: 0, pid: 1 };
 const DELAY_MS = 40;
@@ -197,12 +197,6 @@ test('without a lease, or where the source cannot reserve, creates wait for the 
   assert.equal(s.a.stats().createBehind.sent, 0);
 });
 
-/** Waits (at most 3 s) for `ok`, checked every 10 ms. */
-async function until(ok: () => boolean): Promise<void> {
-  for (let i = 0; i < 300 && !ok(); i++) await new Promise((r) => setTimeout(r, 10));
-}
-
-const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENOENT;
 const ms = (a: { mtime: { sec: number; nsec: number } }): number => a.mtime.sec * 1000 + a.mtime.nsec / 1e6;
 
 test('git\'s lock cycle in a leased directory it did not make costs no round trip but the close\'s, and stays right', async (t) => {
@@ -213,7 +207,7 @@ test('git\'s lock cycle in a leased directory it did not make costs no round tri
   const d = (await s.cache.lookup(root, ROOT_ID, 'g')).nodeid;
   const first = await s.cache.create(root, d, 'first', S_IFREG | 0o644, O_RDWR);
   await s.cache.release(root, first.entry.nodeid, first.fh);
-  await until(() => s.a.stats().createBehind.reserved > 0);
+  await until(() => s.a.stats().createBehind.reserved > 0, 'files reserved in the leased directory');
   assert.equal(s.a.leasedFor(d, 0), true);
   await s.cache.getattr(root, d);
   const lock = path.join(s.dir, 'g', 'index.lock');
@@ -245,7 +239,7 @@ test('git\'s lock cycle in a leased directory it did not make costs no round tri
 
   // Once all landed the server's own attributes of the directory are fetched, the kernel is told,
   // and its next stat of the directory is answered here with them.
-  await until(() => s.events.some((ev) => ev.kind === 'inode' && ev.nodeid === d && ev.attrsOnly === true));
+  await until(() => s.events.some((ev) => ev.kind === 'inode' && ev.nodeid === d && ev.attrsOnly === true), 'the correction of the directory\'s attributes');
   const sent = s.a.stats().requests;
   const corrected = await s.cache.getattr(root, d);
   assert.equal(s.a.stats().requests, sent, 'answered here');
@@ -253,10 +247,10 @@ test('git\'s lock cycle in a leased directory it did not make costs no round tri
 
   // A process on the server host makes the name: the push ends what we knew.
   fs.writeFileSync(lock, 'host\n');
-  await until(() => s.events.some((ev) => ev.kind === 'entry' && ev.parent === d && ev.name === 'index.lock'));
+  await until(() => s.events.some((ev) => ev.kind === 'entry' && ev.parent === d && ev.name === 'index.lock'), 'the push of the host\'s lock');
   assert.equal((await s.cache.lookup(root, d, 'index.lock')).attr.size, 5);
   fs.unlinkSync(lock);
-  await until(() => s.events.filter((ev) => ev.kind !== 'inode' && ev.parent === d && ev.name === 'index.lock').length > 1);
+  await until(() => s.events.filter((ev) => ev.kind !== 'inode' && ev.parent === d && ev.name === 'index.lock').length > 1, 'the push of its removal');
   await assert.rejects(s.cache.lookup(root, d, 'index.lock'), enoent);
 
   // B comes to the directory (A's lease is recalled) and makes the name: A sees it at once.

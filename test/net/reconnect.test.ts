@@ -18,6 +18,7 @@ import { O_RDWR, O_WRONLY, ROOT_ID, S_IFREG, type Ctx, type Vfs } from '../../sr
 import { startProxy, type Proxy } from '../helpers/proxy.js';
 import { SEQ_WINDOW } from '../../src/wire/seq.js';
 import { tmpdir } from '../helpers/mount.js';
+import { until } from '../helpers/clients.js';
 
 const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
 const quiet: Logger = { debugEnabled: false, debug() {}, info() {}, warn() {}, error() {} };
@@ -33,11 +34,6 @@ async function rig(t: TestContext, vfs: Vfs, opts: Partial<ServerOptions> = {}, 
   return { server, proxy, c };
 }
 
-async function until(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond() && Date.now() < end) await sleep(10);
-  assert.ok(cond(), `timed out waiting for ${what}`);
-}
 
 test('cut connections are reconnected and the session resumed; every call completes', async (t) => {
   const { server, proxy, c } = await rig(t, new MemoryFs());

@@ -8,12 +8,11 @@ import assert from 'node:assert/strict';
 import { Errno, FsError } from '../../src/lib/errno.js';
 import { MemoryFs } from '../../src/sources/memory.js';
 import type { RemoteVfs } from '../../src/client/client.js';
-import { quiet, twoClients } from '../helpers/clients.js';
+import { enoent, quiet, twoClients } from '../helpers/clients.js';
 import { DirCacheVfs } from '../../src/client/dircache.js';
 import { O_RDWR, ROOT_ID, S_IFREG, type ChangeEvent, type Ctx } from '../../src/vfs/types.js';
 
 const root: Ctx = { uid: 0, gid: 0, pid: 1 };
-const enoent = (e: unknown): boolean => e instanceof FsError && e.errno === Errno.ENOENT;
 
 /**
  * A source whose unlink of "locked" fails (as an immutable file's would on a host), and whose rmdir

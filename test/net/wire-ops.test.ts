@@ -9,6 +9,7 @@ import type { Logger } from '../../src/lib/log.js';
 import { MemoryFs } from '../../src/sources/memory.js';
 import { startServer } from '../../src/server/server.js';
 import { connect, type RemoteVfs } from '../../src/client/client.js';
+import { until } from '../helpers/clients.js';
 import {
   O_APPEND, O_RDWR, O_WRONLY, ROOT_ID, S_IFDIR, S_IFIFO, S_IFMT, S_IFREG, SEEK_DATA, type ChangeEvent, type Ctx, type Vfs,
 } from '../../src/vfs/types.js';
@@ -34,11 +35,6 @@ async function rejectsErrno(p: Promise<unknown>, errno: number): Promise<void> {
   await assert.rejects(p, (err: unknown) => err instanceof FsError && err.errno === errno);
 }
 
-/** Waits until `cond` holds (pushes arrive asynchronously), failing after 2 s. */
-async function until(cond: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 200 && !cond(); i++) await new Promise((r) => setTimeout(r, 10));
-  assert.ok(cond(), `timed out waiting for ${what}`);
-}
 
 /** Wraps a Vfs method by name, keeping everything else. */
 function wrap(inner: Vfs, over: Partial<Record<keyof Vfs, (...args: never[]) => unknown>>): Vfs {
