@@ -678,8 +678,8 @@ export class RemoteVfs implements Vfs {
     // A forget is not resent: a lost one leaves the session a lookup too many until it ends.
     // The kernel forgets a node whole, when it evicts it: its id may name another file later.
     this.cache?.forget(nodeid);
-    const server = this.nodes.forget(nodeid, nlookup);
-    if (server !== undefined) this.sendOneway('forget', { nodeid: server, nlookup });
+    const to = this.nodes.forget(nodeid, nlookup);
+    if (to) this.sendOneway('forget', { nodeid: to.id, nlookup: to.n });
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
     return (await this.call('getattr', { ctx: wireCtx(ctx), nodeid, fh }, ctx)).attr;
@@ -798,6 +798,18 @@ export class RemoteVfs implements Vfs {
     }, (err: unknown) => {
       if (err instanceof FsError && err.errno === Errno.ENOSYS) this.leaseUnsupported = true;
     });
+  }
+
+  /** A listing answered by the cache above: while removing, it asks for a lease as one from here does. */
+  listedHere(ctx: Ctx, dir: number): void {
+    if (offsetZeroLease(this.lastUnlink)) this.askLease(ctx, dir);
+  }
+
+  heldNode(parent: number, name: string): number | undefined {
+    return this.nodes.idOf(parent, name);
+  }
+  countLookup(id: number): boolean {
+    return this.nodes.lookedUpHere(id);
   }
 
   /** Whether the kernel holds a lookup of the node named parent/name (it has it from us). */

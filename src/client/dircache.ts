@@ -51,6 +51,13 @@
 //    complete name list (1) or its whole listing (7) holds no name any more. One the server
 //    refuses (a host process filled the directory meanwhile) is logged, and the kernel is told to
 //    look the name up again.
+// 9. Listings made here: a directory with a complete name list (1), each name's inode number and
+//    type known from the reply that made it, is listed here without asking the server (`rm -rf`
+//    of a tree just extracted listed each directory from the server: 1648 READDIRPLUS of 0.7 ms
+//    for 823 directories, 40% of its time). Names are listed in the order they were made, with
+//    cookies of our own (above MADE_COOKIES, so a READDIR says whose listing it continues), which
+//    a name keeps while it exists: a listing read across removals neither skips nor repeats one.
+//    READDIRPLUS is answered so only when the kernel holds every name, as in 7.
 //
 // The list is exact because the server pushes every change to a directory to the sessions that
 // hold it (and this session holds what it made, until its kernel forgets it): any push naming a
@@ -62,7 +69,7 @@ import { Errno, FsError, errnoName } from '../lib/errno.js';
 import type { Logger } from '../lib/log.js';
 import { ChangeListeners } from '../vfs/listeners.js';
 import {
-  O_ACCMODE, O_CREAT, O_DIRECT, O_RDONLY, O_TRUNC, S_IFDIR, S_IFMT, isEnded, markEnded,
+  O_ACCMODE, O_CREAT, O_DIRECT, O_RDONLY, O_TRUNC, S_IFDIR, S_IFMT, S_IFREG, isEnded, markEnded,
   type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo, type OpenResult,
   type SetAttr, type StatFs, type Vfs,
 } from '../vfs/types.js';
@@ -71,6 +78,12 @@ import {
 const MAX_DIRS = 10_000;
 /** Entries of a whole listing kept at most (7); a larger directory is listed by the server. */
 const MAX_LISTED = 10_000;
+/**
+ * Cookies of the listings made here (9) start above this, those of a source (the position of an
+ * entry, in all of ours) stay below it: a READDIR says by its offset whose listing it goes on with.
+ * A source that answers with a cookie as large turns listings made here off.
+ */
+const MADE_COOKIES = 2 ** 52;
 /** Names per directory at most; a larger directory stops being tracked. */
 const MAX_NAMES = 100_000;
 /** Names known absent (removed by us) at most, over all directories; beyond, the record starts over. */
@@ -97,12 +110,18 @@ export interface RemoteHooks {
   rmdirBehind?(ctx: Ctx, parent: number, name: string, child: number): Promise<FsError | undefined> | undefined;
   /** Whether the kernel holds a lookup of the node named parent/name. */
   holdsName(parent: number, name: string): boolean;
+  /** The node the kernel holds as parent/name, if it holds one. */
+  heldNode?(parent: number, name: string): number | undefined;
+  /** Counts a lookup of node `id` answered here (not the server's to forget); false: it may not be. */
+  countLookup?(id: number): boolean;
   /** Says that creates will be offered to createBehind (client.ts keeps files reserved from then on). */
   offerCreateBehind?(): void;
   /** A create answered at once with a reserved file, named behind (client.ts); undefined: as usual. */
   createBehind?(ctx: Ctx, parent: number, name: string, mode: number, flags: number): { result: CreateResult; named: Promise<{ attr?: Attr; error?: FsError }> } | undefined;
   /** OPENDIR and the first READDIR in one round trip (client.ts); undefined: not offered. */
   listdir(ctx: Ctx, nodeid: number, maxEntries: number, plus: boolean): Promise<{ fh: number | undefined; list: DirEntry[] } | undefined>;
+  /** A listing of `dir` was answered here from its first entry (9): what LISTDIR would have asked for with it. */
+  listedHere?(ctx: Ctx, dir: number): void;
 }
 
 /** A directory or file handle given to the kernel, opened on the server at its first real use. */
@@ -114,6 +133,8 @@ interface LazyHandle {
   real: Promise<number> | undefined;
   /** A directory's: read to its end by LISTDIR with no handle kept, whose last entry had this cookie. */
   ended?: number | undefined;
+  /** A directory's: the listing made here (9) that its reads go on with. */
+  made?: DirEntry[] | undefined;
 }
 
 /** Lazy handles of one kind (directories, or files), numbered from `next`. */
@@ -172,9 +193,34 @@ const MAX_PLAIN_OPENS = 100_000;
 /** Open flags that may be answered here: read-only, no truncation, creation or direct I/O. */
 const PLAIN_OPEN_MASK = O_ACCMODE | O_TRUNC | O_CREAT | O_DIRECT;
 
+/** What a complete name list (1) keeps of a name: its cookie in listings made here (9), and its inode number and type when known. */
+interface KnownName {
+  off: number;
+  ino: number | undefined;
+  type: number;
+  /** The node's generation, from the reply that made it (a directory's, for lookups answered here). */
+  generation: number | undefined;
+}
+
+/** What made a name: an entry, or what a rename moved (undefined: unknown). */
+type Made = { ino: number | undefined; mode: number; generation: number | undefined } | undefined;
+
+/** The complete name list of a directory this client made (1). */
+interface NameList {
+  /** In the order they were made, which is that of their cookies. */
+  names: Map<string, KnownName>;
+  /** The directory's inode number, and its parent's node id (undefined once unsure after a rename). */
+  ino: number;
+  parent: number | undefined;
+  /** The cookie the next name gets. */
+  next: number;
+}
+
+const made = (e: Entry): Made => ({ ino: e.attr.ino, mode: e.attr.mode, generation: e.generation });
+
 export class DirCacheVfs implements Vfs {
   /** Directory id -> every name in it, for directories made by this client and unchanged since. */
-  private readonly known = new Map<number, Set<string>>();
+  private readonly known = new Map<number, NameList>();
   /** Directory id -> names this client removed from it (or renamed away), absent since (1). */
   private readonly absent = new Map<number, Set<string>>();
   private absentCount = 0;
@@ -218,6 +264,8 @@ export class DirCacheVfs implements Vfs {
    * case, so a name we did not make in our own directory may still be found.
    */
   private readonly exactNames: boolean;
+  /** A source gave a cookie of the range of ours (MADE_COOKIES): no listings are made here. */
+  private bigCookies = false;
   /** Our own notes to the kernel (unlink-behind), besides what the layers below report. */
   private readonly notes = new ChangeListeners();
   /** Directory id -> unlinks answered here and not yet answered by the server. */
@@ -295,17 +343,23 @@ export class DirCacheVfs implements Vfs {
     names.add(name);
   }
 
-  private add(dir: number, name: string): void {
+  /** parent/name now exists, as the node `attr` describes (undefined: we cannot tell its inode). */
+  private add(dir: number, name: string, made: Made): void {
     const absent = this.absent.get(dir);
     if (absent?.delete(name)) this.absentCount--;
-    const names = this.known.get(dir);
-    if (!names) return;
-    if (names.size >= MAX_NAMES) this.known.delete(dir);
-    else names.add(name);
+    const list = this.known.get(dir);
+    if (!list) return;
+    if (list.names.size >= MAX_NAMES) {
+      this.known.delete(dir);
+      return;
+    }
+    // A name made again keeps its place (and cookie): listings stay in cookie order.
+    const off = list.names.get(name)?.off ?? list.next++;
+    list.names.set(name, { off, ino: made?.ino, type: (made?.mode ?? 0) & S_IFMT, generation: made?.generation });
   }
 
   private remove(dir: number, name: string): void {
-    this.known.get(dir)?.delete(name);
+    this.known.get(dir)?.names.delete(name);
   }
 
   info(): FsInfo {
@@ -313,12 +367,29 @@ export class DirCacheVfs implements Vfs {
   }
   async lookup(ctx: Ctx, parent: number, name: string): Promise<Entry> {
     const names = this.exactNames ? this.known.get(parent) : undefined;
-    if ((names && !names.has(name) && name !== '.' && name !== '..') || this.absent.get(parent)?.has(name)) {
+    if ((names && !names.names.has(name) && name !== '.' && name !== '..') || this.absent.get(parent)?.has(name)) {
       this.counters.answered++;
       throw new FsError(Errno.ENOENT);
     }
+    const here = this.lookupHere(parent, name);
+    if (here) return here;
     const epoch = this.attrEpoch;
     return this.named(parent, name, await this.inner.lookup(ctx, parent, name), epoch);
+  }
+  /**
+   * A lookup of a directory we made, which the kernel holds already, answered with the attributes
+   * a GETATTR would be answered with here (2): the kernel looks a directory up again after every
+   * chmod of it (fs/fuse/dir.c drops its entry's time, to recheck access), and tar changes the mode
+   * of every directory it extracts, so `rm -rf` or `find` over the tree paid a round trip for each.
+   */
+  private lookupHere(parent: number, name: string): Entry | undefined {
+    const k = this.exactNames ? this.known.get(parent)?.names.get(name) : undefined;
+    if (k?.type !== S_IFDIR || k.generation === undefined || !this.behind?.heldNode) return undefined;
+    const id = this.behind.heldNode(parent, name);
+    const kept = id === undefined ? undefined : this.dirAttrs.get(id);
+    if (!kept || Date.now() - kept.at >= ATTR_TTL_MS || kept.attr.ino !== k.ino || !this.behind.countLookup!(id!)) return undefined;
+    this.counters.answered++;
+    return { nodeid: id!, generation: k.generation, attr: { ...kept.attr } };
   }
   /**
    * Notes a directory's name for rename and rmdir (see dirIds), and its attributes as the entry
@@ -409,26 +480,26 @@ export class DirCacheVfs implements Vfs {
   }
   async mknod(ctx: Ctx, parent: number, name: string, mode: number, rdev: number): Promise<Entry> {
     const e = await this.changing(parent, this.inner.mknod(ctx, parent, name, mode, rdev));
-    this.add(parent, name);
+    this.add(parent, name, made(e));
     return e;
   }
   async mkdir(ctx: Ctx, parent: number, name: string, mode: number): Promise<Entry> {
     const e = this.named(parent, name, await this.changing(parent, this.inner.mkdir(ctx, parent, name, mode)));
-    this.add(parent, name);
+    this.add(parent, name, made(e));
     if (this.known.size >= MAX_DIRS) this.known.delete(this.known.keys().next().value!);
     // A directory we just made holds nothing but what we put in it (until a push says otherwise).
-    this.known.set(e.nodeid, new Set());
+    this.known.set(e.nodeid, { names: new Map(), ino: e.attr.ino, parent, next: MADE_COOKIES + 3 });
     return e;
   }
   async symlink(ctx: Ctx, parent: number, name: string, target: string): Promise<Entry> {
     const e = await this.changing(parent, this.inner.symlink(ctx, parent, name, target));
-    this.add(parent, name);
+    this.add(parent, name, made(e));
     return e;
   }
   async link(ctx: Ctx, nodeid: number, newparent: number, newname: string): Promise<Entry> {
     this.touched(nodeid);
     const e = await this.changing(newparent, this.inner.link(ctx, nodeid, newparent, newname));
-    this.add(newparent, newname);
+    this.add(newparent, newname, made(e));
     return e;
   }
   /** Runs a change to directory `dir`; if it fails, our list of the directory is no longer sure. */
@@ -498,7 +569,7 @@ export class DirCacheVfs implements Vfs {
   /** Whether `dir` is known to hold nothing: by its complete name list or its whole listing (false when we have neither). */
   private empty(dir: number): boolean {
     const names = this.known.get(dir);
-    if (names) return names.size === 0;
+    if (names) return names.names.size === 0;
     return this.listing(dir)?.every((e) => e.name === '.' || e.name === '..') ?? false;
   }
   /**
@@ -627,6 +698,8 @@ export class DirCacheVfs implements Vfs {
     this.dirAttrs.delete(newparent);
     const moved = this.unnamed(parent, name);
     const replaced = this.unnamed(newparent, newname);
+    const from = this.known.get(parent)?.names.get(name);
+    const to = this.known.get(newparent)?.names.get(newname);
     this.relist(parent);
     this.relist(newparent);
     // A file we hold open without the server must stay readable once its name is gone (POSIX: an
@@ -646,7 +719,12 @@ export class DirCacheVfs implements Vfs {
     }
     const exchange = (flags & 2) !== 0;
     if (!exchange) this.remove(parent, name);
-    this.add(newparent, newname);
+    this.add(newparent, newname, from && { ino: from.ino, mode: from.type, generation: from.generation });
+    if (exchange) this.add(parent, name, to && { ino: to.ino, mode: to.type, generation: to.generation });
+    // A directory moved has a new '..' (9); one we cannot tell by name may be any we made.
+    if (moved !== undefined) this.reparent(moved, newparent);
+    else if (this.dirIdsLost && from?.type !== S_IFREG) for (const list of this.known.values()) list.parent = undefined;
+    if (exchange && replaced !== undefined) this.reparent(replaced, parent);
     // (git renames index.lock to index, and looks index.lock up again at its next run.)
     if (!exchange && epoch === this.listEpoch && (parent !== newparent || name !== newname)) this.gone(parent, name);
     if (moved !== undefined) this.dirIds.set(`${newparent}\0${newname}`, moved);
@@ -674,7 +752,7 @@ export class DirCacheVfs implements Vfs {
   async create(ctx: Ctx, parent: number, name: string, mode: number, flags: number): Promise<CreateResult> {
     const epoch = this.xattrEpoch;
     const r = await this.changing(parent, this.inner.create(ctx, parent, name, mode, flags));
-    this.add(parent, name);
+    this.add(parent, name, made(r.entry));
     // A new file has no capability: the kernel's probe before its first write (file_remove_privs)
     // is answered from the cache like any other absent xattr.
     this.remember(r.entry.nodeid, CAPS, NO_DATA, epoch);
@@ -715,9 +793,11 @@ export class DirCacheVfs implements Vfs {
     return { fh: this.dirHandles.add(nodeid, ctx, 0) };
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
-    const kept = this.dirHandles.has(fh, nodeid) ? this.fromListing(nodeid, offset, maxEntries, plus) : undefined;
-    if (kept) return kept;
     const lazy = this.dirHandles.get(fh, nodeid);
+    const made = lazy && this.fromMade(ctx, lazy, nodeid, offset, maxEntries, plus);
+    if (made) return made;
+    const kept = lazy ? this.fromListing(nodeid, offset, maxEntries, plus) : undefined;
+    if (kept) return kept;
     const epoch = this.attrEpoch;
     const listEpoch = this.listEpoch;
     let list: DirEntry[] | undefined;
@@ -735,9 +815,66 @@ export class DirCacheVfs implements Vfs {
       }
     }
     list ??= await this.inner.readdir(ctx, nodeid, await this.dirHandles.real(fh, nodeid), offset, maxEntries, plus);
+    if (!this.bigCookies && list.some((e) => e.off > MADE_COOKIES)) {
+      this.bigCookies = true;
+      this.log?.warn(`node ${nodeid}: the server's directory cookies reach 2^52; listings are no longer made here`);
+    }
     if (plus) for (const d of list) if (d.entry) this.named(nodeid, d.name, d.entry, epoch);
     this.noteListing(nodeid, offset, list, listEpoch);
     return list;
+  }
+
+  /**
+   * Entries of `dir` from `offset` on, from the listing made here of its complete name list (9):
+   * undefined when the read is not ours to answer. A read that goes on with a listing made here
+   * goes on with the handle's (POSIX leaves it open whether names made or removed since opendir
+   * show), or with the name list's own if the kernel's cache of one is what it goes on from.
+   */
+  private fromMade(ctx: Ctx, h: LazyHandle, dir: number, offset: number, maxEntries: number, plus: boolean): DirEntry[] | undefined {
+    if (offset !== 0 && (offset <= MADE_COOKIES || this.bigCookies)) return undefined;
+    let all = offset === 0 ? undefined : h.made;
+    if (!all) {
+      all = this.madeListing(dir, offset === 0 && plus);
+      if (!all) {
+        if (offset === 0) return undefined;
+        // A cookie of ours, and the names it counted in are gone (a push about the directory).
+        throw new FsError(Errno.ESTALE, `node ${dir}: the directory changed under a listing; list it again`);
+      }
+    }
+    if (offset === 0) this.behind?.listedHere?.(ctx, dir);
+    h.made = all;
+    const from = offset === 0 ? 0 : all.findIndex((e) => e.off > offset);
+    if (from < 0) return markEnded([]);
+    const out = all.slice(from, from + Math.max(1, maxEntries));
+    this.counters.listingsAnswered++;
+    return from + out.length >= all.length ? markEnded(out) : out;
+  }
+
+  /**
+   * The listing of a directory we know every name of (1), its dot names first: undefined when we
+   * do not know each one's inode number, or (`held`) the kernel would have to look up names it does
+   * not hold: a READDIRPLUS answered here carries no attributes (node id 0).
+   */
+  private madeListing(dir: number, held: boolean): DirEntry[] | undefined {
+    const list = this.exactNames && !this.bigCookies ? this.known.get(dir) : undefined;
+    if (!list || list.names.size > MAX_LISTED || list.parent === undefined) return undefined;
+    const up = this.known.get(list.parent)?.ino ?? this.dirAttrs.get(list.parent)?.attr.ino;
+    if (up === undefined) return undefined;
+    const out: DirEntry[] = [
+      { name: '.', ino: list.ino, type: S_IFDIR, off: MADE_COOKIES + 1 },
+      { name: '..', ino: up, type: S_IFDIR, off: MADE_COOKIES + 2 },
+    ];
+    for (const [name, k] of list.names) {
+      if (k.ino === undefined || (held && !this.behind?.holdsName(dir, name))) return undefined;
+      out.push({ name, ino: k.ino, type: k.type, off: k.off });
+    }
+    return out;
+  }
+
+  /** Directory `id` (if we made it) now lives in `parent`. */
+  private reparent(id: number, parent: number): void {
+    const list = this.known.get(id);
+    if (list) list.parent = parent;
   }
 
   /** Entries of `dir` from `offset` on, from its whole listing (7); undefined when we cannot. */

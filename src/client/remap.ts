@@ -36,6 +36,8 @@ interface NodeRec {
   name: string | undefined;
   /** Lookups the kernel holds (entries handed out less forgets). */
   lookups: number;
+  /** Of those, how many the server does not hold: answered by the client (see lookedUpHere). */
+  here?: number;
 }
 
 interface HandleRec {
@@ -178,23 +180,48 @@ export class NodeTable {
     return fh;
   }
 
-  /** Where to send a forget, or undefined when this session never learned the node (nothing to drop). */
-  forget(id: number, n: number): number | undefined {
+  /**
+   * Where to send a forget of n of the kernel's lookups, and how many to send, or undefined when
+   * there is nothing for the server to drop (it never learned the node, or holds no more lookups
+   * than the kernel still does: those answered here are not the server's).
+   */
+  forget(id: number, n: number): { id: number; n: number } | undefined {
     const rec = this.nodes.get(id);
+    let send = n;
     if (rec) {
+      const here = rec.here ?? 0;
+      const server = rec.lookups - here;
       rec.lookups -= n;
+      if (here > 0) {
+        // The server keeps as many as the kernel still holds, at most.
+        send = rec.lookups <= 0 ? server : Math.max(0, server - rec.lookups);
+        rec.here = Math.max(0, rec.lookups - (server - send));
+      }
       if (rec.lookups <= 0) {
         this.nodes.delete(id);
         if (rec.name !== undefined && this.names.get(nameKey(rec.parent, rec.name)) === id) this.names.delete(nameKey(rec.parent, rec.name));
       }
     }
-    if (this.epoch === 0) return id;
+    if (this.epoch === 0) return send > 0 ? { id, n: send } : undefined;
     const server = this.toServer.get(id);
     if (server !== undefined && (rec?.lookups ?? 0) <= 0) {
       this.toServer.delete(id);
       if (this.toClient.get(server) === id) this.toClient.delete(server);
     }
-    return server;
+    return server !== undefined && send > 0 ? { id: server, n: send } : undefined;
+  }
+
+  /**
+   * A lookup of the node the kernel holds as parent/name answered by the client, not the server:
+   * counted for the kernel, kept apart from the server's. Only before any restart (after one, the
+   * node may not be known to the new server yet). Whether it was counted.
+   */
+  lookedUpHere(id: number): boolean {
+    const rec = this.epoch === 0 ? this.nodes.get(id) : undefined;
+    if (!rec || rec.lookups <= 0) return false;
+    rec.lookups++;
+    rec.here = (rec.here ?? 0) + 1;
+    return true;
   }
 
   /** A file was created behind (see Unnamed); `named` once its naming has its answer. */

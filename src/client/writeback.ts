@@ -424,6 +424,15 @@ export class WriteBehindVfs implements Vfs {
   listdir(ctx: Ctx, nodeid: number, maxEntries: number, plus: boolean): Promise<{ fh: number | undefined; list: DirEntry[] } | undefined> {
     return this.behind ? this.behind.listdir(ctx, nodeid, maxEntries, plus) : Promise.resolve(undefined);
   }
+  heldNode(parent: number, name: string): number | undefined {
+    return this.behind?.heldNode?.(parent, name);
+  }
+  countLookup(id: number): boolean {
+    return this.behind?.countLookup?.(id) ?? false;
+  }
+  listedHere(ctx: Ctx, dir: number): void {
+    this.behind?.listedHere?.(ctx, dir);
+  }
   holdsName(parent: number, name: string): boolean {
     return this.behind?.holdsName(parent, name) ?? false;
   }

@@ -292,3 +292,24 @@ test('git status in a repository one client holds alone asks the server nothing 
   await within(1000, () => statOf(`${g}/.git/index.lock`), 'missing', 'a lock removed on the server host');
   assert.equal((await ok(`cd ${g} && git log --oneline | wc -l`)).trim(), '2');
 });
+
+test('a tree one client extracted is listed and removed by it without asking the server; the others see it go', async (t) => {
+  const { exported, a, b } = await threeClients(t);
+  // tar sets every directory's mode at the end: the kernel then looks each up again (fs/fuse/dir.c).
+  await ok(`mkdir ${a.mnt}/x && tar -C /usr/include -cf - linux/netfilter | timeout 60 tar -C ${a.mnt}/x -xf -`);
+  const before = await serverOps(a.mnt);
+  const listed = await ok(`cd ${a.mnt}/x && timeout 30 find . -printf '%y %m %s %p\\n' | sort`);
+  assert.equal(listed, await ok(`cd ${exported}/x && find . -printf '%y %m %s %p\\n' | sort`), 'the tree as the server has it');
+  // The dot names carry the inode numbers stat gives.
+  const [dot, dotdot] = (await ok(`timeout 10 ls -ai ${a.mnt}/x/linux`)).trim().split('\n').map((l) => l.trim().split(/\s+/));
+  assert.deepEqual([dot![1], dotdot![1]], ['.', '..']);
+  assert.equal(dot![0], await statOf(`${a.mnt}/x/linux`, '%i'));
+  assert.equal(dotdot![0], await statOf(`${a.mnt}/x`, '%i'));
+  await ok(`timeout 60 rm -rf ${a.mnt}/x`);
+  const after = await serverOps(a.mnt);
+  const asked = (op: string): number => (after[op] ?? 0) - (before[op] ?? 0);
+  assert.deepEqual([asked('listdir'), asked('readdir'), asked('opendir'), asked('lookup')], [0, 0, 0, 0], JSON.stringify(after));
+  // At once, no sleep: B finds nothing, nor does the server.
+  assert.equal(await statOf(`${b.mnt}/x`), 'missing');
+  assert.deepEqual(await fsp.readdir(exported), []);
+});

@@ -15,7 +15,7 @@ import { startServer } from '../../src/server/server.js';
 import type { RemoteVfs } from '../../src/client/client.js';
 import { enoent, quiet, twoClients as twoClientsOf } from '../helpers/clients.js';
 import { DirCacheVfs } from '../../src/client/dircache.js';
-import { O_DIRECT, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID, S_IFREG, type Attr, type Ctx, type Vfs } from '../../src/vfs/types.js';
+import { O_DIRECT, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID, S_IFREG, isEnded, type Attr, type Ctx, type DirEntry, type Vfs } from '../../src/vfs/types.js';
 
 const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
 
@@ -110,8 +110,9 @@ test('extended attributes are asked once, and asked again after any change to th
 test('a directory handle is opened on the server only when the listing is read', async (t) => {
   const { a } = await twoClients(t);
   const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l));
-  const d = await cache.mkdir(ctx, ROOT_ID, 'd', 0o755);
-  await cache.create(ctx, d.nodeid, 'x', S_IFREG | 0o644, O_RDWR);
+  // Made past the cache: it knows no names of the directory, and cannot list it itself (9).
+  const d = await a.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  await a.create(ctx, d.nodeid, 'x', S_IFREG | 0o644, O_RDWR);
   const before = a.stats().requests;
   const unread = await cache.opendir(ctx, d.nodeid);
   await cache.releasedir(ctx, d.nodeid, unread.fh);
@@ -311,8 +312,10 @@ test('a file opened without the server stays readable after our own unlink or re
 test('a whole listing is kept: listed again, and its closing read, cost no request; any change drops it', async (t) => {
   const { a, b } = await twoClients(t);
   const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a);
-  const d = await cache.mkdir(ctx, ROOT_ID, 'd', 0o755);
-  for (const n of ['x', 'y', 'z']) await cache.create(ctx, d.nodeid, n, S_IFREG | 0o644, O_RDWR).then((f) => cache.release(ctx, f.entry.nodeid, f.fh));
+  // Made past the cache, which so lists it from the server (a directory made through it is listed
+  // without, see the next test).
+  const d = await a.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  for (const n of ['x', 'y', 'z']) await a.create(ctx, d.nodeid, n, S_IFREG | 0o644, O_RDWR).then((f) => a.release(ctx, f.entry.nodeid, f.fh));
   const list = async (c: DirCacheVfs, dir: number, plus = false, first = 100): Promise<string[]> => {
     const h = await c.opendir(ctx, dir);
     const names: string[] = [];
@@ -352,4 +355,106 @@ test('a whole listing is kept: listed again, and its closing read, cost no reque
   const bBefore = b.stats().requests;
   await list(bcache, bdir, true);
   assert.ok(b.stats().requests > bBefore);
+});
+
+test('a directory this client made is listed here: dot names, pieces, stable cookies; a push ends it', async (t) => {
+  const { a, b } = await twoClients(t);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a);
+  const d = await cache.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  const made: string[] = [];
+  for (let i = 0; i < 30; i++) {
+    const f = await cache.create(ctx, d.nodeid, `f${i}`, S_IFREG | 0o644, O_RDWR);
+    await cache.release(ctx, f.entry.nodeid, f.fh);
+    made.push(`f${i}`);
+  }
+  const sub = await cache.mkdir(ctx, d.nodeid, 'sub', 0o700);
+  made.push('sub');
+  /** Reads the handle from `off` on, `max` entries a reply, to its end. */
+  const rest = async (fh: number, off: number, max: number, plus = false): Promise<DirEntry[]> => {
+    const out: DirEntry[] = [];
+    for (;;) {
+      const part = await cache.readdir(ctx, d.nodeid, fh, off, max, plus);
+      out.push(...part);
+      if (part.length === 0 || isEnded(part)) return out;
+      off = part[part.length - 1]!.off;
+    }
+  };
+  const before = a.stats().requests;
+  const h = await cache.opendir(ctx, d.nodeid);
+  const all = await rest(h.fh, 0, 7);
+  assert.equal(a.stats().requests, before, 'listed in pieces with no request');
+  assert.deepEqual(all.map((e) => e.name), ['.', '..', ...made], 'in the order they were made');
+  // As the server lists them: the same inode numbers and types, the dots included.
+  const theirs = new Map<string, DirEntry>();
+  const bd = await b.lookup(ctx, ROOT_ID, 'd');
+  const bh = await b.opendir(ctx, bd.nodeid);
+  for (const e of await b.readdir(ctx, bd.nodeid, bh.fh, 0, 100, false)) theirs.set(e.name, e);
+  assert.equal(theirs.size, all.length);
+  for (const e of all) assert.deepEqual([e.ino, e.type], [theirs.get(e.name)!.ino, theirs.get(e.name)!.type], e.name);
+  assert.equal(all.find((e) => e.name === 'sub')!.ino, sub.attr.ino);
+  // READDIRPLUS too (our kernel holds every name), with no attributes: nothing for the kernel to count.
+  const plus = await rest(h.fh, 0, 100, true);
+  assert.deepEqual(plus.map((e) => e.name), all.map((e) => e.name));
+  assert.ok(plus.every((e) => e.entry === undefined));
+  assert.equal(a.stats().requests, before);
+
+  // Removals while a listing is read: it goes on after its last cookie, skipping and repeating
+  // nothing; so does a new handle given that cookie (the kernel goes on from its page cache so).
+  const first = await cache.readdir(ctx, d.nodeid, h.fh, 0, 10, false);
+  for (let i = 0; i < 5; i++) await cache.unlink(ctx, d.nodeid, `f${i}`);
+  await cache.unlink(ctx, d.nodeid, 'f20');
+  const cookie = first[first.length - 1]!.off;
+  const after = (await rest(h.fh, cookie, 6)).map((e) => e.name);
+  assert.deepEqual(after, all.slice(10).map((e) => e.name), 'the handle goes on with what it listed');
+  const other = await cache.opendir(ctx, d.nodeid);
+  assert.deepEqual((await rest(other.fh, cookie, 6)).map((e) => e.name), all.slice(10).map((e) => e.name).filter((n) => n !== 'f20'),
+    'a new handle goes on with the names as they are');
+  assert.deepEqual((await rest(other.fh, 0, 50)).map((e) => e.name), ['.', '..', ...made.filter((n) => !/^f([0-4]|20)$/.test(n))]);
+
+  // Another client adds a name: the push ends the list; listings are the server's again, and a
+  // cookie of ours that no handle read is refused, never taken for the server's.
+  await b.create(ctx, bd.nodeid, 'theirs', S_IFREG | 0o644, O_RDWR);
+  const fresh = await cache.opendir(ctx, d.nodeid);
+  const listed = await rest(fresh.fh, 0, 100);
+  assert.ok(listed.some((e) => e.name === 'theirs'));
+  assert.ok(listed.every((e) => e.off < 2 ** 52), 'server cookies');
+  const late = await cache.opendir(ctx, d.nodeid);
+  await assert.rejects(cache.readdir(ctx, d.nodeid, late.fh, cookie, 10, false), (e: unknown) => e instanceof FsError && e.errno === Errno.ESTALE);
+  // The handle that read our listing still goes on with it.
+  assert.deepEqual((await rest(h.fh, cookie, 6)).map((e) => e.name), all.slice(10).map((e) => e.name));
+});
+
+test('a lookup of a directory this client made and its kernel holds is answered here, and forgotten right', async (t) => {
+  /** The forgets that reach the source. */
+  class Watched extends MemoryFs {
+    readonly forgets: Array<[number, number]> = [];
+    override forget(nodeid: number, nlookup: number): void {
+      this.forgets.push([nodeid, nlookup]);
+      super.forget(nodeid, nlookup);
+    }
+  }
+  const source = new Watched();
+  const { a, b } = await twoClients(t, source);
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a);
+  const d = await cache.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  const sub = await cache.mkdir(ctx, d.nodeid, 'sub', 0o755);
+  await cache.setattr(ctx, sub.nodeid, { mode: 0o700 });
+  const before = a.stats().requests;
+  const e = await cache.lookup(ctx, d.nodeid, 'sub');
+  assert.equal(a.stats().requests, before, 'no request');
+  assert.deepEqual([e.nodeid, e.generation], [sub.nodeid, sub.generation]);
+  const bsub = await b.lookup(ctx, (await b.lookup(ctx, ROOT_ID, 'd')).nodeid, 'sub');
+  assert.deepEqual(e.attr, bsub.attr, 'the attributes the server gives');
+  // The kernel now holds two lookups of sub, the server one (the mkdir's). A forget of one is the
+  // kernel's own: nothing reaches the source (a call after it on the same connection is answered
+  // after the server took the forget).
+  const forgotten = (): number[] => source.forgets.filter(([id]) => id === sub.nodeid).map(([, n]) => n);
+  cache.forget(sub.nodeid, 1);
+  await a.getattr(ctx, ROOT_ID);
+  assert.deepEqual(forgotten(), []);
+  // The last one is the server's.
+  cache.forget(sub.nodeid, 1);
+  await a.getattr(ctx, ROOT_ID);
+  assert.deepEqual(forgotten(), [1]);
+  assert.equal((await cache.lookup(ctx, d.nodeid, 'sub')).attr.ino, sub.attr.ino, 'found again by name');
 });
