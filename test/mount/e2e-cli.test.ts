@@ -37,7 +37,11 @@ test('wirefs mount as a daemon, the mount line, status, umount', async (t) => {
   // An ioctl (Python asks TCGETS of every file it opens): ENOTTY, answered by the native reader
   // (no ioctl is implemented) and still counted by operation.
   const ioctls = async (): Promise<[number, number]> => {
-    const st = await ok(`${wirefs} status`);
+    // This mount's lines only (another wirefs mount on the machine has its own).
+    const lines = (await ok(`${wirefs} status`)).split('\n');
+    const head = lines.findIndex((l) => l.startsWith(`${mnt}  `));
+    const next = lines.findIndex((l, i) => i > head && /^\S/.test(l));
+    const st = lines.slice(head, next < 0 ? undefined : next).join('\n');
     return [Number(/kernel requests: .*\bIOCTL (\d+)/.exec(st)?.[1] ?? 0), Number(/fuse\.nativeAnswered=(\d+)/.exec(st)?.[1])];
   };
   const [before, nativeBefore] = await ioctls();
