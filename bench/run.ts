@@ -67,7 +67,15 @@ async function must(cmd: string, timeoutMs = 600000): Promise<string> {
   return r.stdout;
 }
 
+/**
+ * Writes back what earlier rows left dirty, before a clock starts: no row pays for the page cache
+ * another row filled (git's objects, the untimed setup of a row), which the kernel would write
+ * back up to 30 s later on the same two CPUs, during whichever row runs then.
+ */
+const settle = (): Promise<string> => must('sync');
+
 async function timed(cmd: string, timeoutMs = 900000): Promise<number> {
+  await settle();
   const t0 = process.hrtime.bigint();
   await must(cmd, timeoutMs);
   return Number(process.hrtime.bigint() - t0) / 1e6;
@@ -84,6 +92,7 @@ class Flawed {
 
 /** As timed, but a non-zero exit gives a Flawed time instead of an error. */
 async function timedFlawed(cmd: string, timeoutMs = 900000): Promise<number | Flawed> {
+  await settle();
   const t0 = process.hrtime.bigint();
   const r = await sh(cmd, { timeoutMs });
   const ms = Number(process.hrtime.bigint() - t0) / 1e6;
