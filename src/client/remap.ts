@@ -89,6 +89,9 @@ export class NodeTable {
     this.fhToServer = new Map();
     this.resolving.clear();
     this.reopening.clear();
+    // The new server's counts are its own (it clamps a forget at what the session holds there):
+    // forgets go to it as the kernel sends them.
+    for (const rec of this.nodes.values()) delete rec.here;
   }
 
   /** Every node the kernel may have cached, as inode changes (after a reconnect, pushes may be lost). */
