@@ -805,6 +805,7 @@ export class RemoteVfs implements Vfs {
     if (offsetZeroLease(this.lastUnlink)) this.askLease(ctx, dir);
   }
 
+  /** The node the kernel holds as parent/name (it has it from us), if it holds one. */
   heldNode(parent: number, name: string): number | undefined {
     return this.nodes.idOf(parent, name);
   }
@@ -812,10 +813,6 @@ export class RemoteVfs implements Vfs {
     return this.nodes.lookedUpHere(id);
   }
 
-  /** Whether the kernel holds a lookup of the node named parent/name (it has it from us). */
-  holdsName(parent: number, name: string): boolean {
-    return this.nodes.idOf(parent, name) !== undefined;
-  }
 
   /** Whether unlinks in `dir` by `uid` may be answered before the server runs them. */
   leasedFor(dir: number, uid: number): boolean {

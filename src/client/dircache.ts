@@ -108,10 +108,8 @@ export interface RemoteHooks {
   unlinkBehind(ctx: Ctx, parent: number, name: string): Promise<FsError | undefined> | undefined;
   /** The same for the rmdir of directory `child`, which the caller knows to be empty (client.ts 1.5). */
   rmdirBehind?(ctx: Ctx, parent: number, name: string, child: number): Promise<FsError | undefined> | undefined;
-  /** Whether the kernel holds a lookup of the node named parent/name. */
-  holdsName(parent: number, name: string): boolean;
-  /** The node the kernel holds as parent/name, if it holds one. */
-  heldNode?(parent: number, name: string): number | undefined;
+  /** The node the kernel holds as parent/name (a lookup of it), if it holds one. */
+  heldNode(parent: number, name: string): number | undefined;
   /** Counts a lookup of node `id` answered here (not the server's to forget); false: it may not be. */
   countLookup?(id: number): boolean;
   /** Says that creates will be offered to createBehind (client.ts keeps files reserved from then on). */
@@ -343,8 +341,8 @@ export class DirCacheVfs implements Vfs {
     names.add(name);
   }
 
-  /** parent/name now exists, as the node `attr` describes (undefined: we cannot tell its inode). */
-  private add(dir: number, name: string, made: Made): void {
+  /** parent/name now exists, as the node `what` describes (undefined: we cannot tell its inode). */
+  private add(dir: number, name: string, what: Made): void {
     const absent = this.absent.get(dir);
     if (absent?.delete(name)) this.absentCount--;
     const list = this.known.get(dir);
@@ -355,7 +353,7 @@ export class DirCacheVfs implements Vfs {
     }
     // A name made again keeps its place (and cookie): listings stay in cookie order.
     const off = list.names.get(name)?.off ?? list.next++;
-    list.names.set(name, { off, ino: made?.ino, type: (made?.mode ?? 0) & S_IFMT, generation: made?.generation });
+    list.names.set(name, { off, ino: what?.ino, type: (what?.mode ?? 0) & S_IFMT, generation: what?.generation });
   }
 
   private remove(dir: number, name: string): void {
@@ -384,7 +382,7 @@ export class DirCacheVfs implements Vfs {
    */
   private lookupHere(parent: number, name: string): Entry | undefined {
     const k = this.exactNames ? this.known.get(parent)?.names.get(name) : undefined;
-    if (k?.type !== S_IFDIR || k.generation === undefined || !this.behind?.heldNode) return undefined;
+    if (k?.type !== S_IFDIR || k.generation === undefined || !this.behind) return undefined;
     const id = this.behind.heldNode(parent, name);
     const kept = id === undefined ? undefined : this.dirAttrs.get(id);
     if (!kept || Date.now() - kept.at >= ATTR_TTL_MS || kept.attr.ino !== k.ino || !this.behind.countLookup!(id!)) return undefined;
@@ -794,8 +792,8 @@ export class DirCacheVfs implements Vfs {
   }
   async readdir(ctx: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
     const lazy = this.dirHandles.get(fh, nodeid);
-    const made = lazy && this.fromMade(ctx, lazy, nodeid, offset, maxEntries, plus);
-    if (made) return made;
+    const mine = lazy && this.fromMade(ctx, lazy, nodeid, offset, maxEntries, plus);
+    if (mine) return mine;
     const kept = lazy ? this.fromListing(nodeid, offset, maxEntries, plus) : undefined;
     if (kept) return kept;
     const epoch = this.attrEpoch;
@@ -831,11 +829,12 @@ export class DirCacheVfs implements Vfs {
    * show), or with the name list's own if the kernel's cache of one is what it goes on from.
    */
   private fromMade(ctx: Ctx, h: LazyHandle, dir: number, offset: number, maxEntries: number, plus: boolean): DirEntry[] | undefined {
-    if (offset !== 0 && (offset <= MADE_COOKIES || this.bigCookies)) return undefined;
+    if (offset !== 0 && (offset <= MADE_COOKIES || (this.bigCookies && !h.made))) return undefined;
     let all = offset === 0 ? undefined : h.made;
     if (!all) {
       all = this.madeListing(dir, offset === 0 && plus);
       if (!all) {
+        h.made = undefined;
         if (offset === 0) return undefined;
         // A cookie of ours, and the names it counted in are gone (a push about the directory).
         throw new FsError(Errno.ESTALE, `node ${dir}: the directory changed under a listing; list it again`);
@@ -865,7 +864,7 @@ export class DirCacheVfs implements Vfs {
       { name: '..', ino: up, type: S_IFDIR, off: MADE_COOKIES + 2 },
     ];
     for (const [name, k] of list.names) {
-      if (k.ino === undefined || (held && !this.behind?.holdsName(dir, name))) return undefined;
+      if (k.ino === undefined || (held && this.behind?.heldNode(dir, name) === undefined)) return undefined;
       out.push({ name, ino: k.ino, type: k.type, off: k.off });
     }
     return out;
@@ -885,7 +884,7 @@ export class DirCacheVfs implements Vfs {
     if (from === 0 && offset !== 0) return undefined;
     const out = all.slice(from, from + Math.max(1, maxEntries));
     // Without attributes the kernel would look up each name it does not hold: one round trip each.
-    if (plus && !out.every((e) => e.name === '.' || e.name === '..' || this.behind?.holdsName(dir, e.name))) return undefined;
+    if (plus && !out.every((e) => e.name === '.' || e.name === '..' || this.behind?.heldNode(dir, e.name) !== undefined)) return undefined;
     this.counters.listingsAnswered++;
     return from + out.length >= all.length ? markEnded(out) : out;
   }

@@ -425,16 +425,13 @@ export class WriteBehindVfs implements Vfs {
     return this.behind ? this.behind.listdir(ctx, nodeid, maxEntries, plus) : Promise.resolve(undefined);
   }
   heldNode(parent: number, name: string): number | undefined {
-    return this.behind?.heldNode?.(parent, name);
+    return this.behind?.heldNode(parent, name);
   }
   countLookup(id: number): boolean {
     return this.behind?.countLookup?.(id) ?? false;
   }
   listedHere(ctx: Ctx, dir: number): void {
     this.behind?.listedHere?.(ctx, dir);
-  }
-  holdsName(parent: number, name: string): boolean {
-    return this.behind?.holdsName(parent, name) ?? false;
   }
   leasedFor(dir: number, uid: number): boolean {
     return this.behind?.leasedFor(dir, uid) ?? false;
