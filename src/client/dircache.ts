@@ -111,7 +111,7 @@ export interface RemoteHooks {
   /** The node the kernel holds as parent/name (a lookup of it), if it holds one. */
   heldNode(parent: number, name: string): number | undefined;
   /** Counts a lookup of node `id` answered here (not the server's to forget); false: it may not be. */
-  countLookup?(id: number): boolean;
+  countLookup(id: number): boolean;
   /** Says that creates will be offered to createBehind (client.ts keeps files reserved from then on). */
   offerCreateBehind?(): void;
   /** A create answered at once with a reserved file, named behind (client.ts); undefined: as usual. */
@@ -191,17 +191,19 @@ const MAX_PLAIN_OPENS = 100_000;
 /** Open flags that may be answered here: read-only, no truncation, creation or direct I/O. */
 const PLAIN_OPEN_MASK = O_ACCMODE | O_TRUNC | O_CREAT | O_DIRECT;
 
-/** What a complete name list (1) keeps of a name: its cookie in listings made here (9), and its inode number and type when known. */
-interface KnownName {
-  off: number;
+/** The node behind a name, as the reply that made it gave it (undefined where unknown). */
+interface Made {
   ino: number | undefined;
+  /** S_IFMT bits (0: unknown). */
   type: number;
-  /** The node's generation, from the reply that made it (a directory's, for lookups answered here). */
+  /** Its generation (a directory's, for lookups answered here). */
   generation: number | undefined;
 }
 
-/** What made a name: an entry, or what a rename moved (undefined: unknown). */
-type Made = { ino: number | undefined; mode: number; generation: number | undefined } | undefined;
+/** What a complete name list (1) keeps of a name: the node, and its cookie in listings made here (9). */
+interface KnownName extends Made {
+  off: number;
+}
 
 /** The complete name list of a directory this client made (1). */
 interface NameList {
@@ -214,7 +216,7 @@ interface NameList {
   next: number;
 }
 
-const made = (e: Entry): Made => ({ ino: e.attr.ino, mode: e.attr.mode, generation: e.generation });
+const made = (e: Entry): Made => ({ ino: e.attr.ino, type: e.attr.mode & S_IFMT, generation: e.generation });
 
 export class DirCacheVfs implements Vfs {
   /** Directory id -> every name in it, for directories made by this client and unchanged since. */
@@ -341,8 +343,8 @@ export class DirCacheVfs implements Vfs {
     names.add(name);
   }
 
-  /** parent/name now exists, as the node `what` describes (undefined: we cannot tell its inode). */
-  private add(dir: number, name: string, what: Made): void {
+  /** parent/name now exists, as the node `what` describes (undefined: we cannot tell which). */
+  private add(dir: number, name: string, what: Made | undefined): void {
     const absent = this.absent.get(dir);
     if (absent?.delete(name)) this.absentCount--;
     const list = this.known.get(dir);
@@ -353,7 +355,7 @@ export class DirCacheVfs implements Vfs {
     }
     // A name made again keeps its place (and cookie): listings stay in cookie order.
     const off = list.names.get(name)?.off ?? list.next++;
-    list.names.set(name, { off, ino: what?.ino, type: (what?.mode ?? 0) & S_IFMT, generation: what?.generation });
+    list.names.set(name, { off, ino: what?.ino, type: what?.type ?? 0, generation: what?.generation });
   }
 
   private remove(dir: number, name: string): void {
@@ -385,7 +387,7 @@ export class DirCacheVfs implements Vfs {
     if (k?.type !== S_IFDIR || k.generation === undefined || !this.behind) return undefined;
     const id = this.behind.heldNode(parent, name);
     const kept = id === undefined ? undefined : this.dirAttrs.get(id);
-    if (!kept || Date.now() - kept.at >= ATTR_TTL_MS || kept.attr.ino !== k.ino || !this.behind.countLookup!(id!)) return undefined;
+    if (!kept || Date.now() - kept.at >= ATTR_TTL_MS || kept.attr.ino !== k.ino || !this.behind.countLookup(id!)) return undefined;
     this.counters.answered++;
     return { nodeid: id!, generation: k.generation, attr: { ...kept.attr } };
   }
@@ -717,8 +719,8 @@ export class DirCacheVfs implements Vfs {
     }
     const exchange = (flags & 2) !== 0;
     if (!exchange) this.remove(parent, name);
-    this.add(newparent, newname, from && { ino: from.ino, mode: from.type, generation: from.generation });
-    if (exchange) this.add(parent, name, to && { ino: to.ino, mode: to.type, generation: to.generation });
+    this.add(newparent, newname, from);
+    if (exchange) this.add(parent, name, to);
     // A directory moved has a new '..' (9); one we cannot tell by name may be any we made.
     if (moved !== undefined) this.reparent(moved, newparent);
     else if (this.dirIdsLost && from?.type !== S_IFREG) for (const list of this.known.values()) list.parent = undefined;

@@ -428,7 +428,7 @@ export class WriteBehindVfs implements Vfs {
     return this.behind?.heldNode(parent, name);
   }
   countLookup(id: number): boolean {
-    return this.behind?.countLookup?.(id) ?? false;
+    return this.behind?.countLookup(id) ?? false;
   }
   listedHere(ctx: Ctx, dir: number): void {
     this.behind?.listedHere?.(ctx, dir);

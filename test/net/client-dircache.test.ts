@@ -15,7 +15,7 @@ import { startServer } from '../../src/server/server.js';
 import type { RemoteVfs } from '../../src/client/client.js';
 import { enoent, quiet, twoClients as twoClientsOf } from '../helpers/clients.js';
 import { DirCacheVfs } from '../../src/client/dircache.js';
-import { O_DIRECT, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID, S_IFREG, isEnded, type Attr, type Ctx, type DirEntry, type Vfs } from '../../src/vfs/types.js';
+import { O_DIRECT, O_RDONLY, O_RDWR, O_TRUNC, O_WRONLY, ROOT_ID, S_IFREG, isEnded, markEnded, type Attr, type Ctx, type DirEntry, type Vfs } from '../../src/vfs/types.js';
 
 const ctx: Ctx = { uid: 0, gid: 0, pid: 1 };
 
@@ -457,4 +457,42 @@ test('a lookup of a directory this client made and its kernel holds is answered 
   await a.getattr(ctx, ROOT_ID);
   assert.deepEqual(forgotten(), [1]);
   assert.equal((await cache.lookup(ctx, d.nodeid, 'sub')).attr.ino, sub.attr.ino, 'found again by name');
+});
+
+test('a source whose cookies reach 2^52 turns listings made here off', async (t) => {
+  const BIG = 2 ** 52;
+  /** A source whose cookies are shifted up by 2^52 (and back down when a listing goes on from one). */
+  class BigCookies extends MemoryFs {
+    override async readdir(c: Ctx, nodeid: number, fh: number, offset: number, maxEntries: number, plus: boolean): Promise<DirEntry[]> {
+      const list = await super.readdir(c, nodeid, fh, offset === 0 ? 0 : offset - BIG, maxEntries, plus);
+      const out = list.map((e) => ({ ...e, off: e.off + BIG }));
+      return isEnded(list) ? markEnded(out) : out;
+    }
+  }
+  const { a } = await twoClients(t, new BigCookies());
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a);
+  const d = await cache.mkdir(ctx, ROOT_ID, 'd', 0o755);
+  for (const n of ['x', 'y']) await cache.create(ctx, d.nodeid, n, S_IFREG | 0o644, O_RDWR).then((f) => cache.release(ctx, f.entry.nodeid, f.fh));
+  const list = async (dir: number): Promise<string[]> => {
+    const h = await cache.opendir(ctx, dir);
+    const names: string[] = [];
+    for (let off = 0; ;) {
+      const part = await cache.readdir(ctx, dir, h.fh, off, 2, false);
+      names.push(...part.map((e) => e.name));
+      if (part.length === 0 || isEnded(part)) break;
+      off = part[part.length - 1]!.off;
+    }
+    await cache.releasedir(ctx, dir, h.fh);
+    return names.sort();
+  };
+  let before = a.stats().requests;
+  assert.deepEqual(await list(d.nodeid), ['.', '..', 'x', 'y']);
+  assert.equal(a.stats().requests, before, 'made here while no cookie of the source was that large');
+  // A directory listed by the server shows its cookies: from then on the server lists d too, and
+  // a listing goes on from the server's cookies there.
+  const other = await a.mkdir(ctx, ROOT_ID, 'other', 0o755);
+  assert.deepEqual(await list(other.nodeid), ['.', '..']);
+  before = a.stats().requests;
+  assert.deepEqual(await list(d.nodeid), ['.', '..', 'x', 'y']);
+  assert.ok(a.stats().requests > before, 'listed by the server');
 });
