@@ -88,8 +88,8 @@ const MADE_COOKIES = 2 ** 52;
 const MAX_NAMES = 100_000;
 /** Names known absent (removed by us) at most, over all directories; beyond, the record starts over. */
 const MAX_ABSENT = 10_000;
-/** Directory attributes are kept at most this long (the kernel's own bound for a coherent mount). */
-const ATTR_TTL_MS = 600_000;
+/** Directory attributes are kept at most this long (the kernel's own bound for a coherent mount, a day). */
+const ATTR_TTL_MS = 86_400_000;
 const MAX_DIR_ATTRS = 20_000;
 const MAX_FILE_ATTRS = 10_000;
 const CAPS = 'security.capability';
