@@ -36,6 +36,9 @@ import { HandleTable, NAME_MAX, W_OK, checkAccess, checkName, checkRenameFlags, 
 const log = logger('sources');
 
 const S_ISGID = 0o2000;
+/** The server's own ids never change: asked once, not twice per file made (two system calls). */
+const AS_ROOT = process.getuid?.() === 0;
+const ROOT_GROUP = process.getegid?.() === 0;
 const O_NONBLOCK = 0o4000;
 const DEV_SHIFT = 2 ** 44;
 const SYNTHETIC_SLOT = 511;
@@ -433,10 +436,10 @@ export class PassthroughFs implements Vfs {
 
   /** Makes a new file the caller's, as if the caller had created it (the server runs as root). */
   private async ownAs(ctx: Ctx, parent: PNode, p: string, f?: FileHandle): Promise<void> {
-    if (process.getuid?.() !== 0) return;
+    if (!AS_ROOT) return;
     // Made by this process as root:root: a root caller's file is already owned right (and in a
     // set-group-ID directory its group came from the directory, as it should).
-    if (ctx.uid === 0 && ctx.gid === 0 && process.getegid?.() === 0) return;
+    if (ctx.uid === 0 && ctx.gid === 0 && ROOT_GROUP) return;
     const pst = await this.statNode(parent);
     // In a set-group-ID directory the group comes from the directory (the kernel already did that).
     const gid = Number(pst.mode) & S_ISGID ? -1 : ctx.gid;
@@ -928,16 +931,18 @@ export class PassthroughFs implements Vfs {
       const p = this.childPath(d, name);
       const f = await this.openFd(p, this.hostFlags(flags) | C.O_CREAT | C.O_EXCL, mode & 0o7777);
       let entry: Entry;
+      let st: BigIntStats;
       try {
         await this.ownAs(ctx, d, p, f);
         if (narrowed(mode)) await f.chmod(mode & 0o7777);
-        entry = this.entryFor(d, name, await f.stat({ bigint: true }));
+        st = await f.stat({ bigint: true });
+        entry = this.entryFor(d, name, st);
       } catch (err) {
         await this.closeFd(f);
         throw err;
       }
       const r = await this.openNode(this.node(entry.nodeid), flags, f);
-      this.noteOwn(p);
+      this.noteOwn(p, st);
       return { ...r, entry };
     });
   }
@@ -995,7 +1000,7 @@ export class PassthroughFs implements Vfs {
         }
       });
       this.addLink(h.node, d, name);
-      this.noteOwn(p);
+      this.noteOwn(p, st);
       return this.toAttr(st);
     });
   }
@@ -1300,8 +1305,8 @@ export class PassthroughFs implements Vfs {
     if (p !== undefined) this.watcher?.add(n.id, p);
   }
 
-  private static signature(p: string): string {
-    const st = fs.lstatSync(p, { bigint: true, throwIfNoEntry: false });
+  /** `st`: what an fstat of the file now at p gave just now, to save the lstat. */
+  private static signature(p: string, st = fs.lstatSync(p, { bigint: true, throwIfNoEntry: false })): string {
     if (!st) return 'gone';
     // A directory's ctime and size move with every name made in it, by us too: judge it by what a
     // local chmod, chown or replacement would change. Changes of its contents are reported by its
@@ -1310,11 +1315,14 @@ export class PassthroughFs implements Vfs {
     return `${st.ino}:${st.ctimeNs}:${st.size}`;
   }
 
-  /** Records what our own change left at p, so its watch event is not taken for a local one. */
-  private noteOwn(p: string | undefined): void {
+  /**
+   * Records what our own change left at p, so its watch event is not taken for a local one. `st`:
+   * the file's attributes taken after the change (saves an lstat).
+   */
+  private noteOwn(p: string | undefined, st?: BigIntStats): void {
     if (!this.watcher || p === undefined) return;
     const now = Date.now();
-    const sig = PassthroughFs.signature(p);
+    const sig = PassthroughFs.signature(p, st);
     this.own.set(p, { sig, at: now });
     if (sig !== 'gone') this.own.set(`#${sig.slice(0, sig.indexOf(':'))}`, { sig, at: now });
     // Events arrive within milliseconds; records older than that only take memory.
