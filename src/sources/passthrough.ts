@@ -736,8 +736,9 @@ export class PassthroughFs implements Vfs {
       if (set.atime !== undefined || set.mtime !== undefined) {
         await this.setTimes(n, any, p, set.atime, set.mtime);
       }
-      this.noteOwn(p);
-      return this.toAttr(await this.statNode(n, any));
+      const st = await this.statNode(n, any);
+      this.noteOwn(p, st);
+      return this.toAttr(st);
     });
   }
 
@@ -864,7 +865,7 @@ export class PassthroughFs implements Vfs {
       const d = this.node(parent);
       const p = this.childPath(d, name);
       await this.fs.unlink(p);
-      this.noteOwn(p);
+      this.noteOwn(p, 'gone');
       this.forgetName(d, name);
     });
   }
@@ -876,7 +877,7 @@ export class PassthroughFs implements Vfs {
       const d = this.node(parent);
       const p = this.childPath(d, name);
       await this.fs.rmdir(p);
-      this.noteOwn(p);
+      this.noteOwn(p, 'gone');
       this.forgetName(d, name);
     });
   }
@@ -1306,7 +1307,7 @@ export class PassthroughFs implements Vfs {
   }
 
   /** `st`: what an fstat of the file now at p gave just now, to save the lstat. */
-  private static signature(p: string, st = fs.lstatSync(p, { bigint: true, throwIfNoEntry: false })): string {
+  private static signature(p: string, st: BigIntStats | undefined = fs.lstatSync(p, { bigint: true, throwIfNoEntry: false })): string {
     if (!st) return 'gone';
     // A directory's ctime and size move with every name made in it, by us too: judge it by what a
     // local chmod, chown or replacement would change. Changes of its contents are reported by its
@@ -1317,12 +1318,13 @@ export class PassthroughFs implements Vfs {
 
   /**
    * Records what our own change left at p, so its watch event is not taken for a local one. `st`:
-   * the file's attributes taken after the change (saves an lstat).
+   * the file's attributes taken after the change, or 'gone' after a removal (saves an lstat; and
+   * a name a local process made again right after our removal is then reported, not taken for ours).
    */
-  private noteOwn(p: string | undefined, st?: BigIntStats): void {
+  private noteOwn(p: string | undefined, st?: BigIntStats | 'gone'): void {
     if (!this.watcher || p === undefined) return;
     const now = Date.now();
-    const sig = PassthroughFs.signature(p, st);
+    const sig = st === 'gone' ? 'gone' : PassthroughFs.signature(p, st);
     this.own.set(p, { sig, at: now });
     if (sig !== 'gone') this.own.set(`#${sig.slice(0, sig.indexOf(':'))}`, { sig, at: now });
     // Events arrive within milliseconds; records older than that only take memory.
