@@ -5,11 +5,18 @@
  * each request over as its own Buffer. A thread doing blocking reads costs a wake-up and a message
  * between threads per request (about 100 microseconds here), which dominated small operations.
  *
- * start(fd, bufferSize, onFrame, onEnd[, nosys]) -> stop(): onFrame(Buffer) per request; onEnd(code)
+ * start(fd, bufferSize, onFrame, onEnd[, nosys[, attrs]]) -> stop(): onFrame(Buffer) per request; onEnd(code)
  * once, with "ENODEV" (unmounted) or another errno name, after which the handle is closed. nosys, a
  * Uint32Array of 128: a request whose opcode o < 64 has nosys[o] set is answered ENOSYS here, and
  * counted in nosys[64 + o], without waking JavaScript (Python's open() asks IOCTL TCGETS of every
  * file it opens; the session implements no ioctl).
+ *
+ * start(..., nosys, attrs): attrs, a Uint8Array of slots of ATTR_SLOT bytes that JavaScript keeps
+ * (src/fuse/native-attrs.ts): slot nodeid % count holds a node's u64 nodeid (0: empty), its f64
+ * expiry in milliseconds since the epoch, and the struct fuse_attr_out a GETATTR of it is answered
+ * with. Such a GETATTR is answered here, and counted in nosys[64 + 3]: the kernel asks again for a
+ * directory's attributes after every name made or removed in it (fs/fuse/dir.c fuse_dir_changed),
+ * for its next permission check, so `rm -rf` and `tar x` sent one per file.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,9 +26,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <node_api.h>
 #include <uv.h>
+
+/* See above: a slot of the attrs table, and what it holds. */
+#define ATTR_SLOT 128
+#define ATTR_OUT_SIZE 104
+#define FUSE_GETATTR 3
 
 /* Requests read per wake-up before yielding to the rest of the loop (timers, sockets). */
 #define BATCH 32
@@ -47,6 +60,10 @@ typedef struct {
   /* The nosys array (see above) and a reference that keeps it alive; NULL without one. */
   uint32_t *nosys;
   napi_ref nosys_ref;
+  /* The attrs table (see above), its slot count and a reference that keeps it alive. */
+  uint8_t *attrs;
+  size_t attr_slots;
+  napi_ref attrs_ref;
   /* Read buffers JavaScript has given back (each r->size long), kept for the next handoffs. */
   char *spares[SPARES_MAX];
   int nspares;
@@ -57,7 +74,9 @@ static void on_closed(uv_handle_t *h) {
   napi_delete_reference(r->env, r->on_frame);
   napi_delete_reference(r->env, r->on_end);
   if (r->nosys_ref) napi_delete_reference(r->env, r->nosys_ref);
+  if (r->attrs_ref) napi_delete_reference(r->env, r->attrs_ref);
   r->nosys = NULL;
+  r->attrs = NULL;
   napi_async_destroy(r->env, r->ctx);
   free(r->buf);
   r->buf = NULL;
@@ -128,6 +147,42 @@ static int answer_nosys(reader_t *r, size_t n) {
   return 1;
 }
 
+/*
+ * Answers the GETATTR in r->buf from the attrs table if its node has an unexpired slot; true if it
+ * did. fuse_in_header has the nodeid at offset 16.
+ */
+static int answer_attr(reader_t *r, size_t n) {
+  uint32_t opcode;
+  uint64_t unique, nodeid, held;
+  double until;
+  if (n < 40 || !r->attrs) return 0;
+  memcpy(&opcode, r->buf + 4, 4);
+  if (opcode != FUSE_GETATTR) return 0;
+  memcpy(&nodeid, r->buf + 16, 8);
+  const uint8_t *slot = r->attrs + (nodeid % r->attr_slots) * ATTR_SLOT;
+  memcpy(&held, slot, 8);
+  if (nodeid == 0 || held != nodeid) return 0;
+  memcpy(&until, slot + 8, 8);
+  struct timespec now;
+  clock_gettime(CLOCK_REALTIME, &now);
+  if ((double)now.tv_sec * 1000.0 + (double)now.tv_nsec / 1e6 >= until) return 0;
+  memcpy(&unique, r->buf + 8, 8);
+  struct {
+    uint32_t len;
+    int32_t error;
+    uint64_t unique;
+    uint8_t attr_out[ATTR_OUT_SIZE];
+  } out;
+  out.len = sizeof out;
+  out.error = 0;
+  out.unique = unique;
+  memcpy(out.attr_out, slot + 16, ATTR_OUT_SIZE);
+  ssize_t w = write(r->fd, &out, sizeof out);
+  (void)w;
+  r->nosys[64 + FUSE_GETATTR]++;
+  return 1;
+}
+
 static void on_poll(uv_poll_t *h, int status, int events) {
   reader_t *r = (reader_t *)h->data;
   if (r->stopped) return;
@@ -146,7 +201,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
       finish(r, "ENODEV");
       return;
     }
-    if (r->nosys && answer_nosys(r, (size_t)n)) continue;
+    if (r->nosys && (answer_nosys(r, (size_t)n) || answer_attr(r, (size_t)n))) continue;
     napi_env env = r->env;
     napi_handle_scope scope;
     napi_open_handle_scope(env, &scope);
@@ -183,8 +238,8 @@ static napi_value throw_errno(napi_env env, const char *what, int e) {
 }
 
 static napi_value start_reader(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (argc < 4) {
     napi_throw_type_error(env, NULL, "start(fd, bufferSize, onFrame, onEnd)");
@@ -222,6 +277,19 @@ static napi_value start_reader(napi_env env, napi_callback_info info) {
       napi_create_reference(env, argv[4], 1, &r->nosys_ref);
     }
   }
+  if (argc >= 6 && r->nosys) {
+    napi_typedarray_type type;
+    size_t length;
+    void *data;
+    bool is_array = false;
+    napi_is_typedarray(env, argv[5], &is_array);
+    if (is_array && napi_get_typedarray_info(env, argv[5], &type, &length, &data, NULL, NULL) == napi_ok &&
+        type == napi_uint8_array && length >= ATTR_SLOT && length % ATTR_SLOT == 0) {
+      r->attrs = (uint8_t *)data;
+      r->attr_slots = length / ATTR_SLOT;
+      napi_create_reference(env, argv[5], 1, &r->attrs_ref);
+    }
+  }
   napi_value name;
   napi_create_string_utf8(env, "wirefs:fuse-reader", NAPI_AUTO_LENGTH, &name);
   napi_async_init(env, NULL, name, &r->ctx);
@@ -236,6 +304,7 @@ static napi_value start_reader(napi_env env, napi_callback_info info) {
     napi_delete_reference(env, r->on_frame);
     napi_delete_reference(env, r->on_end);
     if (r->nosys_ref) napi_delete_reference(env, r->nosys_ref);
+    if (r->attrs_ref) napi_delete_reference(env, r->attrs_ref);
     napi_async_destroy(env, r->ctx);
     free(r->buf);
     free(r);

@@ -71,7 +71,7 @@ import { ChangeListeners } from '../vfs/listeners.js';
 import {
   O_ACCMODE, O_CREAT, O_DIRECT, O_RDONLY, O_TRUNC, S_IFDIR, S_IFMT, S_IFREG, isEnded, markEnded,
   type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo, type OpenResult,
-  type SetAttr, type StatFs, type Vfs,
+  type SetAttr, type StatFs, type Vfs, type AttrSink,
 } from '../vfs/types.js';
 
 /** Directories tracked at most; beyond it the oldest list is dropped. */
@@ -97,6 +97,40 @@ const CAPS = 'security.capability';
 const CORRECT_AFTER_MS = 50;
 /** Extended attribute answers kept at most (names over all nodes); beyond, the cache starts over. */
 const MAX_XATTRS = 100_000;
+
+interface Kept {
+  attr: Attr;
+  /** When it was kept (Date.now()): it answers for ATTR_TTL_MS. */
+  at: number;
+}
+
+/**
+ * Kept attributes that a sink is told of as they come and go (offerAttrs): the directories',
+ * whose GETATTRs the kernel sends after each name made or removed in them.
+ */
+class Published extends Map<number, Kept> {
+  private sink: AttrSink | undefined;
+
+  /** Tells `sink` of every entry from now on, those kept already first. */
+  publish(sink: AttrSink): void {
+    this.sink = sink;
+    for (const [id, k] of this) sink.set(id, k.attr, k.at + ATTR_TTL_MS);
+  }
+  override set(id: number, k: Kept): this {
+    super.set(id, k);
+    this.sink?.set(id, k.attr, k.at + ATTR_TTL_MS);
+    return this;
+  }
+  override delete(id: number): boolean {
+    const had = super.delete(id);
+    if (had) this.sink?.delete(id);
+    return had;
+  }
+  override clear(): void {
+    super.clear();
+    this.sink?.clear();
+  }
+}
 
 type XattrAnswer = Buffer | FsError;
 const NO_DATA = new FsError(Errno.ENODATA);
@@ -230,7 +264,7 @@ export class DirCacheVfs implements Vfs {
    * while nothing else touched the node. Directories and files apart: the thousands of files `tar` sets attributes on
    * must not push out the few hundred directories a later `find` walks.
    */
-  private readonly dirAttrs = new Map<number, { attr: Attr; at: number }>();
+  private readonly dirAttrs = new Published();
   /**
    * "parent\0name" -> node id of the directories handed to the kernel (lookup, mkdir, readdirplus):
    * a rename or rmdir names its directory only by name, and must drop that one's attributes, not
@@ -239,7 +273,7 @@ export class DirCacheVfs implements Vfs {
    */
   private readonly dirIds = new Map<string, number>();
   private dirIdsLost = false;
-  private readonly fileAttrs = new Map<number, { attr: Attr; at: number }>();
+  private readonly fileAttrs = new Map<number, Kept>();
   /** Bumped by every touch: a SETATTR reply that crossed one is not kept. */
   private attrEpoch = 0;
   /** nodeid -> xattr name (or '' for the list) -> the answer the server gave. */
@@ -451,6 +485,10 @@ export class DirCacheVfs implements Vfs {
     if (kept.size >= (dir ? MAX_DIR_ATTRS : MAX_FILE_ATTRS)) kept.delete(kept.keys().next().value!);
     kept.delete(nodeid);
     kept.set(nodeid, { attr: { ...attr }, at: Date.now() });
+  }
+  /** Directories' attributes, as getattr answers them from dirAttrs. */
+  offerAttrs(sink: AttrSink): void {
+    this.dirAttrs.publish(sink);
   }
   async getattr(ctx: Ctx, nodeid: number, fh?: number): Promise<Attr> {
     const got = this.dirAttrs.get(nodeid) ?? this.fileAttrs.get(nodeid);

@@ -13,7 +13,7 @@ import { logger } from '../lib/log.js';
 const log = logger('fuse');
 
 interface PollReader {
-  start(fd: number, bufferSize: number, onFrame: (frame: Buffer) => void, onEnd: (code: string) => void, nosys?: Uint32Array): () => void;
+  start(fd: number, bufferSize: number, onFrame: (frame: Buffer) => void, onEnd: (code: string) => void, nosys?: Uint32Array, attrs?: Uint8Array): () => void;
 }
 
 function pollReader(): PollReader | undefined {
@@ -54,6 +54,7 @@ export class FuseChannel implements FuseTransport {
   private stopPoll: (() => void) | undefined;
   private readonly poll = pollReader();
   private nosys: Uint32Array | undefined;
+  private attrs: Uint8Array | undefined;
   private fdClosed = false;
 
   constructor(readonly fd: number, opts: ChannelOptions) {
@@ -61,14 +62,21 @@ export class FuseChannel implements FuseTransport {
     this.closed = new Promise((resolve) => (this.resolveClosed = resolve));
   }
 
+  /** Whether the native reader reads the device (and so takes start()'s `attrs`). */
+  get native(): boolean {
+    return this.poll !== undefined;
+  }
+
   /**
    * Starts the reader; each frame is handed over for good (the callee owns the Buffer). `nosys`
    * (128 entries): requests whose opcode o has nosys[o] set may be answered ENOSYS by the native
    * reader itself, which counts them in nosys[64 + o]; the thread reader hands them over as any.
+   * `attrs` (with nosys, native reader only): the table of GETATTR answers (native-attrs.ts).
    */
-  start(onFrame: (frame: Buffer) => void, nosys?: Uint32Array): void {
+  start(onFrame: (frame: Buffer) => void, nosys?: Uint32Array, attrs?: Uint8Array): void {
     this.onFrame = onFrame;
     this.nosys = nosys;
+    this.attrs = attrs;
     // The poll reader starts at attach(): an unattached device polls as an error.
     if (this.poll) return;
     const reader = new Worker(new URL('./reader-worker.js', import.meta.url), {
@@ -107,7 +115,7 @@ export class FuseChannel implements FuseTransport {
     }, (code) => {
       if (code !== 'ENODEV') log.error(`reading /dev/fuse: ${code}`);
       this.finish();
-    }, ...(this.nosys ? [this.nosys] : []));
+    }, this.nosys, this.nosys && this.attrs);
   }
 
   /**

@@ -59,7 +59,7 @@ export interface FuseMount {
   unmount(opts?: { lazy?: boolean }): Promise<void>;
   /** Ends the connection at once through fusectl: every pending and future call fails. */
   abort(): Promise<void>;
-  stats(): { inFlight: number; requests: number; nativeAnswered: number; ops: Record<string, number> };
+  stats(): { inFlight: number; requests: number; nativeAnswered: number; nativeGetattrs: number; ops: Record<string, number> };
 }
 
 /** Keeps a subtype to the characters a mount type may safely hold. */
@@ -212,7 +212,7 @@ export async function mountVfs(vfs: Vfs, mountpoint: string, opts: MountOptions)
   const closed = channel.closed.then(() => session.close());
   // Reading starts before the mount: the reads wait (retrying EPERM) until mount(2) attaches the
   // fd, then take INIT, which the kernel queues during mount(2).
-  channel.start((frame) => session.dispatch(frame), session.nativeNosys);
+  channel.start((frame) => session.dispatch(frame), session.nativeNosys, channel.native ? session.nativeAttrs() : undefined);
 
   try {
     await run('mount', ['-i', '-t', `fuse.${subtype}`, '-o', options.join(','), opts.source, mp], fd);

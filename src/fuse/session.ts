@@ -20,6 +20,7 @@ import {
 } from './abi.js';
 import type { FuseTransport } from './channel.js';
 import { ReadAround, type ReadAroundStats } from './readaround.js';
+import { NativeAttrs } from './native-attrs.js';
 
 const log = logger('fuse');
 
@@ -159,6 +160,8 @@ export class FuseSession {
    * handler for and that take a reply), and how many it did ([64 + o]). See channel.ts.
    */
   readonly nativeNosys = nosysTable();
+  /** GETATTRs the native reader answers (see nativeAttrs()). */
+  private native: NativeAttrs | undefined;
   private initDone = false;
   private ended = false;
   private unwatch: (() => void) | undefined;
@@ -190,7 +193,7 @@ export class FuseSession {
     this.initialized.catch(() => {});
   }
 
-  stats(): { inFlight: number; requests: number; nativeAnswered: number; ops: Record<string, number>; readAround?: ReadAroundStats } {
+  stats(): { inFlight: number; requests: number; nativeAnswered: number; nativeGetattrs: number; ops: Record<string, number>; readAround?: ReadAroundStats } {
     const ops: Record<string, number> = {};
     let requests = 0;
     const count = (opcode: number, n: number): void => {
@@ -205,7 +208,21 @@ export class FuseSession {
       if (n) count(o, n);
       nativeAnswered += n;
     }
-    return { inFlight: this.inflight.size, requests, nativeAnswered, ops, ...(this.readAround ? { readAround: this.readAround.stats() } : {}) };
+    // Of those, the GETATTRs answered from the table (nativeAttrs()).
+    const nativeGetattrs = this.nativeNosys[64 + Op.GETATTR]!;
+    return { inFlight: this.inflight.size, requests, nativeAnswered, nativeGetattrs, ops, ...(this.readAround ? { readAround: this.readAround.stats() } : {}) };
+  }
+
+  /**
+   * For a channel whose native reader answers GETATTRs from a table (channel.ts): the table, kept
+   * with the attributes the Vfs publishes (Vfs.offerAttrs); undefined if it publishes none. Those
+   * are answers of its getattr, which the handler below would send as they are.
+   */
+  nativeAttrs(): Buffer | undefined {
+    if (!this.vfs.offerAttrs) return undefined;
+    this.native ??= new NativeAttrs(this.attrT);
+    this.vfs.offerAttrs(this.native);
+    return this.native.table;
   }
 
   /** The connection is gone: cancel what is running, stop notifying. */

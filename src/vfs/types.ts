@@ -128,6 +128,17 @@ export interface Lock {
   pid: number;
 }
 
+/**
+ * Where a Vfs publishes answers of its getattr (Vfs.offerAttrs): set() until the time given
+ * (milliseconds since the epoch), delete() and clear() withdraw. A change to what getattr would
+ * answer must reach the sink before the Vfs returns from the call that made it.
+ */
+export interface AttrSink {
+  set(nodeid: number, attr: Attr, untilMs: number): void;
+  delete(nodeid: number): void;
+  clear(): void;
+}
+
 /** What the served file system is, learnt at connect. */
 export interface FsInfo {
   /** The negotiated type shown as fuse.<type>: "passthrough", "tmpfs", "ext4", "mem", ... */
@@ -237,6 +248,12 @@ export interface Vfs {
 
   /** Subscribe to changes; returns the unsubscribe function. Sources that never change by themselves may never call it. */
   watch(listener: ChangeListener): () => void;
+  /**
+   * Optional: from now on, tell `sink` the attributes getattr would answer a node with at once and
+   * without side effects, as long as they stay so (first those it holds now). The FUSE layer then
+   * answers those GETATTRs itself, without calling getattr.
+   */
+  offerAttrs?(sink: AttrSink): void;
   /** Release everything (fds, watchers, images); pending calls may fail with EIO afterwards. */
   close(): Promise<void>;
 }

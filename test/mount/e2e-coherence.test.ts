@@ -313,3 +313,37 @@ test('a tree one client extracted is listed and removed by it without asking the
   assert.equal(await statOf(`${b.mnt}/x`), 'missing');
   assert.deepEqual(await fsp.readdir(exported), []);
 });
+
+/** The GETATTRs a mount's native reader answered from its table (fuse/native-attrs.ts). */
+async function nativeGetattrs(mnt: string): Promise<number> {
+  const lines = (await ok(`timeout 10 ${process.execPath} ${BIN} status`)).split('\n');
+  const head = lines.findIndex((l) => l.startsWith(`${mnt}  `));
+  assert.ok(head >= 0, `${mnt} not in wirefs status`);
+  const line = lines.slice(head + 1).find((l) => l.includes('fuse.nativeGetattrs=')) ?? '';
+  return Number(/fuse\.nativeGetattrs=(\d+)/.exec(line)?.[1]);
+}
+
+test('directory attributes answered by the native reader follow every change, ours and others\'', async (t) => {
+  const { exported, a, b } = await threeClients(t);
+  await ok(`mkdir ${a.mnt}/n && chmod 755 ${a.mnt}/n`);
+  const before = await nativeGetattrs(a.mnt);
+  // After each name made or removed in it, the kernel asks for the directory's attributes again
+  // (its next permission check there): the client keeps them, and its native reader answers.
+  await ok(`cd ${a.mnt}/n && for i in $(seq 60); do echo $i > f$i; done && rm f1 f2 f3`, 60000);
+  const answered = (await nativeGetattrs(a.mnt)) - before;
+  assert.ok(answered >= 30, `only ${answered} of about 60 GETATTRs answered by the native reader`);
+  // What it answered is what the server has.
+  assert.equal(await statOf(`${a.mnt}/n`, '%a %u %g %h'), await statOf(`${exported}/n`, '%a %u %g %h'));
+  assert.equal((await ok(`timeout 10 ls ${a.mnt}/n | wc -l`)).trim(), '57');
+  // Another client's chmod reaches A's next stat at once; a local process's within a second.
+  await ok(`chmod 700 ${b.mnt}/n`);
+  assert.equal(await statOf(`${a.mnt}/n`, '%a'), '700');
+  await ok(`echo more > ${a.mnt}/n/g && chmod 750 ${exported}/n`);
+  await within(1000, () => statOf(`${a.mnt}/n`, '%a'), '750', 'a chmod on the server host');
+  // A name B makes there changes the times A shows.
+  const mtime = await statOf(`${a.mnt}/n`, '%Y.%y');
+  await new Promise((r) => setTimeout(r, 20));
+  await ok(`touch ${b.mnt}/n/fromb`);
+  assert.notEqual(await statOf(`${a.mnt}/n`, '%Y.%y'), mtime);
+  assert.equal(await statOf(`${a.mnt}/n`, '%y'), await statOf(`${exported}/n`, '%y'));
+});
