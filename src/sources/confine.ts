@@ -111,6 +111,23 @@ export class Beneath {
     }
   }
 
+  /**
+   * As child, for a call that takes a directory fd and a name (an *at call): no walk through
+   * /proc/self/fd for the name, which cost as much again as the pinning.
+   */
+  private at<T>(p: string, fn: (dirfd: number, name: string) => T): T {
+    const rel = this.rel(p);
+    const slash = rel.lastIndexOf('/');
+    const name = rel.slice(slash + 1);
+    if (name === '.' || name === '..' || name === '') throw new FsError(Errno.EINVAL);
+    const fd = slash < 0 ? this.rootFd : this.sys!.openat2Sync(this.rootFd, rel.slice(0, slash), this.sys!.O_PATH | O_DIRECTORY, 0, this.resolve);
+    try {
+      return fn(fd, name);
+    } finally {
+      if (fd !== this.rootFd) closeQuietly(fd);
+    }
+  }
+
   /** Runs fn on the very inode at p, found beneath the root without following any symlink. */
   async whole<T>(p: string, fn: (safe: string) => Promise<T>, dir = false): Promise<T> {
     if (this.plain) return fn(p);
@@ -176,15 +193,19 @@ export class Beneath {
    * by linkIn, or gone when closed. EOPNOTSUPP without the addon (linkIn needs it) or where the
    * file system cannot (the caller then creates files by name as before).
    */
-  tmpfile(p: string, mode: number): Promise<FileHandle> {
-    if (this.plain || !this.sys?.linkatSync) return Promise.reject(new FsError(Errno.EOPNOTSUPP, 'no linkat: native addon missing or old'));
-    return this.whole(p, (s) => fsp.open(s, O_TMPFILE | fs.constants.O_RDWR, mode), true);
+  async tmpfile(p: string, mode: number): Promise<FileHandle> {
+    const sys = this.sys;
+    if (this.plain || !sys?.linkatSync) throw new FsError(Errno.EOPNOTSUPP, 'no linkat: native addon missing or old');
+    if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
+    // One openat2 that resolves the directory beneath the root and makes the file in it.
+    return new fsp.HostFile(sys.openat2Sync(this.rootFd, this.rel(p) || '.', O_TMPFILE | fs.constants.O_RDWR, mode, this.resolve));
   }
   /** Names the unnamed file open as fd at p (EEXIST if the name is taken): linkat, no name followed. */
-  linkIn(fd: number, p: string): Promise<void> {
+  async linkIn(fd: number, p: string): Promise<void> {
     const sys = this.sys;
-    if (this.plain || !sys?.linkatSync) return Promise.reject(new FsError(Errno.EOPNOTSUPP));
-    return this.child(p, async (s) => sys.linkatSync!(AT_FDCWD, `/proc/self/fd/${fd}`, AT_FDCWD, s, AT_SYMLINK_FOLLOW));
+    if (this.plain || !sys?.linkatSync) throw new FsError(Errno.EOPNOTSUPP);
+    if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
+    this.at(p, (dirfd, name) => sys.linkatSync!(AT_FDCWD, `/proc/self/fd/${fd}`, dirfd, name, AT_SYMLINK_FOLLOW));
   }
   readlink(p: string): Promise<string> {
     return this.child(p, (s) => fsp.readlink(s));
