@@ -130,8 +130,9 @@ export interface Lock {
 
 /**
  * Where a Vfs publishes answers of its getattr (Vfs.offerAttrs): set() until the time given
- * (milliseconds since the epoch), delete() and clear() withdraw. A change to what getattr would
- * answer must reach the sink before the Vfs returns from the call that made it.
+ * (milliseconds since the epoch), delete() and clear() withdraw. The Vfs tells the sink of a change
+ * to what its getattr would answer in the same synchronous step in which it learns of it (its own
+ * call, or a change event), so no request taken after that step is answered otherwise.
  */
 export interface AttrSink {
   set(nodeid: number, attr: Attr, untilMs: number): void;
