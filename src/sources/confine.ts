@@ -85,7 +85,7 @@ export class Beneath {
   }
 
   /** An O_PATH fd for rel resolved beneath the root (the caller closes it), or the root's own. */
-  private async pin(rel: string, dir: boolean): Promise<number> {
+  private pin(rel: string, dir: boolean): number {
     if (rel === '') return this.rootFd;
     const s = this.sys!;
     return s.openat2Sync(this.rootFd, rel, s.O_PATH | (dir ? O_DIRECTORY : 0), 0, this.resolve);
@@ -100,10 +100,7 @@ export class Beneath {
     if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
     const rel = this.rel(p);
     if (rel === '') return fn(`/proc/self/fd/${this.rootFd}/.`);
-    const slash = rel.lastIndexOf('/');
-    const name = rel.slice(slash + 1);
-    if (name === '.' || name === '..' || name === '') throw new FsError(Errno.EINVAL);
-    const fd = await this.pin(slash < 0 ? '' : rel.slice(0, slash), true);
+    const { fd, name } = this.parent(rel);
     try {
       return await fn(`/proc/self/fd/${fd}/${name}`);
     } finally {
@@ -116,11 +113,7 @@ export class Beneath {
    * /proc/self/fd for the name, which cost as much again as the pinning.
    */
   private at<T>(p: string, fn: (dirfd: number, name: string) => T): T {
-    const rel = this.rel(p);
-    const slash = rel.lastIndexOf('/');
-    const name = rel.slice(slash + 1);
-    if (name === '.' || name === '..' || name === '') throw new FsError(Errno.EINVAL);
-    const fd = slash < 0 ? this.rootFd : this.sys!.openat2Sync(this.rootFd, rel.slice(0, slash), this.sys!.O_PATH | O_DIRECTORY, 0, this.resolve);
+    const { fd, name } = this.parent(this.rel(p));
     try {
       return fn(fd, name);
     } finally {
@@ -128,11 +121,19 @@ export class Beneath {
     }
   }
 
+  /** The directory part of rel pinned (the caller closes the fd unless it is the root's) and the final name. */
+  private parent(rel: string): { fd: number; name: string } {
+    const slash = rel.lastIndexOf('/');
+    const name = rel.slice(slash + 1);
+    if (name === '.' || name === '..' || name === '') throw new FsError(Errno.EINVAL);
+    return { fd: this.pin(slash < 0 ? '' : rel.slice(0, slash), true), name };
+  }
+
   /** Runs fn on the very inode at p, found beneath the root without following any symlink. */
   async whole<T>(p: string, fn: (safe: string) => Promise<T>, dir = false): Promise<T> {
     if (this.plain) return fn(p);
     if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
-    const fd = await this.pin(this.rel(p), dir);
+    const fd = this.pin(this.rel(p), dir);
     try {
       return await fn(`/proc/self/fd/${fd}`);
     } finally {
@@ -163,7 +164,7 @@ export class Beneath {
     if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
     let fd: number;
     try {
-      fd = await this.pin(this.rel(p), true);
+      fd = this.pin(this.rel(p), true);
     } catch {
       return names.map(() => undefined); // the directory itself is gone: so are its names
     }
