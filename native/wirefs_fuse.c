@@ -237,6 +237,16 @@ static napi_value throw_errno(napi_env env, const char *what, int e) {
   return NULL;
 }
 
+/* The data of v if it is a typed array of type `want` (its element count in *length); else NULL. */
+static void *typed_array(napi_env env, napi_value v, napi_typedarray_type want, size_t *length) {
+  napi_typedarray_type type;
+  void *data;
+  bool is_array = false;
+  napi_is_typedarray(env, v, &is_array);
+  if (!is_array || napi_get_typedarray_info(env, v, &type, length, &data, NULL, NULL) != napi_ok || type != want) return NULL;
+  return data;
+}
+
 static napi_value start_reader(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6];
@@ -265,30 +275,17 @@ static napi_value start_reader(napi_env env, napi_callback_info info) {
   r->size = (size_t)size;
   napi_create_reference(env, argv[2], 1, &r->on_frame);
   napi_create_reference(env, argv[3], 1, &r->on_end);
-  if (argc >= 5) {
-    napi_typedarray_type type;
-    size_t length;
-    void *data;
-    bool is_array = false;
-    napi_is_typedarray(env, argv[4], &is_array);
-    if (is_array && napi_get_typedarray_info(env, argv[4], &type, &length, &data, NULL, NULL) == napi_ok &&
-        type == napi_uint32_array && length >= 128) {
-      r->nosys = (uint32_t *)data;
-      napi_create_reference(env, argv[4], 1, &r->nosys_ref);
-    }
+  size_t length;
+  uint32_t *nosys = argc >= 5 ? typed_array(env, argv[4], napi_uint32_array, &length) : NULL;
+  if (nosys && length >= 128) {
+    r->nosys = nosys;
+    napi_create_reference(env, argv[4], 1, &r->nosys_ref);
   }
-  if (argc >= 6 && r->nosys) {
-    napi_typedarray_type type;
-    size_t length;
-    void *data;
-    bool is_array = false;
-    napi_is_typedarray(env, argv[5], &is_array);
-    if (is_array && napi_get_typedarray_info(env, argv[5], &type, &length, &data, NULL, NULL) == napi_ok &&
-        type == napi_uint8_array && length >= ATTR_SLOT && length % ATTR_SLOT == 0) {
-      r->attrs = (uint8_t *)data;
-      r->attr_slots = length / ATTR_SLOT;
-      napi_create_reference(env, argv[5], 1, &r->attrs_ref);
-    }
+  uint8_t *attrs = argc >= 6 && r->nosys ? typed_array(env, argv[5], napi_uint8_array, &length) : NULL;
+  if (attrs && length >= ATTR_SLOT && length % ATTR_SLOT == 0) {
+    r->attrs = attrs;
+    r->attr_slots = length / ATTR_SLOT;
+    napi_create_reference(env, argv[5], 1, &r->attrs_ref);
   }
   napi_value name;
   napi_create_string_utf8(env, "wirefs:fuse-reader", NAPI_AUTO_LENGTH, &name);
