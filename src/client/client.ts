@@ -813,7 +813,6 @@ export class RemoteVfs implements Vfs {
     return this.nodes.lookedUpHere(id);
   }
 
-
   /** Whether unlinks in `dir` by `uid` may be answered before the server runs them. */
   leasedFor(dir: number, uid: number): boolean {
     return this.leases.get(dir) === uid && this.state === 'open';

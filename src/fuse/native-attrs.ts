@@ -17,15 +17,17 @@ const SLOTS = 4096;
 export class NativeAttrs implements AttrSink {
   /** Handed to the native reader, which reads it on the same thread between our calls. */
   readonly table = Buffer.alloc(SLOTS * ATTR_SLOT);
+  /** The reply is encoded here and copied into its slot: no buffer made per set (one per name made or removed). */
+  private readonly w = new Writer(ATTR_OUT_SIZE);
 
   /** `attrValidS`: the attribute timeout every reply carries. */
   constructor(private readonly attrValidS: number) {}
 
   set(nodeid: number, attr: Attr, untilMs: number): void {
     const at = (nodeid % SLOTS) * ATTR_SLOT;
-    const w = new Writer(ATTR_OUT_SIZE);
-    encodeAttrOut(w, attr, this.attrValidS);
-    w.done().copy(this.table, at + 16);
+    this.w.pos = 0;
+    encodeAttrOut(this.w, attr, this.attrValidS);
+    this.w.done().copy(this.table, at + 16);
     this.table.writeDoubleLE(untilMs, at + 8);
     this.table.writeBigUInt64LE(BigInt(nodeid), at);
   }

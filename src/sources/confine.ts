@@ -84,6 +84,11 @@ export class Beneath {
     return p.slice(this.prefix.length);
   }
 
+  /** Every confined call fails closed until start() has opened the root (or after close()). */
+  private mustBeOpen(): void {
+    if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
+  }
+
   /** An O_PATH fd for rel resolved beneath the root (the caller closes it), or the root's own. */
   private pin(rel: string, dir: boolean): number {
     if (rel === '') return this.rootFd;
@@ -97,7 +102,7 @@ export class Beneath {
    */
   async child<T>(p: string, fn: (safe: string) => Promise<T>): Promise<T> {
     if (this.plain) return fn(p);
-    if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
+    this.mustBeOpen();
     const rel = this.rel(p);
     if (rel === '') return fn(`/proc/self/fd/${this.rootFd}/.`);
     const { fd, name } = this.parent(rel);
@@ -132,7 +137,7 @@ export class Beneath {
   /** Runs fn on the very inode at p, found beneath the root without following any symlink. */
   async whole<T>(p: string, fn: (safe: string) => Promise<T>, dir = false): Promise<T> {
     if (this.plain) return fn(p);
-    if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
+    this.mustBeOpen();
     const fd = this.pin(this.rel(p), dir);
     try {
       return await fn(`/proc/self/fd/${fd}`);
@@ -161,7 +166,7 @@ export class Beneath {
     };
     const valid = (name: string): boolean => name !== '' && name !== '.' && name !== '..' && !name.includes('/');
     if (this.plain) return names.map((name) => (valid(name) ? one(p === '/' ? `/${name}` : `${p}/${name}`) : undefined));
-    if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
+    this.mustBeOpen();
     let fd: number;
     try {
       fd = this.pin(this.rel(p), true);
@@ -197,7 +202,7 @@ export class Beneath {
   async tmpfile(p: string, mode: number): Promise<FileHandle> {
     const sys = this.sys;
     if (this.plain || !sys?.linkatSync) throw new FsError(Errno.EOPNOTSUPP, 'no linkat: native addon missing or old');
-    if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
+    this.mustBeOpen();
     // One openat2 that resolves the directory beneath the root and makes the file in it.
     return new fsp.HostFile(sys.openat2Sync(this.rootFd, this.rel(p) || '.', O_TMPFILE | fs.constants.O_RDWR, mode, this.resolve));
   }
@@ -205,7 +210,7 @@ export class Beneath {
   async linkIn(fd: number, p: string): Promise<void> {
     const sys = this.sys;
     if (this.plain || !sys?.linkatSync) throw new FsError(Errno.EOPNOTSUPP);
-    if (this.rootFd < 0) throw new FsError(Errno.ENOENT, `export root ${this.root} is not open`);
+    this.mustBeOpen();
     this.at(p, (dirfd, name) => sys.linkatSync!(AT_FDCWD, `/proc/self/fd/${fd}`, dirfd, name, AT_SYMLINK_FOLLOW));
   }
   readlink(p: string): Promise<string> {

@@ -26,6 +26,12 @@ test('a slot holds the node, its expiry and the reply the session would send', (
   const w = new Writer(ATTR_OUT_SIZE);
   encodeAttrOut(w, attr(70), 86400);
   assert.deepEqual(slot(t, 7), { nodeid: 7n, until: 1234.5, reply: w.done() });
+  // The next node's reply is its own, and leaves the first one's as it was.
+  t.set(8, attr(80), 99);
+  const w8 = new Writer(ATTR_OUT_SIZE);
+  encodeAttrOut(w8, attr(80), 86400);
+  assert.deepEqual(slot(t, 8), { nodeid: 8n, until: 99, reply: w8.done() });
+  assert.deepEqual(slot(t, 7).reply, w.done());
   t.delete(7);
   assert.equal(slot(t, 7).nodeid, 0n);
 });
