@@ -449,6 +449,9 @@ export class WriteBehindVfs implements Vfs {
   rmdirBehind(ctx: Ctx, parent: number, name: string, child: number): Promise<FsError | undefined> | undefined {
     return this.behind?.rmdirBehind?.(ctx, parent, name, child);
   }
+  leaseAnswer(dir: number): Promise<void> | undefined {
+    return this.behind?.leaseAnswer?.(dir);
+  }
   rename(ctx: Ctx, parent: number, name: string, newparent: number, newname: string, flags: number): Promise<void> {
     this.unmadeAll(); // a replaced file's link count
     return this.renaming(() => this.inner.rename(ctx, parent, name, newparent, newname, flags));

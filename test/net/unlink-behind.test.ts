@@ -126,6 +126,53 @@ test('an unlink that fails on the server brings the name back', async (t) => {
   assert.ok(events.some((ev) => ev.kind === 'inode' && ev.nodeid === dir && ev.attrsOnly));
 });
 
+test('an rmdir waits for the lease its parent\'s listing asked for, and goes behind (rm -rf down a directory that holds only one)', async (t) => {
+  const { a, b } = await twoClients(t, new LockedFs());
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a, quiet);
+  // top/mid/h0, made here: top holds no file, so no unlink in it ever asks for its lease.
+  const top = (await cache.mkdir(root, ROOT_ID, 'top', 0o755)).nodeid;
+  const mid = (await cache.mkdir(root, top, 'mid', 0o755)).nodeid;
+  await cache.create(root, mid, 'h0', S_IFREG | 0o644, O_RDWR).then((f) => cache.release(root, f.entry.nodeid, f.fh));
+  await cache.unlink(root, mid, 'h0');
+  await leaseAnswered(a, 1);
+  assert.equal(a.leasedFor(mid, 0), true);
+  // While removing, a listing asks for the directory's lease; rm -rf then goes down into mid and
+  // comes back to remove it before the answer is in.
+  assert.deepEqual(await namesIn(cache, top), ['mid']);
+  assert.equal(a.stats().ops['leaseDir'], 2, 'the listing asked for top');
+  assert.equal(a.leasedFor(top, 0), false, 'and has no answer yet');
+  await cache.rmdir(root, top, 'mid');
+  assert.equal(a.leasedFor(top, 0), true);
+  assert.equal(a.stats().unlinkBehind.rmdirs, 1, 'answered here once the lease came, sent behind');
+  await landed(a);
+  assert.equal(a.stats().unlinkBehind.failed, 0);
+  await assert.rejects(b.lookup(root, (await b.lookup(root, ROOT_ID, 'top')).nodeid, 'mid'), enoent);
+});
+
+test('a forgotten directory voids the lease answer awaited for it, and for no other', async (t) => {
+  const { a } = await twoClients(t, new LockedFs());
+  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a, quiet);
+  const top = (await cache.mkdir(root, ROOT_ID, 'top', 0o755)).nodeid;
+  const x = (await cache.mkdir(root, top, 'x', 0o755)).nodeid;
+  await cache.create(root, x, 'f', S_IFREG | 0o644, O_RDWR).then((f) => cache.release(root, f.entry.nodeid, f.fh));
+  await cache.unlink(root, x, 'f');
+  await leaseAnswered(a, 1);
+  assert.equal(a.leasedFor(x, 0), true);
+  assert.deepEqual(await namesIn(cache, top), ['x']); // asks for top's lease
+  // The kernel forgets x (rm -rf removed it; here it only evicts it): x's lease ends meanwhile.
+  cache.forget(x, 1);
+  assert.equal(a.leasedFor(x, 0), false);
+  await leaseAnswered(a, 2);
+  assert.equal(a.leasedFor(top, 0), true, 'the answer for top still counts');
+  // Forgotten while its own answer is on the way: no lease survives the node (the server, which
+  // runs the FORGET before it grants, refuses it; the client would not take a grant either).
+  const y = (await cache.mkdir(root, top, 'y', 0o755)).nodeid;
+  assert.deepEqual(await namesIn(cache, y), []);
+  cache.forget(y, 1);
+  await leaseAnswered(a, 3);
+  assert.equal(a.leasedFor(y, 0), false);
+});
+
 /** Waits (at most 5 s) until nothing sent behind is on its way. */
 async function landed(a: RemoteVfs): Promise<void> {
   for (let i = 0; i < 500 && a.stats().unlinkBehind.inFlight > 0; i++) await new Promise((r) => setTimeout(r, 10));
