@@ -126,16 +126,24 @@ test('an unlink that fails on the server brings the name back', async (t) => {
   assert.ok(events.some((ev) => ev.kind === 'inode' && ev.nodeid === dir && ev.attrsOnly));
 });
 
-test('an rmdir waits for the lease its parent\'s listing asked for, and goes behind (rm -rf down a directory that holds only one)', async (t) => {
+/**
+ * top/<name>/f, made here by A; f unlinked, which asks for <name>'s lease, granted. top holds no
+ * file, so no unlink in it ever asks for top's.
+ */
+async function leasedChild(t: TestContext, name: string): Promise<{ a: RemoteVfs; b: RemoteVfs; cache: DirCacheVfs; top: number; child: number }> {
   const { a, b } = await twoClients(t, new LockedFs());
   const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a, quiet);
-  // top/mid/h0, made here: top holds no file, so no unlink in it ever asks for its lease.
   const top = (await cache.mkdir(root, ROOT_ID, 'top', 0o755)).nodeid;
-  const mid = (await cache.mkdir(root, top, 'mid', 0o755)).nodeid;
-  await cache.create(root, mid, 'h0', S_IFREG | 0o644, O_RDWR).then((f) => cache.release(root, f.entry.nodeid, f.fh));
-  await cache.unlink(root, mid, 'h0');
+  const child = (await cache.mkdir(root, top, name, 0o755)).nodeid;
+  await cache.create(root, child, 'f', S_IFREG | 0o644, O_RDWR).then((f) => cache.release(root, f.entry.nodeid, f.fh));
+  await cache.unlink(root, child, 'f');
   await leaseAnswered(a, 1);
-  assert.equal(a.leasedFor(mid, 0), true);
+  assert.equal(a.leasedFor(child, 0), true);
+  return { a, b, cache, top, child };
+}
+
+test('an rmdir waits for the lease its parent\'s listing asked for, and goes behind (rm -rf down a directory that holds only one)', async (t) => {
+  const { a, b, cache, top } = await leasedChild(t, 'mid');
   // While removing, a listing asks for the directory's lease; rm -rf then goes down into mid and
   // comes back to remove it before the answer is in.
   assert.deepEqual(await namesIn(cache, top), ['mid']);
@@ -150,14 +158,7 @@ test('an rmdir waits for the lease its parent\'s listing asked for, and goes beh
 });
 
 test('a forgotten directory voids the lease answer awaited for it, and for no other', async (t) => {
-  const { a } = await twoClients(t, new LockedFs());
-  const cache = new DirCacheVfs(a, (l) => a.onDirAttr(l), a, quiet);
-  const top = (await cache.mkdir(root, ROOT_ID, 'top', 0o755)).nodeid;
-  const x = (await cache.mkdir(root, top, 'x', 0o755)).nodeid;
-  await cache.create(root, x, 'f', S_IFREG | 0o644, O_RDWR).then((f) => cache.release(root, f.entry.nodeid, f.fh));
-  await cache.unlink(root, x, 'f');
-  await leaseAnswered(a, 1);
-  assert.equal(a.leasedFor(x, 0), true);
+  const { a, cache, top, child: x } = await leasedChild(t, 'x');
   assert.deepEqual(await namesIn(cache, top), ['x']); // asks for top's lease
   // The kernel forgets x (rm -rf removed it; here it only evicts it): x's lease ends meanwhile.
   cache.forget(x, 1);
