@@ -263,14 +263,13 @@ export class RemoteVfs implements Vfs {
   private markClosed!: () => void;
   // Unlink-behind (see unlinkBehind): directories this session holds alone, by the uid whose
   // LEASE_DIR was granted; when each was last asked for (not again for LEASE_RETRY_MS); the asks
-  // awaiting their answer (each settles when answered), which a recall or forget of its directory
-  // (or a new link: leaseGen) voids; whether the server knows LEASE_DIR; and the unlinks sent and
+  // awaiting their answer (each settles when answered), which a recall or forget of its directory,
+  // or a new link, voids by dropping it; whether the server knows LEASE_DIR; and the unlinks sent and
   // not yet answered, all of them and by what they touch ("n<id>": a node, "e<parent>/<name>": a
   // name), for the calls that must come after.
   private readonly leases = new Map<number, number>();
   private readonly leaseAsked = new Map<number, number>();
   private readonly leasePending = new Map<number, Promise<void>>();
-  private leaseGen = 0;
   private leaseUnsupported = false;
   /** When this client last removed a name (see readdir). */
   private lastUnlink = 0;
@@ -366,7 +365,6 @@ export class RemoteVfs implements Vfs {
     this.pools.clear();
     this.leaseAsked.clear();
     this.leasePending.clear();
-    this.leaseGen++;
     clearInterval(this.outageTimer);
     this.outageTimer = undefined;
     // A restarted server may be another version.
@@ -788,11 +786,10 @@ export class RemoteVfs implements Vfs {
     if (asked !== undefined && now - asked < LEASE_RETRY_MS) return;
     if (this.leaseAsked.size >= MAX_LEASES) this.leaseAsked.clear();
     this.leaseAsked.set(dir, now);
-    const gen = this.leaseGen;
     const ask: Promise<void> = this.call('leaseDir', { ctx: wireCtx(ctx), nodeid: dir }).then((rep) => {
       // A recall or forget of dir, or a new link, since we asked: the answer may be older than
       // the lease's end. (Those of other directories say nothing of this one.)
-      const current = this.leasePending.get(dir) === ask && gen === this.leaseGen;
+      const current = this.leasePending.get(dir) === ask;
       if (current) this.leasePending.delete(dir);
       if (!rep.granted || !current || this.leases.size >= MAX_LEASES) return;
       this.leases.set(dir, ctx.uid);

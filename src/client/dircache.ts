@@ -70,7 +70,7 @@ import { Errno, FsError, errnoName } from '../lib/errno.js';
 import type { Logger } from '../lib/log.js';
 import { ChangeListeners } from '../vfs/listeners.js';
 import {
-  O_ACCMODE, O_CREAT, O_DIRECT, O_RDONLY, O_TRUNC, S_IFDIR, S_IFMT, S_IFREG, isEnded, markEnded,
+  COHERENT_CACHE_S, O_ACCMODE, O_CREAT, O_DIRECT, O_RDONLY, O_TRUNC, S_IFDIR, S_IFMT, S_IFREG, isEnded, markEnded,
   type Attr, type ChangeListener, type CreateResult, type Ctx, type DirEntry, type Entry, type FsInfo, type OpenResult,
   type SetAttr, type StatFs, type Vfs, type AttrSink,
 } from '../vfs/types.js';
@@ -89,8 +89,8 @@ const MADE_COOKIES = 2 ** 52;
 const MAX_NAMES = 100_000;
 /** Names known absent (removed by us) at most, over all directories; beyond, the record starts over. */
 const MAX_ABSENT = 10_000;
-/** Directory attributes are kept at most this long (the kernel's own bound for a coherent mount, a day). */
-const ATTR_TTL_MS = 86_400_000;
+/** Directory attributes are kept at most this long: the kernel's own bound for a coherent mount. */
+const ATTR_TTL_MS = COHERENT_CACHE_S * 1000;
 const MAX_DIR_ATTRS = 20_000;
 const MAX_FILE_ATTRS = 10_000;
 const CAPS = 'security.capability';
@@ -625,12 +625,11 @@ export class DirCacheVfs implements Vfs {
     if (ctx.uid !== 0 && !(ctx.uid === d.uid && (d.mode & 0o300) === 0o300)) return undefined;
     return d;
   }
-  /** Waits for the answers to leases asked for on these directories; false when none was asked. */
-  private async leaseAnswered(...dirs: Array<number | undefined>): Promise<boolean> {
-    const asked = dirs.map((d) => (d === undefined ? undefined : this.behind?.leaseAnswer?.(d))).filter((p) => p !== undefined);
-    if (!asked.length) return false;
-    await Promise.all(asked);
-    return true;
+  /** Settles when the leases asked for on `dir` and `child` are answered; undefined if neither is asked. */
+  private leaseAnswers(dir: number, child: number | undefined): Promise<unknown> | undefined {
+    const a = this.behind?.leaseAnswer?.(dir);
+    const b = child === undefined ? undefined : this.behind?.leaseAnswer?.(child);
+    return a && b ? Promise.all([a, b]) : a ?? b;
   }
   /** Answers an unlink here and sends it behind, when it may (see 6 above); false if not. */
   private unlinkBehind(ctx: Ctx, parent: number, name: string): boolean {
@@ -730,8 +729,11 @@ export class DirCacheVfs implements Vfs {
     // rm -rf lists a directory (which asks for its lease) and goes down into its only
     // subdirectory at once: that one's rmdir came before the lease's answer (1 in 5 rmdirs of
     // /usr/include).
-    const child = this.dirIds.get(`${parent}\0${name}`);
-    if (await this.leaseAnswered(parent, child) && this.rmdirBehind(ctx, parent, name)) return;
+    const answers = this.leaseAnswers(parent, this.dirIds.get(`${parent}\0${name}`));
+    if (answers) {
+      await answers;
+      if (this.rmdirBehind(ctx, parent, name)) return;
+    }
     this.dirAttrs.delete(parent);
     const id = this.unnamed(parent, name);
     try {

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import type { Vfs } from '../vfs/types.js';
+import { COHERENT_CACHE_S, type Vfs } from '../vfs/types.js';
 import { FuseChannel } from './channel.js';
 import { DEFAULT_MAX_WRITE, FuseSession } from './session.js';
 
@@ -38,15 +38,6 @@ export interface MountOptions {
   readAroundBytes?: number;
 }
 
-/**
- * How long the kernel keeps names and attributes of a coherent Vfs: a day. The Vfs tells us of
- * every change (and we the kernel, by notify), so this bound only limits the damage of a lost
- * notification. Data pages are then kept across opens. A Vfs that is not coherent gets 1 s and
- * its pages are dropped at each open (close-to-open, as NFS does). It was 10 minutes: a tree
- * extracted more than that before an `rm -rf` or a `git status` had every name looked up on the
- * server again (an `rm -rf` of 8800 names went from 1.8 to 4.8 s), for no gain in coherence.
- */
-export const COHERENT_CACHE_S = 86_400;
 /** How long a coherent mount's kernel keeps a name's absence. */
 export const COHERENT_NEGATIVE_S = 60;
 
